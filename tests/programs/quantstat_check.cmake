@@ -1,0 +1,35 @@
+# cmake -DQUANTSTAT=<path> -P quantstat_check.cmake
+# 1) a valid run prints one JSON object with the keys issue 4 names and sane values;
+# 2) bad input exits non-zero with one line on stderr naming the problem.
+execute_process(COMMAND ${QUANTSTAT} --bits 3 --dim 64 --mode prod --rotation hadamard --n 2000 --seed 3
+                OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "quantstat failed (${rc}): ${err}")
+endif()
+foreach(key bits dim mode d_mse d_prod_times_dim ip_slope ip_slope_se bits_per_value)
+  string(JSON v ERROR_VARIABLE jerr GET "${out}" ${key})
+  if(jerr)
+    message(FATAL_ERROR "quantstat JSON lacks '${key}': ${out}")
+  endif()
+endforeach()
+string(JSON bpv GET "${out}" bits_per_value)
+string(JSON dprod GET "${out}" d_prod_times_dim)
+string(JSON mode GET "${out}" mode)
+# prod, 3-bit codes, d=64, token norm: 3 + 1 (QJL) + 32/64 (two fp16 norms) = 4.5 bits per value
+if(NOT bpv EQUAL 4.5)
+  message(FATAL_ERROR "bits_per_value ${bpv} != 4.5 for 3-bit prod at d=64")
+endif()
+# theory: d_prod * d ~ (pi/2) * 0.0334 = 0.052 for 3-bit codes at d=64 (loose bounds: n is small)
+if(NOT mode STREQUAL "prod" OR dprod LESS 0.035 OR dprod GREATER 0.075)
+  message(FATAL_ERROR "unexpected mode/d_prod_times_dim: ${mode} ${dprod}")
+endif()
+execute_process(COMMAND ${QUANTSTAT} --bits 7 --dim 64 --mode mse --rotation random --n 10 --seed 1
+                OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+if(rc EQUAL 0 OR NOT err MATCHES "bits")
+  message(FATAL_ERROR "--bits 7 must fail naming bits; rc=${rc} stderr=${err}")
+endif()
+string(STRIP "${err}" err)
+string(FIND "${err}" "\n" nl)
+if(NOT nl EQUAL -1)
+  message(FATAL_ERROR "error output must be one line, got: ${err}")
+endif()
