@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file esm2.h
+/// \brief The ESM-2 model (HF `EsmForMaskedLM` semantics), functional LibTorch.
+///
+/// forward() runs the whole model; the granular pieces (embed, layer_qkv, layer_finish,
+/// final_norm, lm_head) are public so that a KV-cache Session can run the same layers token by
+/// token. Activations stay in the model dtype; LayerNorm and softmax accumulate in fp32 and
+/// rotary is applied in fp32, as HF does.
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "turboesm/model/attention.h"
+#include "turboesm/model/config.h"
+#include "turboesm/model/rotary.h"
+#include "turboesm/model/weights.h"
+
+namespace turboesm::model {
+
+struct ForwardOptions {
+  bool need_logits = false;
+  bool need_contacts = false;
+  /// Layers whose output to return (fair-esm / HF hidden_states numbering): 0 = embeddings output,
+  /// k = output of layer k (1-based), negative counts from the end (-1 = last layer, which is the
+  /// output after emb_layer_norm_after, i.e. last_hidden_state, as in HF and fair-esm).
+  std::vector<int> repr_layers;
+  /// Attention implementation; nullptr = ExactAttention.
+  AttentionBackend* backend = nullptr;
+};
+
+struct ForwardOutput {
+  at::Tensor last_hidden_state;             ///< [B, T, hidden], after emb_layer_norm_after
+  at::Tensor logits;                        ///< [B, T, vocab] (need_logits)
+  at::Tensor contacts;                      ///< [B, T-2, T-2] fp32 (need_contacts)
+  std::map<int, at::Tensor> hidden_states;  ///< normalized layer index (0..layers) → [B, T, hidden]
+};
+
+/// \brief Query, key and value of one layer, each [B, H, T, d] (q scaled, rotary applied).
+struct Qkv {
+  at::Tensor q, k, v;
+};
+
+class Esm2Model {
+ public:
+  /// \brief Loads config.json + safetensors weights from a HF model directory.
+  static std::shared_ptr<Esm2Model> load(const std::string& dir, const LoadOptions& opts = {});
+  /// \brief A random-init model with exactly the weights `turboesm-make-model` writes for the same
+  /// config, seed and init_std (see random_init.h).
+  static std::shared_ptr<Esm2Model> random(const EsmConfig& config, uint64_t seed, double init_std,
+                                           const LoadOptions& opts = {});
+  /// \brief Builds a model from already loaded weights.
+  Esm2Model(EsmConfig config, EsmWeights weights, const LoadOptions& opts);
+
+  /// \brief Runs the model (inference mode).
+  /// \param tokens [B, T] int64 token ids (right-padded with `<pad>`).
+  /// \param attention_mask [B, T] (bool or integer, non-zero = real token), or undefined = all
+  /// real.
+  ForwardOutput forward(const at::Tensor& tokens, const at::Tensor& attention_mask,
+                        const ForwardOptions& opts = {}) const;
+
+  /// \brief Word embeddings + token dropout (+ emb_layer_norm_before) × mask: [B, T, hidden].
+  at::Tensor embed(const at::Tensor& tokens, const at::Tensor& attention_mask) const;
+  /// \brief Pre-LN, Q/K/V projections, reshape to [B, H, T, d], Q scaling, rotary.
+  /// \param hidden [B, T, hidden]; \param position_ids [B, T] or [T] int64 (0-based).
+  Qkv layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& position_ids) const;
+  /// \brief Same with precomputed rotary tables (rotary().cos_sin(positions, dtype())).
+  Qkv layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& cos,
+                const at::Tensor& sin) const;
+  /// \brief Output projection + residual, then pre-LN FFN (GELU erf) + residual.
+  /// \param hidden [B, T, hidden] layer input; \param attn_out [B, H, T, d]. \return [B, T, hidden]
+  at::Tensor layer_finish(int layer, const at::Tensor& hidden, const at::Tensor& attn_out) const;
+  /// \brief emb_layer_norm_after: [B, T, hidden] → [B, T, hidden].
+  at::Tensor final_norm(const at::Tensor& hidden) const;
+  /// \brief LM head on final-normed states: [B, T, hidden] → [B, T, vocab].
+  at::Tensor lm_head(const at::Tensor& hidden) const;
+
+  const EsmConfig& config() const { return config_; }
+  const EsmWeights& weights() const { return weights_; }
+  const Rotary& rotary() const { return rotary_; }
+  c10::Device device() const { return device_; }
+  at::ScalarType dtype() const { return dtype_; }
+  int num_layers() const { return static_cast<int>(config_.num_hidden_layers); }
+
+  /// \brief Maps a fair-esm style layer index (negative from the end) to 0..layers.
+  /// \throws turboesm::Error naming the index and the valid range.
+  int normalize_layer(int layer) const;
+
+ private:
+  at::Tensor layer_norm(const at::Tensor& x, const LayerNormWeights& w) const;
+
+  EsmConfig config_;
+  EsmWeights weights_;
+  Rotary rotary_;
+  c10::Device device_;
+  at::ScalarType dtype_;
+};
+
+}  // namespace turboesm::model

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: MIT
+#include "turboesm/model/esm2.h"
+
+#include <c10/core/InferenceMode.h>
+
+#include <algorithm>
+#include <cmath>
+#include <set>
+
+#include "turboesm/error.h"
+#include "turboesm/model/contact_head.h"
+#include "turboesm/model/random_init.h"
+
+namespace turboesm::model {
+
+std::shared_ptr<Esm2Model> Esm2Model::load(const std::string& dir, const LoadOptions& opts) {
+  EsmConfig config = EsmConfig::from_file(dir);
+  EsmWeights weights = load_weights(dir, config, opts);
+  return std::make_shared<Esm2Model>(std::move(config), std::move(weights), opts);
+}
+
+std::shared_ptr<Esm2Model> Esm2Model::random(const EsmConfig& config, uint64_t seed,
+                                             double init_std, const LoadOptions& opts) {
+  config.validate();
+  auto specs = std::make_shared<std::vector<ParamSpec>>(hf_parameter_specs(config));
+  auto tensors = std::make_shared<std::map<std::string, at::Tensor>>();
+  for (size_t i = 0; i < specs->size(); ++i) {
+    (*tensors)[(*specs)[i].name] = init_parameter(*specs, i, seed, init_std, config);
+  }
+  TensorSource src;
+  src.description = "random init (seed " + std::to_string(seed) + ")";
+  src.names = [tensors] {
+    std::vector<std::string> n;
+    for (auto& kv : *tensors) n.push_back(kv.first);
+    return n;
+  };
+  src.get = [tensors](const std::string& name) -> at::Tensor {
+    auto it = tensors->find(name);
+    return it == tensors->end() ? at::Tensor() : it->second;
+  };
+  EsmWeights w = load_weights(src, config, opts);
+  return std::make_shared<Esm2Model>(config, std::move(w), opts);
+}
+
+Esm2Model::Esm2Model(EsmConfig config, EsmWeights weights, const LoadOptions& opts)
+    : config_(std::move(config)),
+      weights_(std::move(weights)),
+      device_(opts.device),
+      dtype_(opts.dtype) {
+  config_.validate();
+  TURBOESM_CHECK(static_cast<int64_t>(weights_.layers.size()) == config_.num_hidden_layers,
+                 "weights have ", weights_.layers.size(), " layers, config has ",
+                 config_.num_hidden_layers);
+  rotary_ = Rotary(config_.head_dim(), config_.rope_theta, weights_.rotary_inv_freq, device_);
+}
+
+int Esm2Model::normalize_layer(int layer) const {
+  const int n = num_layers();
+  const int k = layer < 0 ? layer + n + 1 : layer;
+  TURBOESM_CHECK(k >= 0 && k <= n, "representation layer ", layer,
+                 " out of range for a model with ", n, " layers (valid: ", -(n + 1), "..", n,
+                 "; 0 = embeddings)");
+  return k;
+}
+
+at::Tensor Esm2Model::layer_norm(const at::Tensor& x, const LayerNormWeights& w) const {
+  return at::layer_norm(x, {config_.hidden_size}, w.weight, w.bias, config_.layer_norm_eps);
+}
+
+at::Tensor Esm2Model::embed(const at::Tensor& tokens, const at::Tensor& attention_mask) const {
+  at::Tensor x = at::embedding(weights_.word_embeddings, tokens);  // [B, T, H]
+  if (config_.token_dropout) {
+    // ESM "mask dropout": zero <mask> rows, rescale by the training/observed unmasked ratio.
+    at::Tensor is_mask = tokens.eq(config_.mask_token_id);
+    x = x.masked_fill(is_mask.unsqueeze(-1), 0.0);
+    const double mask_ratio_train = 0.15 * 0.8;
+    at::Tensor src_len =
+        attention_mask.defined()
+            ? attention_mask.to(at::kLong).sum(-1)
+            : at::full({tokens.size(0)}, tokens.size(1),
+                       at::TensorOptions().dtype(at::kLong).device(tokens.device()));
+    at::Tensor observed = is_mask.sum(-1).to(at::kFloat) / src_len;
+    x = (x * (1.0 - mask_ratio_train) / (1.0 - observed).view({-1, 1, 1})).to(x.scalar_type());
+  }
+  if (weights_.emb_ln_before) x = layer_norm(x, *weights_.emb_ln_before);
+  if (attention_mask.defined()) x = (x * attention_mask.unsqueeze(-1).to(x.scalar_type()));
+  return x;
+}
+
+Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden,
+                         const at::Tensor& position_ids) const {
+  auto cs = rotary_.cos_sin(position_ids, dtype_);
+  return layer_qkv(layer, hidden, cs.first, cs.second);
+}
+
+Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& cos,
+                         const at::Tensor& sin) const {
+  TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
+                 num_layers(), ")");
+  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  const int64_t B = hidden.size(0), T = hidden.size(1);
+  const int64_t nh = config_.num_attention_heads, d = config_.head_dim();
+  at::Tensor ln = layer_norm(hidden, w.attn_ln);
+  at::Tensor qkv = at::linear(ln, w.qkv_weight, w.qkv_bias)  // [B, T, 3H]
+                       .view({B, T, 3, nh, d})
+                       .permute({2, 0, 3, 1, 4});  // [3, B, nh, T, d]
+  Qkv out;
+  // ESM scales q before rotary (not the scores after).
+  at::Tensor q = qkv[0] * std::pow(static_cast<double>(d), -0.5);
+  out.q = Rotary::apply(q, cos, sin);
+  out.k = Rotary::apply(qkv[1], cos, sin);
+  out.v = qkv[2];
+  return out;
+}
+
+at::Tensor Esm2Model::layer_finish(int layer, const at::Tensor& hidden,
+                                   const at::Tensor& attn_out) const {
+  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  const int64_t B = hidden.size(0), T = hidden.size(1);
+  at::Tensor o = attn_out.transpose(1, 2).reshape({B, T, config_.hidden_size});
+  at::Tensor h = at::linear(o, w.o_weight, w.o_bias) + hidden;
+  at::Tensor x = at::gelu(at::linear(layer_norm(h, w.ffn_ln), w.fc1_weight, w.fc1_bias));
+  return at::linear(x, w.fc2_weight, w.fc2_bias) + h;
+}
+
+at::Tensor Esm2Model::final_norm(const at::Tensor& hidden) const {
+  return layer_norm(hidden, weights_.emb_ln_after);
+}
+
+at::Tensor Esm2Model::lm_head(const at::Tensor& hidden) const {
+  TURBOESM_CHECK(weights_.has_lm_head,
+                 "logits requested but the checkpoint has no LM head (lm_head.* tensors); it is a "
+                 "bare EsmModel");
+  at::Tensor x = at::gelu(at::linear(hidden, weights_.lm_dense_weight, weights_.lm_dense_bias));
+  x = layer_norm(x, weights_.lm_ln);
+  return at::linear(x, weights_.lm_decoder_weight, weights_.lm_bias);
+}
+
+ForwardOutput Esm2Model::forward(const at::Tensor& tokens_in, const at::Tensor& mask_in,
+                                 const ForwardOptions& opts) const {
+  c10::InferenceMode guard;
+  TURBOESM_CHECK(tokens_in.defined() && tokens_in.dim() == 2,
+                 "tokens must be 2-D [batch, tokens], got ",
+                 tokens_in.defined() ? tokens_in.dim() : 0, "-D");
+  TURBOESM_CHECK(tokens_in.size(0) > 0 && tokens_in.size(1) > 0, "tokens must be non-empty, got ",
+                 tokens_in.sizes());
+  TURBOESM_CHECK(!at::isFloatingType(tokens_in.scalar_type()),
+                 "tokens must be an integer tensor, got ", c10::toString(tokens_in.scalar_type()));
+  at::Tensor tokens = tokens_in.to(device_, at::kLong);
+  {
+    const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
+    TURBOESM_CHECK(lo >= 0 && hi < config_.vocab_size, "token ids must be in [0, ",
+                   config_.vocab_size, "), got range [", lo, ", ", hi, "]");
+  }
+  at::Tensor mask;
+  bool padded = false;
+  if (mask_in.defined()) {
+    TURBOESM_CHECK(mask_in.sizes() == tokens.sizes(), "attention_mask must match tokens ",
+                   tokens.sizes(), ", got ", mask_in.sizes());
+    mask = mask_in.to(device_).ne(0);
+    padded = !mask.all().item<bool>();
+  }
+  const int n = num_layers();
+  std::set<int> want;
+  for (int k : opts.repr_layers) want.insert(normalize_layer(k));
+  if (opts.need_contacts) {
+    TURBOESM_CHECK(weights_.has_contact_head,
+                   "contacts requested but the checkpoint has no contact head "
+                   "(contact_head.regression.*)");
+  }
+
+  ForwardOutput out;
+  at::Tensor h = embed(tokens, mask);
+  if (want.count(0) && n > 0) out.hidden_states[0] = h;
+
+  const int64_t T = tokens.size(1);
+  at::Tensor pos = at::arange(T, at::TensorOptions().dtype(at::kLong).device(device_));
+  auto cs = rotary_.cos_sin(pos, dtype_);
+  ExactAttention exact;
+  AttentionBackend* backend = opts.backend ? opts.backend : &exact;
+  std::unique_ptr<ContactAccumulator> contacts;
+  if (opts.need_contacts) {
+    contacts = std::make_unique<ContactAccumulator>(
+        tokens, mask, weights_.contact_weight, weights_.contact_bias, config_.num_attention_heads);
+  }
+  for (int i = 0; i < n; ++i) {
+    Qkv qkv = layer_qkv(i, h, cs.first, cs.second);
+    AttentionInputs in;
+    in.layer = i;
+    in.q = qkv.q;
+    in.k = qkv.k;
+    in.v = qkv.v;
+    if (padded) in.key_padding_mask = mask;
+    in.need_probs = opts.need_contacts;
+    at::Tensor probs;
+    at::Tensor attn = backend->attend(in, opts.need_contacts ? &probs : nullptr);
+    if (contacts) {
+      TURBOESM_CHECK(probs.defined(), "attention backend returned no probabilities for layer ", i,
+                     " although contacts were requested");
+      contacts->add_layer(i, probs);
+    }
+    h = layer_finish(i, h, attn);
+    if (i + 1 < n && want.count(i + 1)) out.hidden_states[i + 1] = h;
+  }
+  h = final_norm(h);
+  out.last_hidden_state = h;
+  if (want.count(n)) out.hidden_states[n] = h;  // fair-esm/HF: last layer after the final LN
+  if (opts.need_logits) out.logits = lm_head(h);
+  if (contacts) out.contacts = contacts->finish();
+  return out;
+}
+
+}  // namespace turboesm::model
