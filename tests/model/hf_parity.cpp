@@ -115,6 +115,48 @@ TEST_P(HfParity, PaddedBatchMatchesHfAndSingles) {
 INSTANTIATE_TEST_SUITE_P(Cases, HfParity, ::testing::Values("a", "b", "fp16", "renamed", "make"),
                          [](const auto& info) { return info.param; });
 
+// The same parity on CUDA (GPU machine; skipped without a GPU): FP32 within the CPU tolerance,
+// FP16/BF16 compute errors reported (tools/gpu_check.sh collects the printed lines).
+class HfParityCuda : public HfParity {
+ protected:
+  void SetUp() override {
+    if (!at::hasCUDA()) GTEST_SKIP() << "no CUDA device";
+    HfParity::SetUp();
+  }
+};
+
+TEST_P(HfParityCuda, Fp32MatchesHfAndLowPrecisionIsClose) {
+  for (auto dt : {at::kFloat, at::kHalf, at::kBFloat16}) {
+    model::LoadOptions lo;
+    lo.device = c10::Device(c10::kCUDA, 0);
+    lo.dtype = dt;
+    auto m = Esm2Model::load(dir_, lo);
+    model::ForwardOptions fo;
+    fo.need_logits = fo.need_contacts = true;
+    double e_h = 0, e_l = 0, e_c = 0;
+    for (size_t i = 0; i < sequences_.size(); ++i) {
+      const std::string p = "s" + std::to_string(i) + "/";
+      at::Tensor ids = read_tensor(*ref_, p + "input_ids").unsqueeze(0).to(lo.device);
+      auto out = m->forward(ids, at::Tensor(), fo);
+      e_h = std::max(e_h, max_abs_diff(out.last_hidden_state[0].cpu().to(at::kFloat),
+                                       read_tensor(*ref_, p + "last_hidden_state")));
+      e_l = std::max(e_l, max_abs_diff(out.logits[0].cpu().to(at::kFloat),
+                                       read_tensor(*ref_, p + "logits")));
+      e_c = std::max(e_c, max_abs_diff(out.contacts[0].cpu().to(at::kFloat),
+                                       read_tensor(*ref_, p + "contacts")));
+    }
+    std::printf("[parity cuda %s %s] max|d| last_hidden_state %.2e logits %.2e contacts %.2e\n",
+                GetParam().c_str(), c10::toString(dt), e_h, e_l, e_c);
+    const double tol = dt == at::kFloat ? kHfTol : kHalfComputeTol;
+    EXPECT_LE(e_h, tol) << c10::toString(dt);
+    EXPECT_LE(e_l, tol) << c10::toString(dt);
+    EXPECT_LE(e_c, tol) << c10::toString(dt);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Cases, HfParityCuda, ::testing::Values("a", "b", "fp16", "make"),
+                         [](const auto& info) { return info.param; });
+
 // The fp16 checkpoint stores inv_freq rounded to fp16; HF uses the stored values.
 TEST(HfParityFp16, UsesStoredRotaryInvFreq) {
   if (std::string(TURBOESM_PYTHON).empty()) GTEST_SKIP() << "TURBOESM_PYTHON not configured";
