@@ -16,7 +16,7 @@ target_compile_definitions(test_hf_parity PRIVATE
   TURBOESM_SOURCE_DIR="${PROJECT_SOURCE_DIR}"
   TURBOESM_PYTHON="${TURBOESM_PYTHON}")
 gtest_discover_tests(test_hf_parity DISCOVERY_TIMEOUT 120
-  PROPERTIES SKIP_REGULAR_EXPRESSION "\\[  SKIPPED \\]" LABELS model FIXTURES_REQUIRED hf_fixtures)
+  PROPERTIES LABELS model FIXTURES_REQUIRED hf_fixtures)
 
 if(TURBOESM_PYTHON)
   set(_make_model_arg)
