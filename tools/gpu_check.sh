@@ -20,6 +20,9 @@ ctest --test-dir "${_build}" --output-on-failure -j 4 --timeout 900 --output-jun
   > "${_out}/ctest.log" 2>&1
 _rc=$?
 tail -25 "${_out}/ctest.log"
+# Parity figures (CPU and CUDA, FP32/FP16/BF16) as printed by the parity tests.
+"${_build}/bin/test_hf_parity" 2>&1 | grep -E "^\[parity" > "${_out}/parity.txt" || true
+cat "${_out}/parity.txt"
 # Benchmarks (JSON) where built; each one optional.
 for b in bench_decode_cuda bench_quant; do
   if [[ -x "${_build}/bin/${b}" ]]; then
