@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file common.cuh
+/// \brief Device helpers shared by the TurboESM kernels: record loads from the page format,
+/// compile-time code extraction, warp reductions, fp16 bit conversions.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <type_traits>
+
+namespace turboesm::kernels::detail {
+
+inline constexpr unsigned kFullMask = 0xffffffffu;
+
+/// fp16 bits -> float (exact; same value as quant::half_bits_to_float).
+__device__ __forceinline__ float half_bits_to_float_dev(uint16_t h) {
+  float f;
+  asm("{ cvt.f32.f16 %0, %1; }" : "=f"(f) : "h"(h));
+  return f;
+}
+
+/// Reads a 2-byte fp16 from global memory and converts it.
+__device__ __forceinline__ float load_half(const uint8_t* p) {
+  return half_bits_to_float_dev(*reinterpret_cast<const uint16_t*>(p));
+}
+
+/// \brief Loads BYTES bytes starting at `p` into 32-bit words `w` (little endian; stream byte k is
+/// byte k % 4 of w[k / 4]; bytes past BYTES in the last word are unspecified).
+/// Uses 16-, 8- or 4-byte loads when BYTES (and so the address, see the callers) allows it; else
+/// aligned words + funnel shifts, reading only the words that overlap [p, p + BYTES), which stay
+/// inside the 16-byte-aligned region that holds the record.
+template <int BYTES>
+__device__ __forceinline__ void load_record(const uint8_t* p, uint32_t (&w)[(BYTES + 3) / 4]) {
+  constexpr int N = (BYTES + 3) / 4;
+  if constexpr (BYTES % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i + 0] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (BYTES % 8 == 0) {
+#pragma unroll
+    for (int i = 0; i < BYTES / 8; ++i) {
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
+      w[2 * i + 0] = v.x;
+      w[2 * i + 1] = v.y;
+    }
+  } else if constexpr (BYTES % 4 == 0) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
+  } else {
+    const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+    const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
+    const uint32_t off = static_cast<uint32_t>(a & 3u);
+    // Words overlapping [a, a + BYTES): ceil((off + BYTES) / 4), i.e. N or N + 1.
+    const int nwords = static_cast<int>((off + BYTES + 3u) / 4u);
+    uint32_t raw[N + 1];
+#pragma unroll
+    for (int i = 0; i < N; ++i) raw[i] = base[i];
+    raw[N] = nwords > N ? base[N] : 0u;
+#pragma unroll
+    for (int i = 0; i < N; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], 8u * off);
+  }
+}
+
+/// \brief Byte offset (code · 4) of code J of a BITS-bit packed stream held in words `w`
+/// (bitpack.h layout). J is a compile-time constant after unrolling, so this is one or two
+/// shift/mask instructions and the result indexes a float table directly.
+template <int BITS, int J, int NW>
+__device__ __forceinline__ uint32_t code_offset(const uint32_t (&w)[NW]) {
+  constexpr int kBit = J * BITS;
+  constexpr int kWord = kBit / 32;
+  constexpr int kShift = kBit % 32;
+  constexpr uint32_t kMask = ((1u << BITS) - 1u) << 2;
+  if constexpr (kShift + BITS <= 32) {
+    if constexpr (kShift >= 2) {
+      return (w[kWord] >> (kShift - 2)) & kMask;
+    } else {
+      return (w[kWord] << (2 - kShift)) & kMask;
+    }
+  } else {
+    return (__funnelshift_r(w[kWord], w[kWord + 1], kShift) << 2) & kMask;
+  }
+}
+
+/// Table entry at a byte offset.
+__device__ __forceinline__ float lut_at(const float* table, uint32_t byte_offset) {
+  return *reinterpret_cast<const float*>(reinterpret_cast<const char*>(table) + byte_offset);
+}
+
+/// Compile-time loop: f(std::integral_constant<int, I>) for I in [0, N).
+template <int I, int N, typename F>
+__device__ __forceinline__ void static_for(F&& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    static_for<I + 1, N>(f);
+  }
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
+  return v;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+  return v;
+}
+
+/// exp2(x − m) that is 0 for m = −inf (an empty partial), never NaN for finite x.
+__device__ __forceinline__ float rescale_factor(float x, float m) {
+  return x == -INFINITY ? 0.0f : exp2f(x - m);
+}
+
+}  // namespace turboesm::kernels::detail

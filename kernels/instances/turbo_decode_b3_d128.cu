@@ -1,0 +1,8 @@
+// SPDX-License-Identifier: MIT
+// Explicit instantiation of the fused decode attention for 3-bit codes, head_dim 128
+// (one file per instance, ggml template-instances style; listed in kernels/turbo_decode.cu).
+#include "turbo_decode.cuh"
+
+namespace turboesm::kernels::detail {
+TURBOESM_DECODE_INSTANCE(, 3, 128);
+}  // namespace turboesm::kernels::detail

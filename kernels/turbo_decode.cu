@@ -1,0 +1,190 @@
+// SPDX-License-Identifier: MIT
+/// \file turbo_decode.cu
+/// \brief Host side of the fused decode attention: argument checks, split-K choice, workspace
+/// carving, and the (bits, head_dim) dispatch onto the explicit instantiations in
+/// kernels/instances/ (one file each; the case lists below must match them exactly).
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "turbo_decode.cuh"
+#include "turboesm/kernels/turbo_decode.h"
+
+namespace turboesm::kernels {
+namespace detail {
+
+// The compiled instantiations (kernels/instances/turbo_decode_b{BITS}_d{D}.cu).
+TURBOESM_DECODE_INSTANCE(extern, 2, 16);
+TURBOESM_DECODE_INSTANCE(extern, 2, 24);
+TURBOESM_DECODE_INSTANCE(extern, 2, 32);
+TURBOESM_DECODE_INSTANCE(extern, 2, 64);
+TURBOESM_DECODE_INSTANCE(extern, 2, 128);
+TURBOESM_DECODE_INSTANCE(extern, 3, 16);
+TURBOESM_DECODE_INSTANCE(extern, 3, 24);
+TURBOESM_DECODE_INSTANCE(extern, 3, 32);
+TURBOESM_DECODE_INSTANCE(extern, 3, 64);
+TURBOESM_DECODE_INSTANCE(extern, 3, 128);
+TURBOESM_DECODE_INSTANCE(extern, 4, 16);
+TURBOESM_DECODE_INSTANCE(extern, 4, 24);
+TURBOESM_DECODE_INSTANCE(extern, 4, 32);
+TURBOESM_DECODE_INSTANCE(extern, 4, 64);
+TURBOESM_DECODE_INSTANCE(extern, 4, 128);
+
+namespace {
+
+/// Resident CTAs of turbo_decode_kernel per SM assumed by the split choice: the kernel is
+/// compiled for it (__launch_bounds__ minimum blocks; 128 registers, ≤ 22 KB static smem).
+int ctas_per_sm(int /*head_dim*/) { return kDecodeMinBlocksPerSm; }
+
+template <int D>
+cudaError_t dispatch_bits(int bits, const DecodeLaunch& l, cudaStream_t s) {
+  switch (bits) {
+    case 2:
+      return launch_turbo_decode<2, D>(l, s);
+    case 3:
+      return launch_turbo_decode<3, D>(l, s);
+    case 4:
+      return launch_turbo_decode<4, D>(l, s);
+    default:
+      return cudaErrorInvalidValue;  // "unsupported bits (supported: 2, 3, 4)"
+  }
+}
+
+cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t s) {
+  switch (head_dim) {
+    case 16:
+      return dispatch_bits<16>(bits, l, s);
+    case 24:
+      return dispatch_bits<24>(bits, l, s);
+    case 32:
+      return dispatch_bits<32>(bits, l, s);
+    case 64:
+      return dispatch_bits<64>(bits, l, s);
+    case 128:
+      return dispatch_bits<128>(bits, l, s);
+    default:
+      return cudaErrorInvalidValue;  // "unsupported head_dim (supported: 16, 24, ...)"
+  }
+}
+
+bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
+
+size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+/// Workspace bytes for `splits` splits (0 for one split).
+size_t workspace_for(const quant::DecodeParams& p, int splits) {
+  if (splits <= 1) return 0;
+  const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;
+  return align16(parts * p.head_dim * sizeof(float)) + 2 * align16(parts * sizeof(float));
+}
+
+const char* check_cache(const quant::CacheView& c, int heads, int head_dim) {
+  const quant::PageLayout& l = c.layout;
+  if (l.head_dim != head_dim) return "cache layout head_dim differs from DecodeParams::head_dim";
+  if (c.pages == nullptr) return "cache pages pointer is null";
+  if (!aligned16(c.pages) || c.seq_stride % 16 != 0 || c.head_stride % 16 != 0 ||
+      l.page_bytes % 16 != 0)
+    return "cache pages, seq_stride, head_stride and page_bytes must be multiples of 16 bytes";
+  if (c.max_pages < 0 || l.page_tokens <= 0) return "cache max_pages/page_tokens out of range";
+  if (static_cast<int64_t>(c.max_pages) * l.page_bytes > c.head_stride && heads > 1)
+    return "cache head_stride is smaller than max_pages * page_bytes";
+  if (c.constants.rotation == nullptr || c.constants.centroids == nullptr)
+    return "cache constants: rotation and centroids are required";
+  if (l.norm != quant::NormMode::kNone && l.norm != quant::NormMode::kToken)
+    return "cache norm mode invalid";
+  return nullptr;
+}
+
+}  // namespace
+}  // namespace detail
+
+const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
+  using quant::QjlMode;
+  if (p.batch < 0 || p.heads < 0 || p.q_len < 0) return "batch, heads and q_len must be >= 0";
+  if (!quant::is_supported_head_dim(p.head_dim))
+    return "unsupported head_dim (supported: 16, 24, 32, 64, 128)";
+  if (p.k.layout.bits != p.v.layout.bits)
+    return "K and V must have the same bits (compiled instantiations: bits 2, 3, 4 for both)";
+  if (p.k.layout.bits < 2 || p.k.layout.bits > 4)
+    return "unsupported bits (compiled instantiations: 2, 3, 4)";
+  if (p.batch * p.heads * p.q_len == 0) return nullptr;  // nothing to do
+  if (p.q == nullptr || p.out == nullptr || p.lengths == nullptr)
+    return "q, out and lengths must be non-null device pointers";
+  if (!std::isfinite(p.sm_scale)) return "sm_scale must be finite";
+  if (const char* e = detail::check_cache(p.k, p.heads, p.head_dim)) return e;
+  if (const char* e = detail::check_cache(p.v, p.heads, p.head_dim)) return e;
+  if (p.k.layout.page_tokens != p.v.layout.page_tokens)
+    return "K and V caches must have the same page_tokens";
+  if (p.v.layout.qjl != QjlMode::kNone) return "V cache with QJL bits is not supported (K only)";
+  const QjlMode qjl = p.k.layout.qjl;
+  if (qjl == QjlMode::kSign &&
+      (p.k.constants.qjl_scale == nullptr || p.k.layout.qjl_dim != p.head_dim))
+    return "K QJL sign mode needs constants.qjl_scale [heads] and qjl_dim == head_dim";
+  if (qjl == QjlMode::kProd && (p.k.constants.qjl_proj == nullptr || p.k.layout.qjl_dim <= 0 ||
+                                p.k.layout.qjl_dim % 8 != 0 || p.k.layout.qjl_dim > 8 * p.head_dim))
+    return "K QJL prod mode needs constants.qjl_proj [heads, m, head_dim], m a multiple of 8 "
+           "in [8, 8 * head_dim]";
+  if (qjl != QjlMode::kNone && qjl != QjlMode::kSign && qjl != QjlMode::kProd)
+    return "K QJL mode invalid";
+  return nullptr;
+}
+
+int turbo_decode_num_splits(const quant::DecodeParams& p, int num_sms) {
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads * p.q_len;
+  if (rows <= 0 || num_sms <= 0) return 1;
+  const int64_t capacity = static_cast<int64_t>(p.k.max_pages) * p.k.layout.page_tokens;
+  const int smax = static_cast<int>(
+      std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, capacity / kMinTokensPerSplit)));
+  const int64_t slots = static_cast<int64_t>(num_sms) * detail::ctas_per_sm(p.head_dim);
+  // Time ∝ waves × (tokens per split); a 1% penalty per split for partials and the merge.
+  int best = 1;
+  double best_cost = 1e300;
+  for (int s = 1; s <= smax; ++s) {
+    const int64_t waves = (rows * s + slots - 1) / slots;
+    const double cost = static_cast<double>(waves) / s * (1.0 + 0.01 * s);
+    if (cost < best_cost) {
+      best_cost = cost;
+      best = s;
+    }
+  }
+  return best;
+}
+
+size_t turbo_decode_workspace_bytes(const quant::DecodeParams& p, int num_sms) {
+  return detail::workspace_for(p, turbo_decode_num_splits(p, num_sms));
+}
+
+cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream) {
+  if (turbo_decode_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
+  if (p.batch * p.heads * p.q_len == 0) return cudaSuccess;
+  int device = 0, sms = 0;
+  cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (e != cudaSuccess) return e;
+  int splits = turbo_decode_num_splits(p, sms);
+  if (workspace == nullptr || !detail::aligned16(workspace)) splits = 1;
+  while (splits > 1 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+
+  detail::DecodeLaunch l;
+  l.p = p;
+  l.num_splits = splits;
+  l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
+  l.capacity = static_cast<int>(
+      std::min<int64_t>(static_cast<int64_t>(p.k.max_pages) * p.k.layout.page_tokens,
+                        static_cast<int64_t>(p.v.max_pages) * p.v.layout.page_tokens));
+  if (splits > 1) {
+    const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;
+    char* ws = static_cast<char*>(workspace);
+    l.ws_acc = reinterpret_cast<float*>(ws);
+    ws += detail::align16(parts * p.head_dim * sizeof(float));
+    l.ws_m = reinterpret_cast<float*>(ws);
+    ws += detail::align16(parts * sizeof(float));
+    l.ws_l = reinterpret_cast<float*>(ws);
+  }
+  return detail::dispatch(p.k.layout.bits, p.head_dim, l, stream);
+}
+
+}  // namespace turboesm::kernels

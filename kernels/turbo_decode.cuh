@@ -1,0 +1,510 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file turbo_decode.cuh
+/// \brief Device code of the fused decode attention (see include/turboesm/kernels/turbo_decode.h
+/// for the maths and kernels/NOTES.md for the design and measurements).
+///
+/// ## Work layout (kernel 1, `turbo_decode_kernel<BITS, D>`)
+/// One CTA of 128 threads per (row = (b, h, query i), split). Each thread owns one token at a time
+/// (two threads per token when D = 128, each one half of the coordinates), so a token's packed
+/// record is read by one thread with the widest aligned loads its size allows, and the code
+/// positions inside the loaded words are compile-time constants (unrolled): extracting a code and
+/// turning it into a table offset is one or two integer instructions.
+///  - K: score = n_t · Σ LUT (+ QJL). For 2 and 3 bits, D ≤ 64, one table entry per PAIR of codes
+///    (T[p][c_2p + 2^BITS c_2p+1] = q'_2p C[c_2p] + q'_2p+1 C[c_2p+1], 2^(2·BITS) entries per
+///    pair): one look-up per two coordinates; else one entry per code (a 256-entry 4-bit pair
+///    table, or two thread halves sharing 64-entry tables, would conflict on banks). Built once per
+///    CTA from q' = σ_K ⊙ Π_K q, pre-multiplied by sm_scale·log2(e), in static shared memory (fixed
+///    addresses: each look-up is one LDS [reg + imm]; the D = 128 thread half is OR-ed into the
+///    offset by the same LOP3 that masks the code).
+///  - QJL: Σ_i ±u_i over the m sign bits, u = q' (sign) or S q' (prod), through nibble tables
+///    T[n][16] = Σ_{k<4} ±u_{4n+k}: one conflict-free look-up per 4 bits.
+///  - online softmax in the log2 domain per thread (m, l), rescaling only when the max grows.
+///  - V: acc[j] += (p_t · n^V_t) · C_V[c_j], in V's rotated code space, registers (all lanes
+///    read the same 2^BITS-entry table: conflict-free).
+///  - the next token's records are loaded before the current one is computed (prefetch).
+/// Bottleneck (kernels/NOTES.md): one shared-memory look-up per V coordinate and per K pair
+/// makes the MIO/LSU pipe, not HBM, the limit at ~40% of HBM peak on the H100.
+/// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
+/// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
+/// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+#include "turboesm/quant/cache_view.h"
+#include "turboesm/quant/format.h"
+
+namespace turboesm::kernels::detail {
+
+inline constexpr int kDecodeThreads = 128;
+inline constexpr int kDecodeWarps = kDecodeThreads / 32;
+/// Resident CTAs per SM the kernel is compiled for (caps registers at 128 per thread); the split
+/// heuristic in turbo_decode.cu assumes the same number.
+inline constexpr int kDecodeMinBlocksPerSm = 4;
+inline constexpr float kLog2e = 1.4426950408889634f;
+inline constexpr float kSqrtHalfPiF = 1.2533141373155002f;
+
+/// \brief Everything a decode launch needs beyond DecodeParams (computed by the host launcher).
+struct DecodeLaunch {
+  quant::DecodeParams p;
+  int num_splits = 1;
+  int qjl_m = 0;            ///< K QJL bits per token (0: none)
+  int capacity = 0;         ///< min(K, V) allocated tokens per (b, h): lengths are clamped to it
+  float* ws_acc = nullptr;  ///< [rows, num_splits, D]
+  float* ws_m = nullptr;    ///< [rows, num_splits] running max (log2 domain)
+  float* ws_l = nullptr;    ///< [rows, num_splits] softmax denominators
+};
+
+/// \brief Dynamic shared memory (floats) of turbo_decode_kernel: only QJL prod mode, whose m is a
+/// runtime value, uses it: S q' [m], then the nibble tables [(m/4) · 16 + 16]. Host and device
+/// agree on it through this function.
+struct DecodeDynSmem {
+  int sq, table, half_nibbles, total_floats;
+};
+
+__host__ __device__ inline DecodeDynSmem decode_dyn_smem(int d, int qjl_m, bool prod) {
+  DecodeDynSmem s{};
+  if (!prod) return s;
+  const int lpt = d > 64 ? 2 : 1;
+  const int mb = qjl_m / 8;
+  s.sq = 0;
+  s.table = (qjl_m + 3) / 4 * 4;
+  // Thread half 0 reads record bytes [0, ceil(mb/2)), half 1 the rest (lpt == 2).
+  s.half_nibbles = lpt == 2 ? 2 * ((mb + 1) / 2) : 2 * mb;
+  s.total_floats = s.table + (qjl_m / 4) * 16 + 16;
+  return s;
+}
+
+/// Compile-time shape of the per-thread work.
+template <int BITS, int D>
+struct DecodeTraits {
+  static_assert(BITS >= 2 && BITS <= 4, "turbo_decode: BITS must be 2, 3 or 4");
+  static_assert(D % 8 == 0 && D <= 128, "turbo_decode: D must be a multiple of 8, at most 128");
+  static constexpr int kLevels = 1 << BITS;
+  static constexpr int kLanesPerToken = D > 64 ? 2 : 1;
+  static constexpr int kSub = D / kLanesPerToken;     ///< coordinates per thread
+  static constexpr int kCodeBytes = kSub * BITS / 8;  ///< code bytes per thread per token
+  static constexpr int kCodeWords = (kCodeBytes + 3) / 4;
+  static constexpr int kSignBytes = D / 8 / kLanesPerToken;  ///< QJL sign bytes per thread (kSign)
+  static constexpr int kSignWords = (kSignBytes + 3) / 4;
+  static constexpr int kTokensPerIter = kDecodeThreads / kLanesPerToken;
+  // K table: for 2 and 3 bits (D ≤ 64) one entry per PAIR of codes (2^(2·BITS) entries, one look-up
+  // per two coordinates); for 4 bits (256 entries per pair: bank conflicts) one entry per code.
+  // Only with one thread per token: with two (D = 128) the two halves' look-ups into 64-entry
+  // tables collide on banks (measured slower than per-code tables, kernels/NOTES.md).
+  static constexpr bool kPairLut = BITS <= 3 && kLanesPerToken == 1;
+  static constexpr int kFieldBits = kPairLut ? 2 * BITS : BITS;
+  static constexpr int kLutEntries = 1 << kFieldBits;
+  static constexpr int kLutRows = kPairLut ? kSub / 2 : kSub;
+  // Per-half stride in words. The half's byte base is OR-ed into the extracted byte offset
+  // (LOP3), so it must be a multiple of the offset range (kLutEntries · 4 bytes); tables of fewer
+  // than 32 entries get a 16-word skew so the two halves of a warp use different banks.
+  static constexpr int kLutStride = kLutRows * kLutEntries + (kLutEntries < 32 ? 16 : 0);
+  static_assert((kLutStride * 4) % (kLutEntries * 4) == 0 || kLutEntries < 32, "");
+  static constexpr int kSignNibbles = 2 * kSignBytes;         ///< nibbles per thread half
+  static constexpr int kSignStride = kSignNibbles * 16 + 16;  ///< words, skewed, 64-byte multiple
+  static_assert(kSub * BITS % 8 == 0, "per-thread code bytes must be whole");
+  static_assert(kSub % 2 == 0, "pairs of codes");
+};
+
+/// Loads bytes [p, p + n) (1 ≤ n ≤ 4) as one little-endian word (bytes past n unspecified),
+/// reading only aligned words that overlap the range.
+__device__ __forceinline__ uint32_t load_bytes_u32(const uint8_t* p, int n) {
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
+  const uint32_t off = static_cast<uint32_t>(a & 3u);
+  const uint32_t w0 = base[0];
+  const uint32_t w1 = off + static_cast<uint32_t>(n) > 4u ? base[1] : 0u;
+  return __funnelshift_r(w0, w1, 8u * off);
+}
+
+/// Σ over this thread's sign bytes [lo, hi) of record `rec` of the nibble tables (prod mode,
+/// runtime m). `table` points at nibble `2 * lo`'s row for this thread half.
+__device__ __forceinline__ float qjl_sum_runtime(const uint8_t* rec, int lo, int hi,
+                                                 const float* table) {
+  float s = 0.0f;
+  for (int k = lo; k < hi; k += 4) {
+    const int n = min(4, hi - k);
+    const uint32_t w = load_bytes_u32(rec + k, n);
+    const float* t = table + 2 * (k - lo) * 16;
+#pragma unroll
+    for (int v = 0; v < 8; ++v)
+      if (v < 2 * n) s += lut_at(t + v * 16, ((w >> (4 * v)) & 15u) << 2);
+  }
+  return s;
+}
+
+/// Thread-private state of the online softmax.
+template <int SUB>
+struct SoftmaxState {
+  float m = -INFINITY;  ///< running max of scores (log2 domain)
+  float l = 0.0f;       ///< Σ exp2(s − m)
+  float acc[SUB];       ///< Σ exp2(s − m) · n^V · C_V[c] (code space)
+};
+
+/// One token's record as a thread holds it (prefetched one iteration ahead).
+template <int BITS, int D>
+struct TokenRegs {
+  using T = DecodeTraits<BITS, D>;
+  uint32_t kw[T::kCodeWords];
+  uint32_t vw[T::kCodeWords];
+  uint32_t qw[T::kSignWords];
+  float kn, vn, rn;
+};
+
+/// \brief Kernel 1: one CTA per (row, split); see the file comment.
+template <int BITS, int D>
+__global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
+    turbo_decode_kernel(const __grid_constant__ DecodeLaunch launch) {
+  using T = DecodeTraits<BITS, D>;
+  constexpr int kL = T::kLevels;
+  constexpr int kLpt = T::kLanesPerToken;
+  constexpr int kSub = T::kSub;
+  constexpr int kE = T::kLutEntries;
+  const quant::DecodeParams& p = launch.p;
+  const int row = blockIdx.x;
+  const int split = blockIdx.y;
+  const int num_splits = launch.num_splits;
+  const int bh = row / p.q_len;
+  const int h = bh % p.heads;
+  const int b = bh / p.heads;
+  const int tid = threadIdx.x;
+  const int lane = tid & 31;
+  const int warp = tid >> 5;
+  const int qjl_m = launch.qjl_m;
+  const quant::QjlMode qjl = p.k.layout.qjl;
+  const bool prod = qjl == quant::QjlMode::kProd;
+
+  // Static shared memory: fixed addresses, so every table look-up is one LDS [reg + imm].
+  __shared__ float s_q[D];
+  __shared__ __align__(256) float s_klut[kLpt * T::kLutStride];
+  __shared__ __align__(64) float s_sign[kLpt * T::kSignStride];
+  __shared__ float s_cv[16];
+  __shared__ float s_red[kDecodeWarps * (D + 2)];
+  __shared__ float s_y[D];
+  extern __shared__ float s_dyn[];
+  const DecodeDynSmem dl = decode_dyn_smem(D, qjl_m, prod);
+  float* s_sq = s_dyn + dl.sq;
+  float* s_prod = s_dyn + dl.table;
+
+  // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ...; all loads issued before the sums --
+  {
+    constexpr int kRowsPerWarp = (D + kDecodeWarps - 1) / kDecodeWarps;
+    constexpr int kCols = (D + 31) / 32;
+    const float* q = p.q + static_cast<int64_t>(row) * D;
+    const float* rot = p.k.constants.rotation + static_cast<int64_t>(h) * D * D;
+    const float* sc = p.k.constants.scale;
+    float qv[kCols];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) qv[c] = lane + 32 * c < D ? q[lane + 32 * c] : 0.0f;
+    float part[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp + rr * kDecodeWarps;
+      float s = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kCols; ++c)
+        if (r < D && lane + 32 * c < D) s += rot[r * D + lane + 32 * c] * qv[c];
+      part[rr] = s;
+    }
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp + rr * kDecodeWarps;
+      const float s = warp_sum(part[rr]);
+      if (lane == 0 && r < D) s_q[r] = sc ? s * sc[h * D + r] : s;
+    }
+  }
+  __syncthreads();
+  if (prod) {  // S q' [m]
+    const float* proj = p.k.constants.qjl_proj + static_cast<int64_t>(h) * qjl_m * D;
+    for (int r = warp; r < qjl_m; r += kDecodeWarps) {
+      float s = 0.0f;
+      for (int j = lane; j < D; j += 32) s += proj[static_cast<int64_t>(r) * D + j] * s_q[j];
+      s = warp_sum(s);
+      if (lane == 0) s_sq[r] = s;
+    }
+    __syncthreads();
+  }
+
+  // ---- tables -------------------------------------------------------------------------------
+  const float alpha = p.sm_scale * kLog2e;  // scores in the log2 domain
+  {
+    const float* ck = p.k.constants.centroids + h * kL;
+    for (int idx = tid; idx < kLpt * T::kLutRows * kE; idx += kDecodeThreads) {
+      const int half = idx / (T::kLutRows * kE);
+      const int rem = idx - half * (T::kLutRows * kE);
+      const int r = rem / kE, e = rem - (rem / kE) * kE;
+      float v;
+      if constexpr (T::kPairLut) {
+        const int j = half * kSub + 2 * r;
+        v = alpha * (s_q[j] * ck[e & (kL - 1)] + s_q[j + 1] * ck[e >> BITS]);
+      } else {
+        v = alpha * s_q[half * kSub + r] * ck[e];
+      }
+      s_klut[half * T::kLutStride + r * kE + e] = v;
+    }
+    if (qjl == quant::QjlMode::kSign) {
+      const float coef = alpha * p.k.constants.qjl_scale[h];
+      for (int idx = tid; idx < (D / 4) * 16; idx += kDecodeThreads) {
+        const int n = idx >> 4, v = idx & 15;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_q[4 * n + k] : -s_q[4 * n + k];
+        const int half = n / T::kSignNibbles, nn = n - half * T::kSignNibbles;
+        s_sign[half * T::kSignStride + nn * 16 + v] = coef * s;
+      }
+    } else if (prod) {
+      for (int idx = tid; idx < (qjl_m / 4) * 16; idx += kDecodeThreads) {
+        const int n = idx >> 4, v = idx & 15;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_sq[4 * n + k] : -s_sq[4 * n + k];
+        s_prod[n * 16 + v + (n >= dl.half_nibbles ? 16 : 0)] = alpha * s;
+      }
+    }
+    if (tid < kL) s_cv[tid] = p.v.constants.centroids[h * kL + tid];
+  }
+  __syncthreads();
+
+  // ---- stream this split's tokens -----------------------------------------------------------
+  const quant::PageLayout& kl = p.k.layout;
+  const quant::PageLayout& vl = p.v.layout;
+  const int len = min(p.lengths[b], launch.capacity);
+  const int chunk = (len + num_splits - 1) / num_splits;
+  const int t0 = min(len, split * chunk);
+  const int t1 = min(len, t0 + chunk);
+  const int sub = kLpt == 2 ? (lane & 1) : 0;
+  const uint8_t* kbase = p.k.pages + b * p.k.seq_stride + h * p.k.head_stride;
+  const uint8_t* vbase = p.v.pages + b * p.v.seq_stride + h * p.v.head_stride;
+  const uint32_t ksub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kLutStride * 4) : 0u;
+  const uint32_t ssub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kSignStride * 4) : 0u;
+  const bool k_norm = kl.norm == quant::NormMode::kToken;
+  const bool v_norm = vl.norm == quant::NormMode::kToken;
+  const int pt = kl.page_tokens;  // K and V share page_tokens (checked by the launcher)
+  // prod: this thread's byte range of the sign record, and its nibble table.
+  const int qb = kl.qjl_bytes;
+  const int qlo = kLpt == 2 && sub ? (qb + 1) / 2 : 0;
+  const int qhi = kLpt == 2 && !sub ? (qb + 1) / 2 : qb;
+  const float* ptab = s_prod + (sub ? dl.half_nibbles * 16 + 16 : 0);
+  const float prod_coef = qjl_m > 0 ? kSqrtHalfPiF / static_cast<float>(qjl_m) : 0.0f;
+
+  SoftmaxState<kSub> st;
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) st.acc[j] = 0.0f;
+
+  auto load = [&](TokenRegs<BITS, D>& r, int page, int slot) {
+    const uint8_t* kp = kbase + static_cast<int64_t>(page) * kl.page_bytes;
+    const uint8_t* vp = vbase + static_cast<int64_t>(page) * vl.page_bytes;
+    load_record<T::kCodeBytes>(kp + kl.codes_offset + slot * kl.code_bytes + sub * T::kCodeBytes,
+                               r.kw);
+    load_record<T::kCodeBytes>(vp + vl.codes_offset + slot * vl.code_bytes + sub * T::kCodeBytes,
+                               r.vw);
+    r.kn = k_norm ? load_half(kp + kl.norms_offset + 2 * slot) : 1.0f;
+    r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
+    if (qjl == quant::QjlMode::kSign)
+      load_record<T::kSignBytes>(kp + kl.qjl_offset + slot * kl.qjl_bytes + sub * T::kSignBytes,
+                                 r.qw);
+    r.rn = prod ? load_half(kp + kl.rnorms_offset + 2 * slot) : 0.0f;
+  };
+
+  // Warp-uniform loop (the D = 128 pair exchange needs both lanes of a pair): a thread whose
+  // token is past t1 loads nothing, computes garbage and discards it after the shuffle.
+  const int my_off = tid / kLpt;
+  int t = t0 + my_off;
+  int page = t / pt;
+  int slot = t - page * pt;
+  TokenRegs<BITS, D> cur;
+  if (t < t1) load(cur, page, slot);
+  for (int base = t0; base < t1; base += T::kTokensPerIter) {
+    const bool valid = t < t1;
+    const int t_cur = t, page_cur = page, slot_cur = slot;
+    // Prefetch the next token of this thread before computing the current one.
+    t += T::kTokensPerIter;
+    slot += T::kTokensPerIter;
+    while (slot >= pt) {
+      slot -= pt;
+      ++page;
+    }
+    TokenRegs<BITS, D> nxt;
+    if (t < t1) load(nxt, page, slot);
+
+    // K score (partial over this thread's coordinates), 4 independent sums for ILP.
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    static_for<0, T::kLutRows>([&](auto R) {
+      constexpr int r = decltype(R)::value;
+      a[r & 3] += lut_at(s_klut + r * kE, code_offset<T::kFieldBits, r>(cur.kw) | ksub_base);
+    });
+    float partial = (a[0] + a[1]) + (a[2] + a[3]);
+    if (qjl == quant::QjlMode::kSign) {
+      float qs = 0.0f;
+      static_for<0, T::kSignNibbles>([&](auto N) {
+        constexpr int n = decltype(N)::value;
+        qs += lut_at(s_sign + n * 16, code_offset<4, n>(cur.qw) | ssub_base);
+      });
+      partial += qs;
+    } else if (prod && valid) {
+      const uint8_t* rec = kbase + static_cast<int64_t>(page_cur) * kl.page_bytes + kl.qjl_offset +
+                           slot_cur * kl.qjl_bytes;
+      partial += prod_coef * cur.rn * qjl_sum_runtime(rec, qlo, qhi, ptab);
+    }
+    if constexpr (kLpt == 2) partial += __shfl_xor_sync(kFullMask, partial, 1);
+    (void)t_cur;
+    if (valid) {
+      const float s = cur.kn * partial;
+      // Online softmax + V accumulation.
+      if (s > st.m) {
+        const float f = rescale_factor(st.m, s);
+        st.l *= f;
+#pragma unroll
+        for (int j = 0; j < kSub; ++j) st.acc[j] *= f;
+        st.m = s;
+      }
+      const float pw = exp2f(s - st.m);
+      st.l += pw;
+      const float w = pw * cur.vn;
+      static_for<0, kSub>([&](auto J) {
+        constexpr int j = decltype(J)::value;
+        st.acc[j] = fmaf(w, lut_at(s_cv, code_offset<BITS, j>(cur.vw)), st.acc[j]);
+      });
+    }
+    cur = nxt;
+  }
+
+  // ---- merge the threads: warp (shuffles), then CTA (shared memory) -------------------------
+  {
+    const float wm = warp_max(st.m);
+    const float f = rescale_factor(st.m, wm);
+    float l = st.l * f;
+#pragma unroll
+    for (int o = 16; o >= kLpt; o >>= 1) l += __shfl_xor_sync(kFullMask, l, o);
+#pragma unroll
+    for (int j = 0; j < kSub; ++j) {
+      float v = st.acc[j] * f;
+#pragma unroll
+      for (int o = 16; o >= kLpt; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
+      st.acc[j] = v;
+    }
+    float* r = s_red + warp * (D + 2);
+    if (lane < kLpt) {
+#pragma unroll
+      for (int j = 0; j < kSub; ++j) r[lane * kSub + j] = st.acc[j];
+    }
+    if (lane == 0) {
+      r[D] = wm;
+      r[D + 1] = l;
+    }
+  }
+  __syncthreads();
+  float cta_m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kDecodeWarps; ++w) cta_m = fmaxf(cta_m, s_red[w * (D + 2) + D]);
+  float cta_l = 0.0f;
+  float fw[kDecodeWarps];
+#pragma unroll
+  for (int w = 0; w < kDecodeWarps; ++w) {
+    fw[w] = rescale_factor(s_red[w * (D + 2) + D], cta_m);
+    cta_l += fw[w] * s_red[w * (D + 2) + D + 1];
+  }
+  if (num_splits > 1) {
+    const int64_t part = static_cast<int64_t>(row) * num_splits + split;
+    for (int j = tid; j < D; j += kDecodeThreads) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kDecodeWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
+      launch.ws_acc[part * D + j] = acc;
+    }
+    if (tid == 0) {
+      launch.ws_m[part] = cta_m;
+      launch.ws_l[part] = cta_l;
+    }
+    return;
+  }
+  // One split: finish here. y = σ_V ⊙ acc / l, out = Π_Vᵀ y + μ_V (zeros for an empty row).
+  const float inv_l = cta_l > 0.0f ? 1.0f / cta_l : 0.0f;
+  const float* sv = p.v.constants.scale;
+  for (int j = tid; j < D; j += kDecodeThreads) {
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
+    s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
+  }
+  __syncthreads();
+  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+  const float* mu = p.v.constants.mean;
+  for (int i = tid; i < D; i += kDecodeThreads) {
+    float o = 0.0f;
+#pragma unroll 8
+    for (int j = 0; j < D; ++j) o += rot[j * D + i] * s_y[j];
+    if (mu && cta_l > 0.0f) o += mu[h * D + i];
+    p.out[static_cast<int64_t>(row) * D + i] = o;
+  }
+}
+
+/// \brief Kernel 2 (num_splits > 1): merges the splits of one row and rotates back.
+/// One CTA of kDecodeThreads per row.
+template <int D>
+__global__ void __launch_bounds__(kDecodeThreads)
+    turbo_decode_merge_kernel(const __grid_constant__ DecodeLaunch launch) {
+  const quant::DecodeParams& p = launch.p;
+  const int row = blockIdx.x;
+  const int h = (row / p.q_len) % p.heads;
+  const int ns = launch.num_splits;
+  const float* pm = launch.ws_m + static_cast<int64_t>(row) * ns;
+  const float* pl = launch.ws_l + static_cast<int64_t>(row) * ns;
+  const float* pa = launch.ws_acc + static_cast<int64_t>(row) * ns * D;
+  __shared__ float s_y[D];
+  float m = -INFINITY;
+  for (int s = 0; s < ns; ++s) m = fmaxf(m, pm[s]);
+  float l = 0.0f;
+  for (int s = 0; s < ns; ++s) l += rescale_factor(pm[s], m) * pl[s];
+  const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+  const float* sv = p.v.constants.scale;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < ns; ++s) acc += rescale_factor(pm[s], m) * pa[s * D + j];
+    s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
+  }
+  __syncthreads();
+  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+  const float* mu = p.v.constants.mean;
+  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+    float o = 0.0f;
+    for (int j = 0; j < D; ++j) o += rot[j * D + i] * s_y[j];
+    if (mu && l > 0.0f) o += mu[h * D + i];
+    p.out[static_cast<int64_t>(row) * D + i] = o;
+  }
+}
+
+/// \brief Launches kernel 1 (and kernel 2 when launch.num_splits > 1) for one (BITS, D).
+/// Explicitly instantiated in kernels/instances/turbo_decode_b{BITS}_d{D}.cu.
+template <int BITS, int D>
+cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream) {
+  const quant::DecodeParams& p = launch.p;
+  const int rows = p.batch * p.heads * p.q_len;
+  if (rows == 0) return cudaSuccess;
+  const DecodeDynSmem dl =
+      decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd);
+  const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
+  if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
+    const cudaError_t e =
+        cudaFuncSetAttribute(turbo_decode_kernel<BITS, D>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  turbo_decode_kernel<BITS, D>
+      <<<dim3(rows, launch.num_splits), kDecodeThreads, smem, stream>>>(launch);
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess || launch.num_splits == 1) return e;
+  turbo_decode_merge_kernel<D><<<rows, kDecodeThreads, 0, stream>>>(launch);
+  return cudaGetLastError();
+}
+
+/// Declares (extern) or defines the instantiation of launch_turbo_decode<BITS, D>.
+#define TURBOESM_DECODE_INSTANCE(EXTERN, BITS, D)                                      \
+  EXTERN template cudaError_t launch_turbo_decode<BITS, D>(const DecodeLaunch& launch, \
+                                                           cudaStream_t stream)
+
+}  // namespace turboesm::kernels::detail

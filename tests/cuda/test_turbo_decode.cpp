@@ -1,0 +1,388 @@
+// SPDX-License-Identifier: MIT
+// turbo_decode (CUDA) against the CPU oracle: pages encoded on the host by TurboQuantizer, every
+// cached token decoded with decode_ref, attention computed exactly in double. Every (bits, head
+// dim) instantiation, K/V modes (norm none/token, QJL none/sign/prod, σ/μ), unequal lengths
+// (0, 1, 7, 64, 1000, 16384), batch 1 and 13, q_len > 1, split-K on and off, all-equal and extreme
+// scores. Argument checks and the split heuristic run without a GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "cuda_test_util.h"
+#include "turboesm/kernels/turbo_decode.h"
+
+namespace {
+
+namespace tq = turboesm::quant;
+namespace tk = turboesm::kernels;
+using turboesm::testing_cuda::DeviceBuffer;
+using turboesm::testing_cuda::HeadSet;
+using turboesm::testing_cuda::HostPages;
+using turboesm::testing_cuda::pages_for;
+using turboesm::testing_cuda::SideConfig;
+
+/// Issue 6: max |Δ| ≤ 1e-4 relative (to the largest |v̂| entry the row averages over).
+constexpr double kRelTol = 1e-4;
+
+struct DecodeCase {
+  int bits = 3, dim = 64, batch = 1, heads = 2, q_len = 1;
+  std::vector<int> lengths{64};
+  SideConfig k, v;
+  float q_scale = 1.0f;  ///< multiplies the N(0, 1) queries (0: all scores equal)
+  bool tiny_workspace = false;
+  uint64_t seed = 1;
+};
+
+struct DecodeOutcome {
+  double max_rel_err = 0.0;
+  int64_t non_finite = 0;
+  int64_t unwritten = 0;
+  int splits = 0;
+  int64_t checked = 0;
+};
+
+DecodeOutcome run_decode_case(const DecodeCase& c) {
+  const int D = c.dim, B = c.batch, H = c.heads, Q = c.q_len;
+  SideConfig kc = c.k, vc = c.v;
+  kc.bits = vc.bits = c.bits;
+  HeadSet ks(H, D, kc, c.seed), vs(H, D, vc, c.seed + 7);
+  const int pt = ks.layout().page_tokens;
+  const int max_len = *std::max_element(c.lengths.begin(), c.lengths.end());
+  const int pages = std::max(1, pages_for(max_len, pt));
+  HostPages kp(ks.layout(), B, H, pages, 0x5a), vp(vs.layout(), B, H, pages, 0xa5);
+
+  tq::Rng rng(c.seed * 7919 + 3);
+  std::vector<float> x(D);
+  // Decoded caches [b][h][t][D] (the oracle reads these, never the codes).
+  std::vector<std::vector<float>> khat(B * H), vhat(B * H);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h) {
+      const int len = c.lengths[b];
+      khat[b * H + h].resize(static_cast<size_t>(len) * D);
+      vhat[b * H + h].resize(static_cast<size_t>(len) * D);
+      for (int t = 0; t < len; ++t) {
+        tq::fill_normal(rng, x.data(), D);
+        uint8_t* kpage = kp.page(b, h, t / pt);
+        ks.q(h).encode(x.data(), kpage, t % pt);
+        ks.q(h).decode_ref(kpage, t % pt, khat[b * H + h].data() + static_cast<size_t>(t) * D);
+        tq::fill_normal(rng, x.data(), D);
+        uint8_t* vpage = vp.page(b, h, t / pt);
+        vs.q(h).encode(x.data(), vpage, t % pt);
+        vs.q(h).decode_ref(vpage, t % pt, vhat[b * H + h].data() + static_cast<size_t>(t) * D);
+      }
+    }
+  std::vector<float> q(static_cast<size_t>(B) * H * Q * D);
+  tq::fill_normal(rng, q.data(), q.size());
+  for (float& v : q) v *= c.q_scale;
+  const float sm_scale = 1.0f / std::sqrt(static_cast<float>(D));
+
+  // Device side.
+  DeviceBuffer d_kpages = DeviceBuffer::from(kp.bytes), d_vpages = DeviceBuffer::from(vp.bytes);
+  DeviceBuffer d_q = DeviceBuffer::from(q);
+  DeviceBuffer d_len = DeviceBuffer::from(std::vector<int32_t>(c.lengths.begin(), c.lengths.end()));
+  DeviceBuffer d_out =
+      DeviceBuffer::from(std::vector<float>(q.size(), std::numeric_limits<float>::quiet_NaN()));
+  tq::DecodeParams p;
+  p.batch = B;
+  p.heads = H;
+  p.head_dim = D;
+  p.q_len = Q;
+  p.q = d_q.get<float>();
+  p.out = d_out.get<float>();
+  p.lengths = d_len.get<int32_t>();
+  p.sm_scale = sm_scale;
+  p.k = kp.view(d_kpages.get<uint8_t>(), ks.device_constants());
+  p.v = vp.view(d_vpages.get<uint8_t>(), vs.device_constants());
+  EXPECT_EQ(tk::turbo_decode_invalid_reason(p), nullptr) << tk::turbo_decode_invalid_reason(p);
+
+  int dev = 0, sms = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+  DecodeOutcome o;
+  o.splits = tk::turbo_decode_num_splits(p, sms);
+  size_t ws_bytes = tk::turbo_decode_workspace_bytes(p, sms);
+  if (c.tiny_workspace) ws_bytes /= 3;  // forces fewer splits
+  DeviceBuffer d_ws(ws_bytes);
+  cudaError_t e = tk::turbo_decode(p, d_ws.get(), ws_bytes, nullptr);
+  EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+  e = cudaDeviceSynchronize();
+  EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+  const std::vector<float> out = d_out.to_host<float>();
+
+  // Oracle: exact softmax attention in double over the decoded caches.
+  std::vector<double> s, ref(D);
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int i = 0; i < Q; ++i) {
+        const int len = c.lengths[b];
+        const float* qi = q.data() + ((static_cast<size_t>(b) * H + h) * Q + i) * D;
+        const float* kh = khat[b * H + h].data();
+        const float* vh = vhat[b * H + h].data();
+        std::fill(ref.begin(), ref.end(), 0.0);
+        double vmax = 1e-30;
+        if (len > 0) {
+          s.assign(len, 0.0);
+          double smax = -std::numeric_limits<double>::infinity();
+          for (int t = 0; t < len; ++t) {
+            double acc = 0.0;
+            for (int j = 0; j < D; ++j) acc += static_cast<double>(qi[j]) * kh[t * D + j];
+            s[t] = acc * sm_scale;
+            smax = std::max(smax, s[t]);
+          }
+          double l = 0.0;
+          for (int t = 0; t < len; ++t) {
+            s[t] = std::exp(s[t] - smax);
+            l += s[t];
+          }
+          for (int t = 0; t < len; ++t)
+            for (int j = 0; j < D; ++j) {
+              ref[j] += s[t] / l * vh[t * D + j];
+              vmax = std::max(vmax, std::abs(static_cast<double>(vh[t * D + j])));
+            }
+        }
+        const float* oi = out.data() + ((static_cast<size_t>(b) * H + h) * Q + i) * D;
+        for (int j = 0; j < D; ++j) {
+          ++o.checked;
+          if (std::isnan(oi[j])) ++o.unwritten;  // poisoned with NaN before the call
+          if (!std::isfinite(oi[j])) {
+            ++o.non_finite;
+            continue;
+          }
+          const double err = std::abs(oi[j] - ref[j]) / (len > 0 ? vmax : 1.0);
+          o.max_rel_err = std::max(o.max_rel_err, err);
+        }
+      }
+  return o;
+}
+
+void expect_matches(const DecodeOutcome& o, const std::string& what) {
+  EXPECT_EQ(o.unwritten, 0) << what << ": outputs left unwritten (NaN poison)";
+  EXPECT_EQ(o.non_finite, 0) << what;
+  EXPECT_LE(o.max_rel_err, kRelTol) << what << " (splits " << o.splits << ")";
+  EXPECT_GT(o.checked, 0) << what;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Every instantiation, three K/V mode sets, batch 13 with unequal lengths (0 included).
+// ---------------------------------------------------------------------------------------------
+struct ShapeParam {
+  int bits, dim;
+};
+
+class TurboDecodeShapes : public ::testing::TestWithParam<ShapeParam> {};
+
+TEST_P(TurboDecodeShapes, MatchesCpuOracle) {
+  TURBOESM_REQUIRE_GPU();
+  const ShapeParam sp = GetParam();
+  const std::vector<int> lengths = {1, 7, 64, 1000, 0, 3, 130, 65, 500, 2, 999, 17, 64};
+  struct Modes {
+    const char* name;
+    SideConfig k, v;
+  };
+  SideConfig k_token, v_token;  // TurboQuant style
+  SideConfig k_sign_raw;        // seed style: raw values, sign QJL, σ and μ
+  k_sign_raw.norm = tq::NormMode::kNone;
+  k_sign_raw.qjl = tq::QjlMode::kSign;
+  k_sign_raw.scale_mean = true;
+  SideConfig v_raw;
+  v_raw.norm = tq::NormMode::kNone;
+  v_raw.scale_mean = true;
+  SideConfig k_prod;  // TurboQuant_prod, m = d
+  k_prod.qjl = tq::QjlMode::kProd;
+  const Modes modes[] = {{"token/none", k_token, v_token},
+                         {"none+sign+scaled/none+scaled", k_sign_raw, v_raw},
+                         {"token+prod/token", k_prod, v_token}};
+  for (const Modes& m : modes) {
+    DecodeCase c;
+    c.bits = sp.bits;
+    c.dim = sp.dim;
+    c.batch = static_cast<int>(lengths.size());
+    c.heads = 2;
+    c.lengths = lengths;
+    c.k = m.k;
+    c.v = m.v;
+    c.seed = 11 + sp.bits * 131 + sp.dim;
+    expect_matches(run_decode_case(c), m.name);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    AllInstances, TurboDecodeShapes,
+    ::testing::Values(ShapeParam{2, 16}, ShapeParam{2, 24}, ShapeParam{2, 32}, ShapeParam{2, 64},
+                      ShapeParam{2, 128}, ShapeParam{3, 16}, ShapeParam{3, 24}, ShapeParam{3, 32},
+                      ShapeParam{3, 64}, ShapeParam{3, 128}, ShapeParam{4, 16}, ShapeParam{4, 24},
+                      ShapeParam{4, 32}, ShapeParam{4, 64}, ShapeParam{4, 128}),
+    [](const ::testing::TestParamInfo<ShapeParam>& i) {
+      return "b" + std::to_string(i.param.bits) + "_d" + std::to_string(i.param.dim);
+    });
+
+// ---------------------------------------------------------------------------------------------
+// Long caches: split-K (16384 tokens, batch 1) and a second unequal sequence.
+// ---------------------------------------------------------------------------------------------
+TEST(TurboDecode, LongCacheSplitK) {
+  TURBOESM_REQUIRE_GPU();
+  const ShapeParam shapes[] = {{3, 64}, {2, 128}, {4, 16}};
+  for (const ShapeParam& sp : shapes) {
+    DecodeCase c;
+    c.bits = sp.bits;
+    c.dim = sp.dim;
+    c.batch = 1;
+    c.lengths = {16384};
+    c.seed = 5 + sp.dim;
+    const DecodeOutcome o = run_decode_case(c);
+    EXPECT_GT(o.splits, 1) << "batch 1 x 2 heads x 16384 tokens should be split";
+    expect_matches(o, "16384 tokens b" + std::to_string(sp.bits) + " d" + std::to_string(sp.dim));
+  }
+  DecodeCase c;
+  c.batch = 2;
+  c.lengths = {16384, 9001};
+  c.k.qjl = tq::QjlMode::kSign;
+  expect_matches(run_decode_case(c), "batch 2 (16384, 9001), sign QJL");
+}
+
+TEST(TurboDecode, SmallWorkspaceUsesFewerSplits) {
+  TURBOESM_REQUIRE_GPU();
+  DecodeCase c;
+  c.lengths = {5000};
+  c.tiny_workspace = true;
+  expect_matches(run_decode_case(c), "workspace / 3");
+}
+
+TEST(TurboDecode, SeveralQueriesPerSequence) {
+  TURBOESM_REQUIRE_GPU();
+  DecodeCase c;
+  c.batch = 3;
+  c.q_len = 5;
+  c.lengths = {700, 1, 66};
+  c.k.qjl = tq::QjlMode::kProd;
+  c.k.qjl_dim = 96;  // m ≠ d
+  expect_matches(run_decode_case(c), "q_len 5, prod m=96");
+  c.dim = 128;
+  c.k.qjl_dim = 40;  // odd number of sign bytes: the two thread halves split it unevenly
+  expect_matches(run_decode_case(c), "q_len 5, d 128, prod m=40");
+}
+
+TEST(TurboDecode, AllEqualScoresAreUniform) {
+  TURBOESM_REQUIRE_GPU();
+  DecodeCase c;
+  c.batch = 2;
+  c.lengths = {3000, 33};
+  c.q_scale = 0.0f;  // every score is 0: softmax is uniform, out = mean of v̂
+  expect_matches(run_decode_case(c), "all-equal scores");
+}
+
+TEST(TurboDecode, ExtremeScoresStayFinite) {
+  TURBOESM_REQUIRE_GPU();
+  for (float scale : {300.0f, 3000.0f}) {  // scores of order ±1e3..1e4: one-hot softmax
+    DecodeCase c;
+    c.batch = 2;
+    c.lengths = {2000, 300};
+    c.q_scale = scale;
+    c.k.qjl = tq::QjlMode::kSign;
+    expect_matches(run_decode_case(c), "q x " + std::to_string(scale));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Host-side checks (no GPU needed).
+// ---------------------------------------------------------------------------------------------
+tq::DecodeParams valid_params_no_device() {
+  static float dummy_f[4] __attribute__((aligned(16)));
+  static int32_t dummy_i[4];
+  static uint8_t dummy_pages[64] __attribute__((aligned(16)));
+  tq::DecodeParams p;
+  p.batch = 2;
+  p.heads = 3;
+  p.head_dim = 64;
+  p.q_len = 1;
+  p.q = dummy_f;
+  p.out = dummy_f;
+  p.lengths = dummy_i;
+  for (tq::CacheView* c : {&p.k, &p.v}) {
+    c->layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
+    c->pages = dummy_pages;
+    c->max_pages = 4;
+    c->head_stride = 4 * c->layout.page_bytes;
+    c->seq_stride = 3 * c->head_stride;
+    c->constants.rotation = dummy_f;
+    c->constants.centroids = dummy_f;
+  }
+  return p;
+}
+
+TEST(TurboDecodeArgs, RejectsInvalidParamsWithAReason) {
+  EXPECT_EQ(tk::turbo_decode_invalid_reason(valid_params_no_device()), nullptr);
+  struct Bad {
+    const char* what;
+    void (*mutate)(tq::DecodeParams&);
+  };
+  const Bad bad[] = {
+      {"head_dim 40", [](tq::DecodeParams& p) { p.head_dim = 40; }},
+      {"bits 1",
+       [](tq::DecodeParams& p) {
+         p.k.layout = tq::make_page_layout(64, 1, tq::NormMode::kToken, tq::QjlMode::kNone);
+         p.v.layout = p.k.layout;
+       }},
+      {"K/V bits differ",
+       [](tq::DecodeParams& p) {
+         p.v.layout = tq::make_page_layout(64, 4, tq::NormMode::kToken, tq::QjlMode::kNone);
+       }},
+      {"null q", [](tq::DecodeParams& p) { p.q = nullptr; }},
+      {"null lengths", [](tq::DecodeParams& p) { p.lengths = nullptr; }},
+      {"null pages", [](tq::DecodeParams& p) { p.v.pages = nullptr; }},
+      {"misaligned pages", [](tq::DecodeParams& p) { p.k.pages += 4; }},
+      {"odd stride", [](tq::DecodeParams& p) { p.k.seq_stride += 8; }},
+      {"no rotation", [](tq::DecodeParams& p) { p.k.constants.rotation = nullptr; }},
+      {"sign without scale",
+       [](tq::DecodeParams& p) {
+         p.k.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kSign);
+       }},
+      {"prod without projection",
+       [](tq::DecodeParams& p) {
+         p.k.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kProd, 64);
+       }},
+      {"QJL on V",
+       [](tq::DecodeParams& p) {
+         p.v.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kSign);
+       }},
+      {"layout head_dim",
+       [](tq::DecodeParams& p) {
+         p.v.layout = tq::make_page_layout(32, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
+       }},
+      {"NaN sm_scale", [](tq::DecodeParams& p) { p.sm_scale = std::nanf(""); }},
+  };
+  for (const Bad& b : bad) {
+    tq::DecodeParams p = valid_params_no_device();
+    b.mutate(p);
+    const char* reason = tk::turbo_decode_invalid_reason(p);
+    EXPECT_NE(reason, nullptr) << b.what;
+    // Rejected before any CUDA call, so this holds without a GPU too.
+    EXPECT_EQ(tk::turbo_decode(p, nullptr, 0, nullptr), cudaErrorInvalidValue) << b.what;
+  }
+}
+
+TEST(TurboDecodeArgs, SplitHeuristic) {
+  tq::DecodeParams p = valid_params_no_device();
+  const int sms = 132;
+  // Batch 1, 20 heads, 16384 tokens: 20 rows cannot fill 132 SMs → split.
+  p.batch = 1;
+  p.heads = 20;
+  for (tq::CacheView* c : {&p.k, &p.v}) c->max_pages = 16384 / c->layout.page_tokens;
+  const int s1 = tk::turbo_decode_num_splits(p, sms);
+  EXPECT_GT(s1, 1);
+  EXPECT_LE(s1, tk::kMaxSplits);
+  EXPECT_GT(tk::turbo_decode_workspace_bytes(p, sms), 0u);
+  // Splits never exceed capacity / kMinTokensPerSplit.
+  for (tq::CacheView* c : {&p.k, &p.v}) c->max_pages = 2;  // 128 tokens
+  EXPECT_EQ(tk::turbo_decode_num_splits(p, sms), 1);
+  EXPECT_EQ(tk::turbo_decode_workspace_bytes(p, sms), 0u);
+  // Many rows: few splits.
+  p.batch = 64;
+  for (tq::CacheView* c : {&p.k, &p.v}) c->max_pages = 256;
+  EXPECT_LE(tk::turbo_decode_num_splits(p, sms), 2);
+}
+
+}  // namespace

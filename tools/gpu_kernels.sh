@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GPU machine run of the CUDA kernels (not CI): test_cuda (GPU tests vs the CPU oracle), the same
+# tests under compute-sanitizer memcheck, and bench_decode_cuda (JSON + table) into ${OUT}.
+# The binaries are built beforehand (cmake --build <dir> --target test_cuda bench_decode_cuda) on
+# an x86-64 machine with the same torch wheel as the GPU machine (2.11.0+cu130) and carried; the
+# GPU machine's own torch libraries are used at run time. `tools/gpu_check.sh` instead builds the
+# whole project on the GPU machine.
+#   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda)
+#   TURBOESM_SKIP       space-separated subset of: test memcheck bench
+set -uo pipefail
+_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_build="${TURBOESM_BUILD_DIR:-${_root}/build-cuda}"
+_out="${OUT:-${_root}/gpu-out}"
+_skip=" ${TURBOESM_SKIP:-} "
+mkdir -p "${_out}"
+_torchlib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+export LD_LIBRARY_PATH="${_build}/lib:${_torchlib}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c 'import torch; print("torch", torch.__version__)'
+  ldd --version | head -1
+  ldd "${_build}/bin/test_cuda" | grep -i "not found" || echo "all shared libraries found"
+} 2>&1 | tee "${_out}/gpu.txt"
+_rc=0
+if [[ "${_skip}" != *" test "* ]]; then
+  timeout 400 "${_build}/bin/test_cuda" --gtest_output="json:${_out}/test_cuda.json" \
+    > "${_out}/test_cuda.log" 2>&1 || _rc=1
+  grep -E "^\[  (PASSED|FAILED|SKIPPED) |FAILED  \]|Failure|Expected|Which is|info \]" \
+    "${_out}/test_cuda.log" | head -60
+  tail -3 "${_out}/test_cuda.log"
+fi
+if [[ "${_skip}" != *" memcheck "* ]]; then
+  # The long (16384-token) cases only add host time under the sanitizer: memcheck the rest.
+  timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "${_build}/bin/test_cuda" \
+    --gtest_filter="${TURBOESM_MEMCHECK_FILTER:--*LongCache*}" > "${_out}/memcheck.log" 2>&1
+  _m=$?
+  echo "memcheck exit ${_m}"; grep -E "ERROR SUMMARY|Invalid|PASSED|FAILED" "${_out}/memcheck.log" | head -20
+  [[ ${_m} -ne 0 ]] && _rc=1
+fi
+if [[ "${_skip}" != *" bench "* ]]; then
+  timeout 400 "${_build}/bin/bench_decode_cuda" --benchmark_out="${_out}/bench_decode_cuda.json" \
+    --benchmark_out_format=json ${TURBOESM_BENCH_ARGS:-} > "${_out}/bench_decode_cuda.txt" 2>&1 \
+    || { echo "bench_decode_cuda failed"; _rc=1; }
+  sed -n '/^GPU:/,$p' "${_out}/bench_decode_cuda.txt"
+  grep -iE "error" "${_out}/bench_decode_cuda.txt" | head -5
+fi
+if command -v cuobjdump > /dev/null && [[ -f "${_build}/lib/libturboesm_kernels.a" ]]; then
+  # Instruction histogram of the headline instantiation (3-bit, d = 64) for kernels/NOTES.md.
+  _sym=_ZN8turboesm7kernels6detail19turbo_decode_kernelILi3ELi64EEEvNS1_12DecodeLaunchE
+  cuobjdump -sass -fun "${_sym}" "${_build}/lib/libturboesm_kernels.a" > "${_out}/sass.txt" 2>&1
+  { echo "== opcode histogram (whole kernel) =="
+    grep -oE "^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+" "${_out}/sass.txt" | awk '{print $2}' | sort | uniq -c | sort -rn | head -25
+  } >> "${_out}/sass.txt"
+fi
+exit ${_rc}
