@@ -6,10 +6,14 @@
 #include <sys/stat.h>
 
 #include <cerrno>
+#include <cmath>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <sstream>
 
+#include "json_text.h"
 #include "turboesm/error.h"
 
 namespace turboesm::model {
@@ -18,11 +22,7 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string short_json(const json& j) {
-  std::string s = j.dump();
-  if (s.size() > 60) s = s.substr(0, 57) + "...";
-  return s;
-}
+std::string short_json(const json& j) { return io::detail::short_json(j, 60); }
 
 /// Reads config keys with HF semantics: absent (or null, where HF allows None) → default.
 class Reader {
@@ -39,16 +39,23 @@ class Reader {
   }
   void integer(const char* key, int64_t& out, bool required = false) const {
     if (const json* v = get(key, required)) {
-      // Accept 320.0 as 320 (some writers emit floats), but not 320.5.
+      // Accept 320.0 as 320 (some writers emit floats), but not 320.5. Range first: converting
+      // a double outside int64's range is undefined behaviour (found by tests/fuzz/fuzz_config).
       if (v->is_number_float()) {
         const double d = v->get<double>();
-        TURBOESM_CHECK(d == static_cast<double>(static_cast<int64_t>(d)), source_, ": key '", key,
-                       "' must be an integer, got ", short_json(*v));
+        constexpr double kTwo63 = 9223372036854775808.0;
+        TURBOESM_CHECK(std::isfinite(d) && d >= -kTwo63 && d < kTwo63 && d == std::trunc(d),
+                       source_, ": key '", key, "' must be an integer, got ", short_json(*v));
         out = static_cast<int64_t>(d);
         return;
       }
       TURBOESM_CHECK(v->is_number_integer(), source_, ": key '", key, "' must be an integer, got ",
                      short_json(*v));
+      TURBOESM_CHECK(!v->is_number_unsigned() ||
+                         v->get<std::uint64_t>() <=
+                             static_cast<std::uint64_t>(std::numeric_limits<int64_t>::max()),
+                     source_, ": key '", key, "' = ", short_json(*v),
+                     " does not fit a 64-bit signed integer");
       out = v->get<int64_t>();
     }
   }
@@ -57,6 +64,7 @@ class Reader {
       TURBOESM_CHECK(v->is_number(), source_, ": key '", key, "' must be a number, got ",
                      short_json(*v));
       out = v->get<double>();
+      TURBOESM_CHECK(std::isfinite(out), source_, ": key '", key, "' must be finite, got ", out);
     }
   }
   void boolean(const char* key, bool& out) const {
@@ -187,7 +195,7 @@ EsmConfig EsmConfig::from_file(const std::string& path) {
   json j;
   try {
     j = json::parse(in);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {  // parse_error, or out_of_range for a number overflow
     TURBOESM_FAIL(file, ": malformed JSON (", e.what(), ")");
   }
   return from_json(j, file);

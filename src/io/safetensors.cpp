@@ -12,6 +12,7 @@
 #include <sstream>
 #include <unordered_set>
 
+#include "json_text.h"
 #include "turboesm/error.h"
 
 namespace turboesm::io {
@@ -28,11 +29,7 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   return os.str();
 }
 
-std::string short_json(const json& j) {
-  std::string s = j.dump();
-  if (s.size() > 80) s = s.substr(0, 77) + "...";
-  return s;
-}
+std::string short_json(const json& j) { return io::detail::short_json(j, 80); }
 
 std::uint64_t read_u64_le(const std::uint8_t* p) {
   std::uint64_t v = 0;
@@ -71,7 +68,9 @@ json parse_header_json(const std::string& path, const char* text, std::size_t n)
   json j;
   try {
     j = json::parse(text, text + n);
-  } catch (const json::parse_error& e) {
+  } catch (const json::exception& e) {
+    // parse_error, or out_of_range for a number that overflows a double (e.g. 1e999): found by
+    // tests/fuzz/fuzz_safetensors; nothing from nlohmann may escape as a foreign exception.
     TURBOESM_FAIL(path, ": malformed JSON header (", e.what(), ")");
   }
   TURBOESM_CHECK(j.is_object(), path, ": header must be a JSON object, got ", j.type_name());
@@ -114,22 +113,23 @@ int64_t TensorInfo::numel() const {
   return n;
 }
 
-SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limits) : map_(path) {
-  const std::uint64_t size = map_.size();
+SafetensorsHeader parse_safetensors(const std::uint8_t* bytes, std::uint64_t size,
+                                    const std::string& path, const SafetensorsLimits& limits) {
+  SafetensorsHeader out;
   TURBOESM_CHECK(size >= 8, path, ": file is ", size,
                  " bytes, too small for a safetensors file (expected an 8-byte header length "
                  "followed by a JSON header); truncated?");
-  const std::uint64_t n = read_u64_le(map_.data());
+  const std::uint64_t n = read_u64_le(bytes);
   TURBOESM_CHECK(n <= limits.max_header_bytes, path, ": header length ", n,
                  " bytes exceeds the limit of ", limits.max_header_bytes,
                  " bytes (corrupt file or not a safetensors file)");
   TURBOESM_CHECK(n <= size - 8, path, ": header length ", n, " bytes exceeds the file size (", size,
                  " bytes); truncated or not a safetensors file");
   TURBOESM_CHECK(n >= 2, path, ": header length ", n, " is too small for a JSON object");
-  data_offset_ = 8 + n;
-  const std::uint64_t data_size = size - data_offset_;
+  out.data_offset = 8 + n;
+  const std::uint64_t data_size = size - out.data_offset;
 
-  const char* text = reinterpret_cast<const char*>(map_.data() + 8);
+  const char* text = reinterpret_cast<const char*>(bytes + 8);
   // The format requires the header to be a JSON object; reject early with a clear message
   // (trailing spaces are padding and allowed).
   TURBOESM_CHECK(text[0] == '{', path, ": header must start with '{' (a JSON object), got byte 0x",
@@ -139,7 +139,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limi
   const std::size_t entries = header.size() - (header.contains("__metadata__") ? 1 : 0);
   TURBOESM_CHECK(entries <= limits.max_tensors, path, ": header lists ", entries,
                  " tensors, more than the limit of ", limits.max_tensors);
-  tensors_.reserve(entries);
+  out.tensors.reserve(entries);
   for (const auto& [name, value] : header.items()) {
     if (name == "__metadata__") {
       TURBOESM_CHECK(value.is_object(), path, ": __metadata__ must be an object of strings, got ",
@@ -147,7 +147,7 @@ SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limi
       for (const auto& [k, v] : value.items()) {
         TURBOESM_CHECK(v.is_string(), path, ": __metadata__ value of '", k,
                        "' must be a string, got ", short_json(v));
-        metadata_.emplace(k, v.get<std::string>());
+        out.metadata.emplace(k, v.get<std::string>());
       }
       continue;
     }
@@ -201,16 +201,17 @@ SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limi
                    "': ", t.end - t.begin, " bytes at data_offsets [", t.begin, ", ", t.end,
                    "] but dtype ", dtype_name(t.dtype), " x shape ", shape_str(t.shape), " needs ",
                    numel * esize, " bytes");
-    tensors_.push_back(std::move(t));
+    out.tensors.push_back(std::move(t));
   }
 
   // The tensors, in offset order, must tile the data section exactly (the Rust crate's rule).
-  std::stable_sort(tensors_.begin(), tensors_.end(), [](const TensorInfo& a, const TensorInfo& b) {
-    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
-  });
+  std::stable_sort(out.tensors.begin(), out.tensors.end(),
+                   [](const TensorInfo& a, const TensorInfo& b) {
+                     return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+                   });
   std::uint64_t cursor = 0;
   const TensorInfo* prev = nullptr;
-  for (const auto& t : tensors_) {
+  for (const auto& t : out.tensors) {
     TURBOESM_CHECK(t.begin >= cursor, path, ": tensor '", t.name, "' at data_offsets [", t.begin,
                    ", ", t.end, "] overlaps tensor '", prev ? prev->name : "", "' at [",
                    prev ? prev->begin : 0, ", ", cursor, "]");
@@ -223,6 +224,14 @@ SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limi
   TURBOESM_CHECK(cursor == data_size, path, ": data section is ", data_size,
                  " bytes but the tensors cover ", cursor,
                  " bytes (trailing data or wrong header length)");
+  return out;
+}
+
+SafetensorsFile::SafetensorsFile(const std::string& path, SafetensorsLimits limits) : map_(path) {
+  SafetensorsHeader header = parse_safetensors(map_.data(), map_.size(), path, limits);
+  data_offset_ = header.data_offset;
+  tensors_ = std::move(header.tensors);
+  metadata_ = std::move(header.metadata);
   index_.reserve(tensors_.size());
   for (std::size_t i = 0; i < tensors_.size(); ++i) index_.emplace(tensors_[i].name, i);
 }
@@ -293,7 +302,7 @@ SafetensorsCheckpoint SafetensorsCheckpoint::open(const std::string& path_or_dir
   nlohmann::json index;
   try {
     index = nlohmann::json::parse(in);
-  } catch (const nlohmann::json::parse_error& e) {
+  } catch (const nlohmann::json::exception& e) {
     TURBOESM_FAIL(index_path, ": malformed JSON (", e.what(), ")");
   }
   TURBOESM_CHECK(

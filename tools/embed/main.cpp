@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
       "turboesm-embed"};
   std::string model_dir, fasta, out, device = "cpu", dtype = "fp32", repr;
   bool logits = false, contacts = false, overwrite = false, unk = false;
-  int64_t max_tokens = 4096, truncate = 0;
+  int64_t max_tokens = 4096, truncate = 0, max_len = 10000;
   int threads = 0;
   app.add_option("--model", model_dir, "HF model directory (config.json + model.safetensors)")
       ->required();
@@ -63,6 +63,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-tokens-per-batch", max_tokens,
                  "padded tokens per batch (length-sorted batching, as fair-esm)");
   app.add_option("--truncate", truncate, "keep the first N residues of each sequence (0 = off)");
+  app.add_option("--max-sequence-length", max_len,
+                 "refuse records longer than N residues (bounds memory; 0 = unlimited; not applied "
+                 "with --truncate, which bounds them itself)")
+      ->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
   app.add_flag("--unknown-to-unk", unk, "map unknown residue letters to <unk> instead of failing");
   app.add_flag("--overwrite", overwrite, "replace an existing output file");
@@ -91,6 +95,8 @@ int main(int argc, char** argv) {
     lo.dtype = model::parse_scalar_type(dtype);
     io::FastaOptions fo;
     fo.unknown_to_unk = unk;
+    TURBOESM_CHECK(max_len >= 0, "--max-sequence-length must be >= 0, got ", max_len);
+    fo.max_sequence_length = truncate > 0 ? 0 : static_cast<std::size_t>(max_len);
     const auto records = io::read_fasta(fasta, fo);
     if (!overwrite) {
       std::FILE* f = std::fopen(out.c_str(), "rb");

@@ -46,6 +46,23 @@ struct SafetensorsLimits {
   std::size_t max_rank = 8;
 };
 
+/// \brief The validated header of a safetensors file image: what SafetensorsFile parses on open.
+struct SafetensorsHeader {
+  std::uint64_t data_offset = 0;    ///< byte offset of the data section (8 + header length)
+  std::vector<TensorInfo> tensors;  ///< ascending offsets; they tile the data section exactly
+  std::map<std::string, std::string> metadata;  ///< "__metadata__" (empty if absent)
+};
+
+/// \brief Parses and validates a complete safetensors file image held in memory, with the same
+/// rules, limits and messages as SafetensorsFile (which calls it on its mapping). Lets callers
+/// (and the fuzzer, tests/fuzz/fuzz_safetensors.cpp) check buffers that are not files.
+/// \param bytes [size] the whole file; may be nullptr when `size` is 0. Only [0, size) is read.
+/// \param name  what errors call the buffer (normally its path): "<name>: <what is wrong>".
+/// \throws turboesm::Error on every violation; after a successful return every tensor's
+/// [data_offset + begin, data_offset + end) lies inside [0, size).
+SafetensorsHeader parse_safetensors(const std::uint8_t* bytes, std::uint64_t size,
+                                    const std::string& name, const SafetensorsLimits& limits = {});
+
 /// \brief A read-only, memory-mapped safetensors file, validated completely on open.
 /// Movable, not copyable; pointers from data() stay valid while the object lives.
 class SafetensorsFile {
