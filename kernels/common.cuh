@@ -87,6 +87,31 @@ __device__ __forceinline__ uint32_t code_offset(const uint32_t (&w)[NW]) {
   }
 }
 
+/// \brief Code J of a FIELD-bit packed stream held in words `w`, shifted left by SHIFT (a table
+/// byte offset for entries 2^SHIFT bytes apart). J is a compile-time constant after unrolling:
+/// one shift (or funnel shift) and one mask.
+template <int FIELD, int J, int SHIFT, int NW>
+__device__ __forceinline__ uint32_t field_offset(const uint32_t (&w)[NW]) {
+  constexpr int kBit = J * FIELD;
+  constexpr int kWord = kBit / 32;
+  constexpr int kShift = kBit % 32;
+  constexpr uint32_t kMask = ((1u << FIELD) - 1u) << SHIFT;
+  if constexpr (kShift + FIELD <= 32) {
+    if constexpr (kShift >= SHIFT) {
+      return (w[kWord] >> (kShift - SHIFT)) & kMask;
+    } else {
+      return (w[kWord] << (SHIFT - kShift)) & kMask;
+    }
+  } else {
+    return (__funnelshift_r(w[kWord], w[kWord + 1], kShift) << SHIFT) & kMask;
+  }
+}
+
+/// Two consecutive floats of a table at a byte offset (one 8-byte shared-memory load).
+__device__ __forceinline__ float2 lut2_at(const float* table, uint32_t byte_offset) {
+  return *reinterpret_cast<const float2*>(reinterpret_cast<const char*>(table) + byte_offset);
+}
+
 /// Table entry at a byte offset.
 __device__ __forceinline__ float lut_at(const float* table, uint32_t byte_offset) {
   return *reinterpret_cast<const float*>(reinterpret_cast<const char*>(table) + byte_offset);

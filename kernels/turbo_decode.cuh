@@ -19,12 +19,18 @@
 ///    offset by the same LOP3 that masks the code).
 ///  - QJL: Σ_i ±u_i over the m sign bits, u = q' (sign) or S q' (prod), through nibble tables
 ///    T[n][16] = Σ_{k<4} ±u_{4n+k}: one conflict-free look-up per 4 bits.
-///  - online softmax in the log2 domain per thread (m, l), rescaling only when the max grows.
-///  - V: acc[j] += (p_t · n^V_t) · C_V[c_j], in V's rotated code space, registers (all lanes
-///    read the same 2^BITS-entry table: conflict-free).
-///  - the next token's records are loaded before the current one is computed (prefetch).
-/// Bottleneck (kernels/NOTES.md): one shared-memory look-up per V coordinate and per K pair
-/// makes the MIO/LSU pipe, not HBM, the limit at ~40% of HBM peak on the H100.
+///  - online softmax in the log2 domain per thread (m, l), rescaled lazily: only when a score
+///    exceeds the running max by more than kRescaleThresholdLog2 (rare after the first token).
+///  - V: acc[j] += (p_t · n^V_t) · C_V[c_j], in V's rotated code space, registers. For 2 and 3
+///    bits one 8-byte look-up per PAIR of codes in a float2 table (C[c_2p], C[c_2p+1]) replicated
+///    16 times (lane l reads copy l % 16: conflict-free); 4 bits: one look-up per code in the
+///    2^BITS-entry table all lanes share (conflict-free).
+///  - software pipeline: iteration i accumulates V of token t (score from iteration i − 1) and
+///    computes the score of token t + S, in one basic block (the rare rescale branch comes first),
+///    so the K and V look-ups overlap; K records are loaded two iterations ahead, V one.
+/// Bottleneck (kernels/NOTES.md, ncu): the L1/shared-memory data pipe (~70 % busy with LDS
+/// wavefronts, a quarter of them K pair-table bank conflicts) and low occupancy (16 warps/SM,
+/// register-bound): ~43 % of HBM peak on the H100.
 /// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
 /// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
 /// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back.
@@ -104,6 +110,13 @@ struct DecodeTraits {
   // than 32 entries get a 16-word skew so the two halves of a warp use different banks.
   static constexpr int kLutStride = kLutRows * kLutEntries + (kLutEntries < 32 ? 16 : 0);
   static_assert((kLutStride * 4) % (kLutEntries * 4) == 0 || kLutEntries < 32, "");
+  // V table: for 2 and 3 bits one float2 entry per PAIR of codes, (C[c_2p], C[c_2p+1]), read with
+  // one 8-byte look-up per two coordinates (half the extract instructions and look-ups of a
+  // per-code table). Replicated 16 times, lane l of each half-warp reading copy l % 16 at banks
+  // 2l, 2l + 1: conflict-free whatever the codes (an 8-byte access is served per half-warp).
+  static constexpr bool kVPairLut = BITS <= 3;
+  static constexpr int kVPairEntries = 1 << (2 * BITS);
+  static constexpr int kVPairWords = kVPairLut ? kVPairEntries * 32 : 2;
   static constexpr int kSignNibbles = 2 * kSignBytes;         ///< nibbles per thread half
   static constexpr int kSignStride = kSignNibbles * 16 + 16;  ///< words, skewed, 64-byte multiple
   static_assert(kSub * BITS % 8 == 0, "per-thread code bytes must be whole");
@@ -145,15 +158,27 @@ struct SoftmaxState {
   float acc[SUB];       ///< Σ exp2(s − m) · n^V · C_V[c] (code space)
 };
 
-/// One token's record as a thread holds it (prefetched one iteration ahead).
+/// K part of one token's record as a thread holds it (prefetched two iterations ahead).
 template <int BITS, int D>
-struct TokenRegs {
+struct KeyRegs {
   using T = DecodeTraits<BITS, D>;
   uint32_t kw[T::kCodeWords];
-  uint32_t vw[T::kCodeWords];
   uint32_t qw[T::kSignWords];
-  float kn, vn, rn;
+  float kn, rn;
 };
+
+/// V part of one token's record as a thread holds it (prefetched one iteration ahead).
+template <int BITS, int D>
+struct ValueRegs {
+  using T = DecodeTraits<BITS, D>;
+  uint32_t vw[T::kCodeWords];
+  float vn;
+};
+
+/// Lazy rescaling of the online softmax (log2 domain): the running max m is only raised when a
+/// score exceeds it by more than this, so weights exp2(s − m) stay ≤ 2^8 (harmless in fp32) and
+/// the rescale of the SUB accumulators, a divergent branch, becomes rare.
+inline constexpr float kRescaleThresholdLog2 = 8.0f;
 
 /// \brief Kernel 1: one CTA per (row, split); see the file comment.
 template <int BITS, int D>
@@ -183,6 +208,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   __shared__ __align__(256) float s_klut[kLpt * T::kLutStride];
   __shared__ __align__(64) float s_sign[kLpt * T::kSignStride];
   __shared__ float s_cv[16];
+  __shared__ __align__(128) float s_vpair[T::kVPairWords];
   __shared__ float s_red[kDecodeWarps * (D + 2)];
   __shared__ float s_y[D];
   extern __shared__ float s_dyn[];
@@ -266,6 +292,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
       }
     }
     if (tid < kL) s_cv[tid] = p.v.constants.centroids[h * kL + tid];
+    if constexpr (T::kVPairLut) {
+      const float* cv = p.v.constants.centroids + h * kL;
+      for (int idx = tid; idx < T::kVPairEntries * 16; idx += kDecodeThreads) {
+        const int e = idx >> 4, copy = idx & 15;
+        s_vpair[e * 32 + 2 * copy] = cv[e & (kL - 1)];
+        s_vpair[e * 32 + 2 * copy + 1] = cv[e >> BITS];
+      }
+    }
   }
   __syncthreads();
 
@@ -280,6 +314,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const uint8_t* kbase = p.k.pages + b * p.k.seq_stride + h * p.k.head_stride;
   const uint8_t* vbase = p.v.pages + b * p.v.seq_stride + h * p.v.head_stride;
   const uint32_t ksub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kLutStride * 4) : 0u;
+  const uint32_t vlane_base = static_cast<uint32_t>(8 * (lane & 15));  // byte offset of copy
   const uint32_t ssub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kSignStride * 4) : 0u;
   const bool k_norm = kl.norm == quant::NormMode::kToken;
   const bool v_norm = vl.norm == quant::NormMode::kToken;
@@ -295,82 +330,129 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
 #pragma unroll
   for (int j = 0; j < kSub; ++j) st.acc[j] = 0.0f;
 
-  auto load = [&](TokenRegs<BITS, D>& r, int page, int slot) {
+  auto load_k = [&](KeyRegs<BITS, D>& r, int page, int slot) {
     const uint8_t* kp = kbase + static_cast<int64_t>(page) * kl.page_bytes;
-    const uint8_t* vp = vbase + static_cast<int64_t>(page) * vl.page_bytes;
     load_record<T::kCodeBytes>(kp + kl.codes_offset + slot * kl.code_bytes + sub * T::kCodeBytes,
                                r.kw);
-    load_record<T::kCodeBytes>(vp + vl.codes_offset + slot * vl.code_bytes + sub * T::kCodeBytes,
-                               r.vw);
     r.kn = k_norm ? load_half(kp + kl.norms_offset + 2 * slot) : 1.0f;
-    r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
     if (qjl == quant::QjlMode::kSign)
       load_record<T::kSignBytes>(kp + kl.qjl_offset + slot * kl.qjl_bytes + sub * T::kSignBytes,
                                  r.qw);
     r.rn = prod ? load_half(kp + kl.rnorms_offset + 2 * slot) : 0.0f;
   };
-
-  // Warp-uniform loop (the D = 128 pair exchange needs both lanes of a pair): a thread whose
-  // token is past t1 loads nothing, computes garbage and discards it after the shuffle.
-  const int my_off = tid / kLpt;
-  int t = t0 + my_off;
-  int page = t / pt;
-  int slot = t - page * pt;
-  TokenRegs<BITS, D> cur;
-  if (t < t1) load(cur, page, slot);
-  for (int base = t0; base < t1; base += T::kTokensPerIter) {
-    const bool valid = t < t1;
-    const int t_cur = t, page_cur = page, slot_cur = slot;
-    // Prefetch the next token of this thread before computing the current one.
-    t += T::kTokensPerIter;
+  auto load_v = [&](ValueRegs<BITS, D>& r, int page, int slot) {
+    const uint8_t* vp = vbase + static_cast<int64_t>(page) * vl.page_bytes;
+    load_record<T::kCodeBytes>(vp + vl.codes_offset + slot * vl.code_bytes + sub * T::kCodeBytes,
+                               r.vw);
+    r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
+  };
+  auto advance = [&](int& page, int& slot) {
     slot += T::kTokensPerIter;
     while (slot >= pt) {
       slot -= pt;
       ++page;
     }
-    TokenRegs<BITS, D> nxt;
-    if (t < t1) load(nxt, page, slot);
-
-    // K score (partial over this thread's coordinates), 4 independent sums for ILP.
+  };
+  // Σ of the K pair/code table over this thread's coordinates (no QJL, no norm).
+  auto lut_score = [&](const KeyRegs<BITS, D>& r) {
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     static_for<0, T::kLutRows>([&](auto R) {
-      constexpr int r = decltype(R)::value;
-      a[r & 3] += lut_at(s_klut + r * kE, code_offset<T::kFieldBits, r>(cur.kw) | ksub_base);
+      constexpr int rr = decltype(R)::value;
+      a[rr & 3] += lut_at(s_klut + rr * kE, code_offset<T::kFieldBits, rr>(r.kw) | ksub_base);
     });
-    float partial = (a[0] + a[1]) + (a[2] + a[3]);
+    return (a[0] + a[1]) + (a[2] + a[3]);
+  };
+  // QJL term of the score (K mode branches are CTA-uniform).
+  auto qjl_score = [&](const KeyRegs<BITS, D>& r, bool valid, int page, int slot) {
+    float qs = 0.0f;
     if (qjl == quant::QjlMode::kSign) {
-      float qs = 0.0f;
       static_for<0, T::kSignNibbles>([&](auto N) {
         constexpr int n = decltype(N)::value;
-        qs += lut_at(s_sign + n * 16, code_offset<4, n>(cur.qw) | ssub_base);
+        qs += lut_at(s_sign + n * 16, code_offset<4, n>(r.qw) | ssub_base);
       });
-      partial += qs;
     } else if (prod && valid) {
-      const uint8_t* rec = kbase + static_cast<int64_t>(page_cur) * kl.page_bytes + kl.qjl_offset +
-                           slot_cur * kl.qjl_bytes;
-      partial += prod_coef * cur.rn * qjl_sum_runtime(rec, qlo, qhi, ptab);
+      const uint8_t* rec =
+          kbase + static_cast<int64_t>(page) * kl.page_bytes + kl.qjl_offset + slot * kl.qjl_bytes;
+      qs = prod_coef * r.rn * qjl_sum_runtime(rec, qlo, qhi, ptab);
     }
+    return qs;
+  };
+  // Full score of a token from its partial (the D = 128 pair exchange needs both lanes).
+  auto finish_score = [&](float partial, const KeyRegs<BITS, D>& r) {
     if constexpr (kLpt == 2) partial += __shfl_xor_sync(kFullMask, partial, 1);
-    (void)t_cur;
-    if (valid) {
-      const float s = cur.kn * partial;
-      // Online softmax + V accumulation.
-      if (s > st.m) {
-        const float f = rescale_factor(st.m, s);
-        st.l *= f;
+    return r.kn * partial;
+  };
+
+  // Software pipeline over this thread's tokens tv, tv + S, ... (S = kTokensPerIter). Iteration
+  // i accumulates V of token tv (score computed in iteration i − 1), computes the score of
+  // tk = tv + S (K codes loaded in iteration i − 1), and loads K of tk + S and V of tk. The
+  // K table sums of tk and the V look-ups of tv are independent and sit in one basic block
+  // (the rare lazy-rescale branch comes before it), so their shared-memory look-ups overlap.
+  // The loop is warp-uniform (the D = 128 pair exchange needs both lanes of a pair): a thread
+  // whose token is past t1 loads nothing and contributes weight 0.
+  constexpr int kS = T::kTokensPerIter;
+  const int my_off = tid / kLpt;
+  int tv = t0 + my_off;
+  int pcur = tv / pt;
+  int scur = tv - pcur * pt;
+  KeyRegs<BITS, D> kcur{};
+  ValueRegs<BITS, D> vcur{};
+  if (tv < t1) {
+    load_k(kcur, pcur, scur);
+    load_v(vcur, pcur, scur);
+  }
+  float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
+  int tk = tv + kS;
+  int pk = pcur;
+  int sk = scur;
+  advance(pk, sk);
+  KeyRegs<BITS, D> knxt{};
+  if (tk < t1) load_k(knxt, pk, sk);
+  for (int base = t0; base < t1; base += kS) {
+    // Loads: K two tokens ahead, V one token ahead.
+    const int tk2 = tk + kS;
+    int pk2 = pk;
+    int sk2 = sk;
+    advance(pk2, sk2);
+    KeyRegs<BITS, D> knn{};
+    if (tk2 < t1) load_k(knn, pk2, sk2);
+    ValueRegs<BITS, D> vnx{};
+    if (tk < t1) load_v(vnx, pk, sk);
+
+    const bool valid = tv < t1;
+    if (valid && s_cur > st.m + kRescaleThresholdLog2) {  // rare after the first token
+      const float f = rescale_factor(st.m, s_cur);
+      st.l *= f;
 #pragma unroll
-        for (int j = 0; j < kSub; ++j) st.acc[j] *= f;
-        st.m = s;
-      }
-      const float pw = exp2f(s - st.m);
-      st.l += pw;
-      const float w = pw * cur.vn;
+      for (int j = 0; j < kSub; ++j) st.acc[j] *= f;
+      st.m = s_cur;
+    }
+    const float pw = valid ? exp2f(s_cur - st.m) : 0.0f;
+    st.l += pw;
+    const float w = valid ? pw * vcur.vn : 0.0f;
+    if constexpr (T::kVPairLut) {
+      static_for<0, kSub / 2>([&](auto P) {
+        constexpr int pp = decltype(P)::value;
+        const float2 c = lut2_at(s_vpair, field_offset<2 * BITS, pp, 7>(vcur.vw) | vlane_base);
+        st.acc[2 * pp] = fmaf(w, c.x, st.acc[2 * pp]);
+        st.acc[2 * pp + 1] = fmaf(w, c.y, st.acc[2 * pp + 1]);
+      });
+    } else {
       static_for<0, kSub>([&](auto J) {
         constexpr int j = decltype(J)::value;
-        st.acc[j] = fmaf(w, lut_at(s_cv, code_offset<BITS, j>(cur.vw)), st.acc[j]);
+        st.acc[j] = fmaf(w, lut_at(s_cv, code_offset<BITS, j>(vcur.vw)), st.acc[j]);
       });
     }
-    cur = nxt;
+    float partial = lut_score(knxt);
+    partial += qjl_score(knxt, tk < t1, pk, sk);
+    s_cur = finish_score(partial, knxt);
+
+    tv = tk;
+    vcur = vnx;
+    knxt = knn;
+    tk = tk2;
+    pk = pk2;
+    sk = sk2;
   }
 
   // ---- merge the threads: warp (shuffles), then CTA (shared memory) -------------------------

@@ -7,6 +7,10 @@
 # whole project on the GPU machine.
 #   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda)
 #   TURBOESM_SKIP       space-separated subset of: test memcheck bench
+#   TURBOESM_AB_LIBS    space-separated directories, each holding a libturboesm.so.0 built from an
+#                       earlier kernel version (the binaries take turbo_decode from that library):
+#                       bench_decode_cuda is re-run with each one first on LD_LIBRARY_PATH, in the
+#                       same session on the same GPU, with --benchmark_filter=${TURBOESM_AB_FILTER}
 set -uo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _build="${TURBOESM_BUILD_DIR:-${_root}/build-cuda}"
@@ -44,6 +48,14 @@ if [[ "${_skip}" != *" bench "* ]]; then
   sed -n '/^GPU:/,$p' "${_out}/bench_decode_cuda.txt"
   grep -iE "error" "${_out}/bench_decode_cuda.txt" | head -5
 fi
+for _ab in ${TURBOESM_AB_LIBS:-}; do
+  _name="$(basename "${_ab}")"
+  echo "== A/B: kernels of ${_name} =="
+  LD_LIBRARY_PATH="${_ab}:${LD_LIBRARY_PATH}" timeout 300 "${_build}/bin/bench_decode_cuda" \
+    --benchmark_filter="${TURBOESM_AB_FILTER:-.}" > "${_out}/ab_${_name}.txt" 2>&1 \
+    || { echo "${_name} failed"; _rc=1; }
+  sed -n '/^GPU:/,$p' "${_out}/ab_${_name}.txt"
+done
 if command -v cuobjdump > /dev/null && [[ -f "${_build}/lib/libturboesm_kernels.a" ]]; then
   # Instruction histogram of the headline instantiation (3-bit, d = 64) for kernels/NOTES.md.
   _sym=_ZN8turboesm7kernels6detail19turbo_decode_kernelILi3ELi64EEEvNS1_12DecodeLaunchE
