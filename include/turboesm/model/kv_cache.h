@@ -1,0 +1,174 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file kv_cache.h
+/// \brief The KV cache of an ESM-2 model: one interface, five storage formats.
+///
+/// A cache holds, for every layer, the post-RoPE keys and the values of a batch of sequences with
+/// per-sequence lengths. `append` adds new tokens (padded rows beyond each sequence's count are
+/// ignored), `attend` lets queries attend to every cached token of their sequence (including the
+/// ones just appended). Formats:
+///
+/// | kind  | per token per head (DESIGN "Memory accounting")         | attend |
+/// |-------|---------------------------------------------------------|------------------------------|
+/// | fp32  | 4·d                                                     | exact softmax attention | |
+/// fp16  | 2·d                                                     | exact on fp16-rounded K/V    |
+/// | int8  | d + 2 (symmetric int8, one fp16 scale per token·head)   | exact on dequantized K/V |
+/// | fp8   | d + 2 (e4m3, one fp16 scale per token·head)             | exact on dequantized K/V |
+/// | turbo | format.h bytes_per_token_per_head (codes, norms, QJL)   | code space
+/// (ops/turbo_decode)|
+///
+/// `kv_bytes()` counts exactly these bytes × cached tokens × heads × layers for K and V;
+/// `allocated_bytes()` is what the buffers really take (capacity slack, page padding, scales).
+/// Capacity grows by doubling (amortized O(1) per token; `reallocations()` counts the regrowths).
+/// Calibrated constants (rotations, codebooks) are not cache and not counted.
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "turboesm/model/config.h"
+
+namespace turboesm::model {
+
+struct TurboCacheSpec;
+
+/// \brief Storage format of a KvCache.
+enum class CacheKind : int { kFp32 = 0, kFp16 = 1, kInt8 = 2, kFp8 = 3, kTurbo = 4 };
+
+/// \brief "fp32" / "fp16" / "int8" / "fp8" / "turbo".
+const char* to_string(CacheKind kind);
+/// \brief Parses the names of to_string; throws turboesm::Error naming the accepted values.
+CacheKind parse_cache_kind(const std::string& name);
+
+/// \brief Shape of a cache: layers × batch × heads × head_dim, on one device.
+struct CacheShape {
+  int layers = 0;
+  int batch = 0;
+  int heads = 0;
+  int head_dim = 0;
+  c10::Device device = c10::Device(c10::kCPU);
+
+  /// \brief The shape of a model config (layers, heads, head_dim) for `batch` sequences.
+  static CacheShape of(const EsmConfig& config, int batch, c10::Device device);
+};
+
+/// \brief Abstract KV cache (see the file comment).
+class KvCache {
+ public:
+  explicit KvCache(const CacheShape& shape);
+  virtual ~KvCache() = default;
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
+
+  virtual CacheKind kind() const = 0;
+
+  /// \brief Appends new tokens of one layer.
+  /// \param layer       0-based layer index
+  /// \param k, v        [batch, heads, Tnew, head_dim] floating point (k post-RoPE); rows
+  ///                    t >= new_lengths[b] of sequence b are padding and ignored
+  /// \param new_lengths [batch] integer, each in [0, Tnew]; undefined = Tnew for every sequence
+  void append(int layer, const at::Tensor& k, const at::Tensor& v, const at::Tensor& new_lengths);
+
+  /// \brief Attention of `q` over every cached token of its sequence in `layer`.
+  /// \param q [batch, heads, Tq, head_dim] (scaled and rotary applied, as Esm2Model::layer_qkv)
+  /// \return [batch, heads, Tq, head_dim] in q's dtype; rows of a sequence with no cached token
+  ///         are 0
+  at::Tensor attend(int layer, const at::Tensor& q) const;
+
+  /// \brief Cached tokens per sequence of `layer` (all layers agree between model steps).
+  const std::vector<int64_t>& lengths(int layer = 0) const;
+  /// \brief Sum over the batch of lengths(layer).
+  int64_t total_tokens(int layer = 0) const;
+
+  /// \brief DESIGN "Memory accounting": bytes_per_token_per_head(K) + (V), × cached tokens
+  /// (summed over layers, so a half-written step counts what is there) × heads.
+  int64_t kv_bytes() const;
+  /// \brief Bytes of every buffer the cache holds now (capacity, page padding, scales).
+  virtual int64_t allocated_bytes() const = 0;
+  /// \brief Bytes per token per head of K plus those of V (the kv_bytes rate).
+  virtual int64_t bytes_per_token_per_head() const = 0;
+
+  /// \brief Number of capacity regrowths so far, all layers (tests check it is O(log tokens)).
+  int64_t reallocations() const { return reallocations_; }
+  /// \brief Token capacity per sequence of `layer` (what append can take before regrowing).
+  virtual int64_t capacity(int layer) const = 0;
+
+  /// \brief Forgets every cached token (keeps the buffers).
+  void clear();
+
+  const CacheShape& shape() const { return shape_; }
+  int num_layers() const { return shape_.layers; }
+  int batch() const { return shape_.batch; }
+  int heads() const { return shape_.heads; }
+  int head_dim() const { return shape_.head_dim; }
+  c10::Device device() const { return shape_.device; }
+
+ protected:
+  /// Stores rows [0, counts[b]) of sequence b at positions starts[b].. of `layer`. Capacity is
+  /// already ensured. k, v: [B, H, Tnew, d] contiguous fp32 (or the format's preferred dtype).
+  virtual void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
+                         const std::vector<int64_t>& starts,
+                         const std::vector<int64_t>& counts) = 0;
+  /// Grows `layer` so that it holds at least `tokens` per sequence (called only when needed).
+  virtual void grow(int layer, int64_t tokens) = 0;
+  /// Attention over lengths(layer) tokens; q [B, H, Tq, d] contiguous fp32 on the device.
+  virtual at::Tensor do_attend(int layer, const at::Tensor& q) const = 0;
+
+  /// Capacity after growth: max(needed, 2 × current, kMinCapacity).
+  static int64_t grown_capacity(int64_t current, int64_t needed);
+  /// Smallest capacity allocated on first use.
+  static constexpr int64_t kMinCapacity = 64;
+
+  CacheShape shape_;
+  std::vector<std::vector<int64_t>> lengths_;  // [layers][batch]
+  int64_t reallocations_ = 0;
+
+ private:
+  void check_layer(int layer) const;
+};
+
+/// \brief Dense baseline caches (fp32, fp16, int8, fp8 e4m3): K/V [B, H, capacity, d] per layer;
+/// int8/fp8 with one fp16 scale per token per head [B, H, capacity] (absmax / 127 resp. / 448).
+class DenseKvCache final : public KvCache {
+ public:
+  /// \param kind one of kFp32, kFp16, kInt8, kFp8
+  DenseKvCache(CacheKind kind, const CacheShape& shape);
+
+  CacheKind kind() const override { return kind_; }
+  int64_t allocated_bytes() const override;
+  int64_t bytes_per_token_per_head() const override;
+  int64_t capacity(int layer) const override;
+
+  /// \brief Dequantized K and V of `layer`: [B, H, max length, d] fp32 (rows past a sequence's
+  /// length are unspecified). For tests and the compare program.
+  std::pair<at::Tensor, at::Tensor> dequantized(int layer) const;
+
+ protected:
+  void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
+                 const std::vector<int64_t>& starts, const std::vector<int64_t>& counts) override;
+  void grow(int layer, int64_t tokens) override;
+  at::Tensor do_attend(int layer, const at::Tensor& q) const override;
+
+ private:
+  struct Layer {
+    at::Tensor k, v;              // [B, H, cap, d] storage dtype
+    at::Tensor k_scale, v_scale;  // [B, H, cap] fp16 (int8 / fp8), else undefined
+  };
+  /// Quantizes x [B, H, T, d] fp32 to the storage dtype (+ per-row fp16 scales).
+  std::pair<at::Tensor, at::Tensor> encode(const at::Tensor& x) const;
+  at::Tensor decode(const at::Tensor& x, const at::Tensor& scale) const;
+
+  CacheKind kind_;
+  at::ScalarType storage_dtype_;
+  std::vector<Layer> layers_;
+};
+
+/// \brief Creates a cache of `kind` for `batch` sequences of a model with `config`.
+/// \param turbo the Turbo constants (required for CacheKind::kTurbo, ignored otherwise)
+std::unique_ptr<KvCache> make_kv_cache(CacheKind kind, const EsmConfig& config, int batch,
+                                       c10::Device device, const TurboCacheSpec* turbo = nullptr);
+
+}  // namespace turboesm::model

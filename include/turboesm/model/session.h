@@ -1,0 +1,87 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file session.h
+/// \brief Incremental ESM-2 inference over a KV cache (DESIGN "Decode semantics").
+///
+/// \code
+///   auto model = turboesm::model::Esm2Model::load(dir);
+///   auto spec = ...;  // TurboCacheSpec from a checkpoint, or TurboCacheSpec::random
+///   Session s(model, make_kv_cache(CacheKind::kTurbo, model->config(), 1, model->device(),
+///   &spec)); s.prefill(prefix_tokens);           // exact attention, every layer's K/V cached
+///   s.append(next_token);               // attends to the cache; hidden states of the new token
+///   at::Tensor logits = s.logits();     // MLM logits of the appended positions
+///   int64_t bytes = s.kv_bytes();
+/// \endcode
+/// prefill(tokens) runs the plain model (bit-identical outputs) and fills the cache; append(tokens)
+/// runs the new tokens at positions continuing each sequence, attending to all cached tokens plus
+/// themselves. Earlier tokens do not see later ones (their K/V are frozen in the cache), which is
+/// what makes the step O(cached tokens) instead of a full re-run.
+///
+/// Token dropout (ESM-2): appended embeddings are scaled with the `<mask>` ratio of the whole
+/// sequence so far (prefix + appended real tokens), the ratio a full forward would use.
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "turboesm/model/esm2.h"
+#include "turboesm/model/kv_cache.h"
+#include "turboesm/model/turbo_attention.h"
+
+namespace turboesm::model {
+
+class Session {
+ public:
+  /// \param model the model (shared, read-only)
+  /// \param cache an empty cache of the model's shape (batch = the batch of every call)
+  Session(std::shared_ptr<const Esm2Model> model, std::unique_ptr<KvCache> cache);
+
+  /// \brief Runs the prefix with exact attention and caches every layer's K/V. Clears the cache.
+  /// \param tokens [B, T] integer token ids, right-padded with `<pad>`
+  /// \param attention_mask [B, T] non-zero = real token, or undefined = all real
+  /// \return last hidden states [B, T, hidden] (after the final LayerNorm), = last_hidden()
+  at::Tensor prefill(const at::Tensor& tokens, const at::Tensor& attention_mask = {});
+
+  /// \brief Appends tokens at positions lengths()[b], lengths()[b] + 1, ... of each sequence.
+  /// \param tokens [B, Tn] integer token ids, right-padded
+  /// \param attention_mask [B, Tn] non-zero = real token (a sequence may add 0 tokens), or
+  ///        undefined = all real
+  /// \return hidden states of the appended positions [B, Tn, hidden] (after the final LayerNorm;
+  ///         padded rows are unspecified), = last_hidden()
+  at::Tensor append(const at::Tensor& tokens, const at::Tensor& attention_mask = {});
+
+  /// \brief Hidden states [B, T, hidden] of the last prefill/append call.
+  const at::Tensor& last_hidden() const { return last_hidden_; }
+  /// \brief MLM logits [B, T, vocab] of the last prefill/append call (computed on demand).
+  at::Tensor logits() const;
+
+  /// \brief Cached tokens per sequence.
+  const std::vector<int64_t>& lengths() const { return cache_->lengths(); }
+  /// \brief DESIGN "Memory accounting" bytes of the cache (KvCache::kv_bytes).
+  int64_t kv_bytes() const { return cache_->kv_bytes(); }
+  /// \brief Bytes the cache buffers really take (KvCache::allocated_bytes).
+  int64_t allocated_bytes() const { return cache_->allocated_bytes(); }
+
+  const KvCache& cache() const { return *cache_; }
+  KvCache& cache() { return *cache_; }
+  const Esm2Model& model() const { return *model_; }
+
+ private:
+  /// tokens → device int64 [B, T] with range checks; mask → device bool [B, T].
+  std::pair<at::Tensor, at::Tensor> prepare(const at::Tensor& tokens, const at::Tensor& mask,
+                                            const char* what) const;
+  /// Embeddings of appended tokens with the cumulative token-dropout ratio.
+  at::Tensor embed_appended(const at::Tensor& tokens, const at::Tensor& mask,
+                            const at::Tensor& counts) const;
+
+  std::shared_ptr<const Esm2Model> model_;
+  std::unique_ptr<KvCache> cache_;
+  TurboAttention attention_;
+  at::Tensor last_hidden_;
+  std::vector<int64_t> real_tokens_;  // per sequence: real tokens so far
+  std::vector<int64_t> mask_tokens_;  // per sequence: <mask> tokens among them
+};
+
+}  // namespace turboesm::model

@@ -1,0 +1,303 @@
+// SPDX-License-Identifier: MIT
+#include "turboesm/model/kv_cache.h"
+
+#include <algorithm>
+#include <limits>
+
+#include "turboesm/error.h"
+#include "turboesm/model/turbo_cache.h"
+
+namespace turboesm::model {
+
+const char* to_string(CacheKind kind) {
+  switch (kind) {
+    case CacheKind::kFp32:
+      return "fp32";
+    case CacheKind::kFp16:
+      return "fp16";
+    case CacheKind::kInt8:
+      return "int8";
+    case CacheKind::kFp8:
+      return "fp8";
+    case CacheKind::kTurbo:
+      return "turbo";
+  }
+  return "?";
+}
+
+CacheKind parse_cache_kind(const std::string& name) {
+  for (CacheKind k :
+       {CacheKind::kFp32, CacheKind::kFp16, CacheKind::kInt8, CacheKind::kFp8, CacheKind::kTurbo})
+    if (name == to_string(k)) return k;
+  TURBOESM_FAIL("unknown cache kind '", name, "' (expected: fp32, fp16, int8, fp8, turbo)");
+}
+
+CacheShape CacheShape::of(const EsmConfig& config, int batch, c10::Device device) {
+  CacheShape s;
+  s.layers = static_cast<int>(config.num_hidden_layers);
+  s.batch = batch;
+  s.heads = static_cast<int>(config.num_attention_heads);
+  s.head_dim = static_cast<int>(config.head_dim());
+  s.device = device;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// KvCache
+// ---------------------------------------------------------------------------------------------
+
+KvCache::KvCache(const CacheShape& shape) : shape_(shape) {
+  TURBOESM_CHECK(shape.layers > 0 && shape.batch > 0 && shape.heads > 0 && shape.head_dim > 0,
+                 "KV cache shape must be positive: layers ", shape.layers, ", batch ", shape.batch,
+                 ", heads ", shape.heads, ", head_dim ", shape.head_dim);
+  lengths_.assign(static_cast<size_t>(shape.layers),
+                  std::vector<int64_t>(static_cast<size_t>(shape.batch), 0));
+}
+
+void KvCache::check_layer(int layer) const {
+  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "KV cache layer ", layer,
+                 " out of range [0, ", shape_.layers, ")");
+}
+
+int64_t KvCache::grown_capacity(int64_t current, int64_t needed) {
+  return std::max({needed, 2 * current, kMinCapacity});
+}
+
+void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
+                     const at::Tensor& new_lengths) {
+  check_layer(layer);
+  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
+  TURBOESM_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.dim() == 4,
+                 "KV cache append: k and v must be 4-D [batch, heads, new_tokens, head_dim]");
+  TURBOESM_CHECK(k.sizes() == v.sizes(), "KV cache append: k ", k.sizes(), " and v ", v.sizes(),
+                 " differ");
+  TURBOESM_CHECK(k.size(0) == B && k.size(1) == H && k.size(3) == d, "KV cache append: k must be [",
+                 B, ", ", H, ", new_tokens, ", d, "], got ", k.sizes());
+  TURBOESM_CHECK(at::isFloatingType(k.scalar_type()) && at::isFloatingType(v.scalar_type()),
+                 "KV cache append: k and v must be floating point, got ",
+                 c10::toString(k.scalar_type()), " and ", c10::toString(v.scalar_type()));
+  const int64_t T = k.size(2);
+  std::vector<int64_t> counts(static_cast<size_t>(B), T);
+  if (new_lengths.defined()) {
+    TURBOESM_CHECK(new_lengths.dim() == 1 && new_lengths.size(0) == B &&
+                       !at::isFloatingType(new_lengths.scalar_type()),
+                   "KV cache append: new_lengths must be an integer [", B, "] tensor, got ",
+                   new_lengths.sizes(), " ", c10::toString(new_lengths.scalar_type()));
+    const at::Tensor nl = new_lengths.to(at::kCPU, at::kLong).contiguous();
+    for (int64_t b = 0; b < B; ++b) {
+      counts[b] = nl.data_ptr<int64_t>()[b];
+      TURBOESM_CHECK(counts[b] >= 0 && counts[b] <= T, "KV cache append: new_lengths[", b,
+                     "] = ", counts[b], " outside [0, ", T, "]");
+    }
+  }
+  const std::vector<int64_t> starts = lengths_[layer];
+  int64_t needed = 0;
+  for (int64_t b = 0; b < B; ++b) needed = std::max(needed, starts[b] + counts[b]);
+  TURBOESM_CHECK(needed <= std::numeric_limits<int32_t>::max(), "KV cache append: ", needed,
+                 " tokens per sequence exceed the int32 range of cache lengths");
+  if (needed > capacity(layer)) {
+    if (capacity(layer) > 0) ++reallocations_;
+    grow(layer, needed);
+  }
+  if (T > 0) {
+    const at::Tensor kf = k.to(shape_.device, at::kFloat).contiguous();
+    const at::Tensor vf = v.to(shape_.device, at::kFloat).contiguous();
+    do_append(layer, kf, vf, starts, counts);
+  }
+  for (int64_t b = 0; b < B; ++b) lengths_[layer][b] += counts[b];
+}
+
+at::Tensor KvCache::attend(int layer, const at::Tensor& q) const {
+  check_layer(layer);
+  TURBOESM_CHECK(q.defined() && q.dim() == 4 && q.size(0) == shape_.batch &&
+                     q.size(1) == shape_.heads && q.size(3) == shape_.head_dim,
+                 "KV cache attend: q must be [", shape_.batch, ", ", shape_.heads, ", q_len, ",
+                 shape_.head_dim, "], got ", q.defined() ? q.sizes() : at::IntArrayRef{});
+  TURBOESM_CHECK(at::isFloatingType(q.scalar_type()),
+                 "KV cache attend: q must be floating point, got ", c10::toString(q.scalar_type()));
+  const at::Tensor qf = q.to(shape_.device, at::kFloat).contiguous();
+  return do_attend(layer, qf).to(q.scalar_type());
+}
+
+const std::vector<int64_t>& KvCache::lengths(int layer) const {
+  check_layer(layer);
+  return lengths_[layer];
+}
+
+int64_t KvCache::total_tokens(int layer) const {
+  int64_t n = 0;
+  for (int64_t l : lengths(layer)) n += l;
+  return n;
+}
+
+int64_t KvCache::kv_bytes() const {
+  int64_t tokens = 0;
+  for (int l = 0; l < shape_.layers; ++l) tokens += total_tokens(l);
+  return tokens * shape_.heads * bytes_per_token_per_head();
+}
+
+void KvCache::clear() {
+  for (auto& l : lengths_) std::fill(l.begin(), l.end(), 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// DenseKvCache
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+/// Largest finite e4m3 value: the fp8 scale maps each row's absmax onto it.
+constexpr double kFp8E4m3Max = 448.0;
+constexpr double kInt8Max = 127.0;
+}  // namespace
+
+DenseKvCache::DenseKvCache(CacheKind kind, const CacheShape& shape)
+    : KvCache(shape), kind_(kind), layers_(static_cast<size_t>(shape.layers)) {
+  switch (kind) {
+    case CacheKind::kFp32:
+      storage_dtype_ = at::kFloat;
+      break;
+    case CacheKind::kFp16:
+      storage_dtype_ = at::kHalf;
+      break;
+    case CacheKind::kInt8:
+      storage_dtype_ = at::kChar;
+      break;
+    case CacheKind::kFp8:
+      storage_dtype_ = at::kFloat8_e4m3fn;
+      break;
+    default:
+      TURBOESM_FAIL("DenseKvCache supports fp32, fp16, int8 and fp8, got ", to_string(kind));
+  }
+}
+
+int64_t DenseKvCache::bytes_per_token_per_head() const {
+  const int64_t d = shape_.head_dim;
+  switch (kind_) {
+    case CacheKind::kFp32:
+      return 2 * 4 * d;
+    case CacheKind::kFp16:
+      return 2 * 2 * d;
+    default:  // int8 / fp8: one byte per value + one fp16 scale per token per head, K and V
+      return 2 * (d + 2);
+  }
+}
+
+int64_t DenseKvCache::allocated_bytes() const {
+  int64_t n = 0;
+  for (const Layer& l : layers_)
+    for (const at::Tensor* t : {&l.k, &l.v, &l.k_scale, &l.v_scale})
+      if (t->defined()) n += t->nbytes();
+  return n;
+}
+
+int64_t DenseKvCache::capacity(int layer) const {
+  const Layer& l = layers_.at(static_cast<size_t>(layer));
+  return l.k.defined() ? l.k.size(2) : 0;
+}
+
+void DenseKvCache::grow(int layer, int64_t tokens) {
+  Layer& l = layers_[static_cast<size_t>(layer)];
+  const int64_t old_cap = capacity(layer);
+  const int64_t cap = grown_capacity(old_cap, tokens);
+  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
+  const auto opts = at::TensorOptions().device(shape_.device);
+  auto regrow = [&](at::Tensor& t, at::IntArrayRef sizes, at::ScalarType dtype) {
+    at::Tensor n = at::zeros(sizes, opts.dtype(dtype));
+    if (t.defined() && old_cap > 0) n.narrow(2, 0, old_cap).copy_(t);
+    t = n;
+  };
+  regrow(l.k, {B, H, cap, d}, storage_dtype_);
+  regrow(l.v, {B, H, cap, d}, storage_dtype_);
+  if (kind_ == CacheKind::kInt8 || kind_ == CacheKind::kFp8) {
+    regrow(l.k_scale, {B, H, cap}, at::kHalf);
+    regrow(l.v_scale, {B, H, cap}, at::kHalf);
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> DenseKvCache::encode(const at::Tensor& x) const {
+  if (kind_ == CacheKind::kFp32 || kind_ == CacheKind::kFp16)
+    return {x.to(storage_dtype_), at::Tensor()};
+  const double qmax = kind_ == CacheKind::kInt8 ? kInt8Max : kFp8E4m3Max;
+  // The fp16-rounded scale is the one stored, so quantize with it (decode is then consistent).
+  at::Tensor scale = (x.abs().amax(-1) / qmax).to(at::kHalf);  // [B, H, T]
+  at::Tensor s = scale.to(at::kFloat).unsqueeze(-1);
+  at::Tensor y = x / at::where(s > 0, s, at::ones_like(s));
+  if (kind_ == CacheKind::kInt8) return {y.round().clamp(-kInt8Max, kInt8Max).to(at::kChar), scale};
+  return {y.clamp(-kFp8E4m3Max, kFp8E4m3Max).to(at::kFloat8_e4m3fn), scale};
+}
+
+at::Tensor DenseKvCache::decode(const at::Tensor& x, const at::Tensor& scale) const {
+  if (!scale.defined()) return x.to(at::kFloat);
+  return x.to(at::kFloat) * scale.to(at::kFloat).unsqueeze(-1);
+}
+
+void DenseKvCache::do_append(int layer, const at::Tensor& k, const at::Tensor& v,
+                             const std::vector<int64_t>& starts,
+                             const std::vector<int64_t>& counts) {
+  Layer& l = layers_[static_cast<size_t>(layer)];
+  auto ek = encode(k), ev = encode(v);
+  for (int64_t b = 0; b < shape_.batch; ++b) {
+    const int64_t n = counts[b];
+    if (n == 0) continue;
+    l.k[b].narrow(1, starts[b], n).copy_(ek.first[b].narrow(1, 0, n));
+    l.v[b].narrow(1, starts[b], n).copy_(ev.first[b].narrow(1, 0, n));
+    if (ek.second.defined()) {
+      l.k_scale[b].narrow(1, starts[b], n).copy_(ek.second[b].narrow(1, 0, n));
+      l.v_scale[b].narrow(1, starts[b], n).copy_(ev.second[b].narrow(1, 0, n));
+    }
+  }
+}
+
+std::pair<at::Tensor, at::Tensor> DenseKvCache::dequantized(int layer) const {
+  const Layer& l = layers_.at(static_cast<size_t>(layer));
+  const auto& len = lengths(layer);
+  const int64_t n = *std::max_element(len.begin(), len.end());
+  if (n == 0 || !l.k.defined()) {
+    at::Tensor z = at::zeros({shape_.batch, shape_.heads, 0, shape_.head_dim},
+                             at::TensorOptions().device(shape_.device));
+    return {z, z};
+  }
+  auto sl = [&](const at::Tensor& t) { return t.defined() ? t.narrow(2, 0, n) : at::Tensor(); };
+  return {decode(sl(l.k), sl(l.k_scale)), decode(sl(l.v), sl(l.v_scale))};
+}
+
+at::Tensor DenseKvCache::do_attend(int layer, const at::Tensor& q) const {
+  const auto& len = lengths(layer);
+  const int64_t n = *std::max_element(len.begin(), len.end());
+  if (n == 0) return at::zeros_like(q);
+  auto kv = dequantized(layer);
+  const int64_t B = shape_.batch;
+  at::Tensor lens = at::tensor(len, at::kLong).to(shape_.device);
+  at::Tensor valid =
+      at::arange(n, at::TensorOptions().dtype(at::kLong).device(shape_.device)).unsqueeze(0) <
+      lens.unsqueeze(1);  // [B, n]
+  bool all_full = true;
+  for (int64_t x : len) all_full = all_full && x == n;
+  std::optional<at::Tensor> mask;
+  if (!all_full) mask = valid.view({B, 1, 1, n});
+  // scale = 1: q is pre-scaled by head_dim^-0.5 (ESM).
+  at::Tensor out = at::scaled_dot_product_attention(q, kv.first, kv.second, mask, 0.0, false, 1.0);
+  bool any_empty = false;
+  for (int64_t x : len) any_empty = any_empty || x == 0;
+  if (any_empty) out.masked_fill_((lens == 0).view({B, 1, 1, 1}), 0.0);
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Factory
+// ---------------------------------------------------------------------------------------------
+
+std::unique_ptr<KvCache> make_kv_cache(CacheKind kind, const EsmConfig& config, int batch,
+                                       c10::Device device, const TurboCacheSpec* turbo) {
+  const CacheShape shape = CacheShape::of(config, batch, device);
+  if (kind == CacheKind::kTurbo) {
+    TURBOESM_CHECK(turbo != nullptr,
+                   "a turbo KV cache needs its constants (TurboCacheSpec from a calibration "
+                   "checkpoint or TurboCacheSpec::random), got none");
+    turbo->validate(config);
+    return std::make_unique<TurboKvCache>(shape, *turbo);
+  }
+  return std::make_unique<DenseKvCache>(kind, shape);
+}
+
+}  // namespace turboesm::model
