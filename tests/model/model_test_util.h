@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <unistd.h>
 
 #include "turboesm/io/safetensors.h"
 #include "turboesm/model/config.h"
@@ -25,9 +26,11 @@ inline void remove_tree(const std::string& path) {
 }
 
 /// A fresh, empty directory under TURBOESM_TEST_WORK_DIR.
+/// A new empty scratch directory for this test process. ctest runs every test case in its own
+/// process, in parallel: the pid suffix keeps two cases that share a fixture name apart.
 inline std::string fresh_dir(const std::string& name) {
   namespace fs = std::filesystem;
-  fs::path p = fs::path(TURBOESM_TEST_WORK_DIR) / name;
+  fs::path p = fs::path(TURBOESM_TEST_WORK_DIR) / (name + "." + std::to_string(::getpid()));
   remove_tree(p.string());
   fs::create_directories(p);
   return p.string();
