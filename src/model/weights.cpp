@@ -26,23 +26,6 @@ std::string shape_str(at::IntArrayRef shape) {
   return os.str();
 }
 
-at::ScalarType torch_dtype(io::DType d) {
-  switch (d) {
-    case io::DType::F32:
-      return at::kFloat;
-    case io::DType::F16:
-      return at::kHalf;
-    case io::DType::BF16:
-      return at::kBFloat16;
-    case io::DType::I64:
-      return at::kLong;
-    case io::DType::I32:
-      return at::kInt;
-    case io::DType::U8:
-      return at::kByte;
-  }
-  TURBOESM_FAIL("unknown safetensors dtype");
-}
 
 bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() &&
@@ -139,6 +122,24 @@ void check_layer_count(const Resolver& r, const EsmConfig& cfg) {
 }
 
 }  // namespace
+
+at::ScalarType torch_dtype(io::DType d) {
+  switch (d) {
+    case io::DType::F32:
+      return at::kFloat;
+    case io::DType::F16:
+      return at::kHalf;
+    case io::DType::BF16:
+      return at::kBFloat16;
+    case io::DType::I64:
+      return at::kLong;
+    case io::DType::I32:
+      return at::kInt;
+    case io::DType::U8:
+      return at::kByte;
+  }
+  TURBOESM_FAIL("unknown safetensors dtype");
+}
 
 at::ScalarType parse_scalar_type(const std::string& name) {
   std::string s = name;

@@ -15,6 +15,7 @@
 
 #include "turboesm/io/safetensors.h"
 #include "turboesm/model/config.h"
+#include "turboesm/model/weights.h"
 
 namespace turboesm::test {
 
@@ -36,28 +37,11 @@ inline std::string fresh_dir(const std::string& name) {
   return p.string();
 }
 
-inline at::ScalarType to_torch(io::DType d) {
-  switch (d) {
-    case io::DType::F32:
-      return at::kFloat;
-    case io::DType::F16:
-      return at::kHalf;
-    case io::DType::BF16:
-      return at::kBFloat16;
-    case io::DType::I64:
-      return at::kLong;
-    case io::DType::I32:
-      return at::kInt;
-    case io::DType::U8:
-      return at::kByte;
-  }
-  return at::kFloat;
-}
 
 /// Copies tensor `name` of `f` into an owning CPU tensor.
 inline at::Tensor read_tensor(const io::SafetensorsFile& f, const std::string& name) {
   const io::TensorInfo& t = f.at(name);
-  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(to_torch(t.dtype)));
+  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(model::torch_dtype(t.dtype)));
   std::memcpy(out.data_ptr(), f.data(t), t.nbytes());
   return out;
 }

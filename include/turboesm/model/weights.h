@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "turboesm/io/dtype.h"
 #include "turboesm/model/config.h"
 
 namespace turboesm::model {
@@ -100,6 +101,9 @@ TensorSource checkpoint_source(const std::string& path_or_dir);
 /// \brief Torch dtype of a config / CLI spelling: "float32"/"fp32", "float16"/"fp16"/"half",
 /// "bfloat16"/"bf16". \throws turboesm::Error listing the accepted names.
 at::ScalarType parse_scalar_type(const std::string& name);
+
+/// \brief The LibTorch scalar type of a safetensors dtype (F32 → kFloat, ..., U8 → kByte).
+at::ScalarType torch_dtype(io::DType d);
 
 /// \brief Parses "cpu", "cuda", "cuda:N". \throws turboesm::Error for anything else, or when CUDA
 /// is requested but not available (naming the device count).
