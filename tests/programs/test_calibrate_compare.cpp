@@ -2,7 +2,6 @@
 // turboesm-calibrate → turboesm-compare round trip on the tiny preset (subprocesses), the JSON
 // contract of compare, and the one-line errors of both programs on bad input.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cmath>
 #include <filesystem>
@@ -12,6 +11,7 @@
 #include <string>
 
 #include "model/model_test_util.h"
+#include "programs/program_test_util.h"
 
 namespace turboesm {
 namespace {
@@ -23,31 +23,12 @@ constexpr double kMinLayerCosine = 0.9;   // 3-bit tiny model, random weights (s
 constexpr double kMinInt8Cosine = 0.999;  // INT8 per-token scales are nearly lossless
 constexpr double kSignCompression = 9.0;  // issue 5: 3-bit K/V + sign QJL, norm none
 
-struct ProgramRun {
-  int code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+/// Runs a program single-threaded (LibTorch's default pool crawls on a loaded 2-core machine).
+test::ProgramRun run(const std::string& dir, const std::string& program, const std::string& args) {
+  return test::run_program(dir, program, args, "OMP_NUM_THREADS=1");
 }
 
-ProgramRun run(const std::string& dir, const std::string& program, const std::string& args) {
-  const std::string out = dir + "/stdout.txt", err = dir + "/stderr.txt";
-  const std::string cmd = "OMP_NUM_THREADS=1 " + std::string(TURBOESM_BIN_DIR) + "/" + program +
-                          " " + args + " >" + out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  ProgramRun r;
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
-}
-
-/// Count of lines of `s` that are not empty after the last carriage return (progress bars).
+/// Number of lines of `s` that contain "error:".
 int error_lines(const std::string& s) {
   int n = 0;
   std::stringstream ss(s);
@@ -55,9 +36,6 @@ int error_lines(const std::string& s) {
     if (line.find("error:") != std::string::npos) ++n;
   return n;
 }
-
-#define EXPECT_HAS(text, needle) \
-  EXPECT_NE((text).find(needle), std::string::npos) << "text: " << (text)
 
 /// One tiny model + FASTA + sign-QJL checkpoint (built once per test process).
 struct World {
@@ -78,10 +56,10 @@ const World& world() {
            "MVHLTPEEKSAVTALWGKVNVDEVGGEALGRLLVVYPWTQRFFESFGDLSTPDAVMGNPKVKAHGKKV\n"
            ">MYG_HORSE\nGLSDGEWQQVLNVWGKVEADIAGHGQEVLIRLFTGHPETLEKFDKFKHLKTEAEMKASED\n"
            ">GFP\nMSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYGKLTLKFICTTGKLPVPWPTLVTT\n";
-    const ProgramRun mk = run(w.dir, "turboesm-make-model",
+    const test::ProgramRun mk = run(w.dir, "turboesm-make-model",
                               "--preset tiny --seed 1 --init-std 0.08 --out " + w.model);
     EXPECT_EQ(mk.code, 0) << mk.err;
-    const ProgramRun cal =
+    const test::ProgramRun cal =
         run(w.dir, "turboesm-calibrate",
             "--model " + w.model + " --fasta " + w.fasta + " --out " + w.ckpt +
                 " --bits 3 --qjl sign --norm none --max-tokens 1024 --threads 1");
@@ -97,12 +75,12 @@ TEST(CalibrateCompareProgram, RoundTripWritesTheJsonContract) {
   const World& w = world();
   ASSERT_TRUE(fs::exists(w.ckpt));
   const std::string out_json = w.dir + "/report.json";
-  const ProgramRun r = run(w.dir, "turboesm-compare",
+  const test::ProgramRun r = run(w.dir, "turboesm-compare",
                            "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
                                w.fasta + " --json " + out_json + " --overwrite --threads 1");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_HAS(r.out, "layer_cos");
-  const json j = json::parse(slurp(out_json));
+  const json j = json::parse(test::slurp(out_json));
   ASSERT_EQ(j.at("sequences").size(), 3u);
   for (const auto& s : j.at("sequences")) {
     for (const char* k : {"id", "length", "prefill_max_abs_diff", "layer_cosine",
@@ -145,7 +123,7 @@ TEST(CalibrateCompareProgram, RoundTripWritesTheJsonContract) {
     EXPECT_GT(t.at("append_per_token").get<double>(), 0.0) << c;
   }
   // --json refuses to overwrite without --overwrite.
-  const ProgramRun again = run(w.dir, "turboesm-compare",
+  const test::ProgramRun again = run(w.dir, "turboesm-compare",
                                "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
                                    w.fasta + " --json " + out_json);
   EXPECT_EQ(again.code, 1);
@@ -171,7 +149,7 @@ TEST(CalibrateCompareProgram, CalibrateRefusesBadInput) {
       {base, "--out is required"},
   };
   for (const Case& c : cases) {
-    const ProgramRun r = run(w.dir, "turboesm-calibrate", c.args);
+    const test::ProgramRun r = run(w.dir, "turboesm-calibrate", c.args);
     EXPECT_EQ(r.code, 1) << c.args;
     EXPECT_HAS(r.err, c.needle);
     EXPECT_EQ(error_lines(r.err), 1) << r.err;
@@ -186,17 +164,17 @@ TEST(CalibrateCompareProgram, CompareRefusesAnotherModelsCheckpoint) {
                 "--preset tiny --seed 2 --init-std 0.08 --out " + other + " --overwrite")
                 .code,
             0);
-  const ProgramRun r = run(w.dir, "turboesm-compare",
+  const test::ProgramRun r = run(w.dir, "turboesm-compare",
                            "--model " + other + " --checkpoint " + w.ckpt + " --fasta " + w.fasta);
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "fingerprint mismatch: same config, different weights");
   EXPECT_EQ(error_lines(r.err), 1);
-  const ProgramRun bad =
+  const test::ProgramRun bad =
       run(w.dir, "turboesm-compare",
           "--model " + w.model + " --checkpoint " + w.fasta + " --fasta " + w.fasta);
   EXPECT_EQ(bad.code, 1);
   EXPECT_EQ(error_lines(bad.err), 1) << bad.err;
-  const ProgramRun base = run(w.dir, "turboesm-compare",
+  const test::ProgramRun base = run(w.dir, "turboesm-compare",
                               "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
                                   w.fasta + " --baselines int4");
   EXPECT_EQ(base.code, 1);

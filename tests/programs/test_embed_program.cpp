@@ -2,7 +2,6 @@
 // Program-level tests: run build/bin/turboesm-make-model and turboesm-embed as subprocesses and
 // check exit code, the one-line error on stderr and the outputs.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <filesystem>
 #include <fstream>
@@ -10,6 +9,7 @@
 #include <string>
 
 #include "model/model_test_util.h"
+#include "programs/program_test_util.h"
 #include "turboesm/io/safetensors.h"
 #include "turboesm/io/tokenizer.h"
 #include "turboesm/model/esm2.h"
@@ -23,41 +23,18 @@ using test::read_tensor;
 
 constexpr double kProgramTol = 1e-5;  // program output vs library forward, same process math
 
-struct RunResult {
-  int exit_code = -1;
-  std::string out, err;
-};
-
-std::string slurp(const std::string& path) {
-  std::ifstream in(path);
-  std::stringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 /// Directory of the running test (ctest runs tests as parallel processes: nothing is shared).
 std::string test_dir() {
   const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
   return std::string(TURBOESM_TEST_WORK_DIR) + "/programs_" + info->name();
 }
 
-/// Runs `bin/<program> args` with stdout/stderr captured to files.
-RunResult run(const std::string& program, const std::string& args) {
+/// Runs `bin/<program> args` with stdout/stderr captured in this test's directory.
+test::ProgramRun run(const std::string& program, const std::string& args) {
   const std::string dir = test_dir();
   fs::create_directories(dir);
-  const std::string out = dir + "/stdout.txt", err = dir + "/stderr.txt";
-  const std::string cmd =
-      std::string(TURBOESM_BIN_DIR) + "/" + program + " " + args + " >" + out + " 2>" + err;
-  const int status = std::system(cmd.c_str());
-  RunResult r;
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  r.out = slurp(out);
-  r.err = slurp(err);
-  return r;
+  return test::run_program(dir, program, args);
 }
-
-#define EXPECT_HAS(haystack, needle) \
-  EXPECT_NE((haystack).find(needle), std::string::npos) << "text: " << (haystack)
 
 class ProgramTest : public ::testing::Test {
  protected:
@@ -66,7 +43,7 @@ class ProgramTest : public ::testing::Test {
                            ::testing::UnitTest::GetInstance()->current_test_info()->name());
     model_ = dir_ + "/model";
     auto r = run("turboesm-make-model", "--preset tiny --seed 3 --init-std 0.08 --out " + model_);
-    ASSERT_EQ(r.exit_code, 0) << r.err;
+    ASSERT_EQ(r.code, 0) << r.err;
     fasta_ = dir_ + "/in.fasta";
     std::ofstream(fasta_) << ">sp|P1/a first protein\nMKTAYIAKQR\nQISFVKSHFSRQ*\n"
                           << ">two\nmk<mask>v\n>three rare\nXBUZO\n>four\nM\n";
@@ -77,7 +54,7 @@ class ProgramTest : public ::testing::Test {
 TEST_F(ProgramTest, HelpExitsZero) {
   for (const char* p : {"turboesm-make-model", "turboesm-embed"}) {
     auto r = run(p, "--help");
-    EXPECT_EQ(r.exit_code, 0) << p;
+    EXPECT_EQ(r.code, 0) << p;
     EXPECT_HAS(r.out, "--overwrite");
   }
 }
@@ -87,7 +64,7 @@ TEST_F(ProgramTest, EmbedWritesEveryOutputAndMatchesTheLibrary) {
   auto r = run("turboesm-embed", "--model " + model_ + " --fasta " + fasta_ + " --out " + out +
                                      " --logits --contacts --repr-layers 0,-1 --threads 1 "
                                      "--max-tokens-per-batch 40 --overwrite");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_HAS(r.err, "4 records, 32 residues");
   io::SafetensorsFile f(out);
   EXPECT_EQ(f.tensors().size(), 4u * 6u);
@@ -122,7 +99,7 @@ TEST_F(ProgramTest, TruncateCutsResidues) {
   const std::string out = dir_ + "/trunc.safetensors";
   auto r = run("turboesm-embed", "--model " + model_ + " --fasta " + fasta_ + " --out " + out +
                                      " --truncate 3 --overwrite");
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(r.code, 0) << r.err;
   io::SafetensorsFile f(out);
   EXPECT_EQ(f.at("sp|P1/a/last_hidden_state").shape, (std::vector<int64_t>{5, 128}));
   EXPECT_EQ(f.at("four/last_hidden_state").shape, (std::vector<int64_t>{3, 128}));
@@ -134,7 +111,7 @@ TEST_F(ProgramTest, WarnsOnceAboutSequencesLongerThanTrainingLength) {
                        << std::string(1030, 'A') << "\n>long2\n"
                        << std::string(1025, 'G') << "\n>short\nMKV\n";
   auto r = run("turboesm-embed", "--model " + model_ + " --fasta " + fasta + " --out " + out);
-  ASSERT_EQ(r.exit_code, 0) << r.err;
+  ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_HAS(r.err, "warning: 2 record(s) longer than 1022 residues");
   io::SafetensorsFile f(out);
   EXPECT_EQ(f.at("long1/last_hidden_state").shape, (std::vector<int64_t>{1032, 128}));
@@ -144,11 +121,11 @@ TEST_F(ProgramTest, RefusesToOverwriteAndKeepsTheOldFile) {
   const std::string out = dir_ + "/keep.safetensors";
   std::ofstream(out) << "previous";
   auto r = run("turboesm-embed", "--model " + model_ + " --fasta " + fasta_ + " --out " + out);
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "turboesm-embed: error: refusing to overwrite");
-  EXPECT_EQ(slurp(out), "previous");
+  EXPECT_EQ(test::slurp(out), "previous");
   auto m = run("turboesm-make-model", "--preset tiny --seed 3 --out " + model_);
-  EXPECT_EQ(m.exit_code, 1);
+  EXPECT_EQ(m.code, 1);
   EXPECT_HAS(m.err, "turboesm-make-model: error: refusing to overwrite");
 }
 
@@ -177,7 +154,7 @@ TEST_F(ProgramTest, BadInputsGiveOneLineErrorsAndNoOutput) {
   for (const auto& c : cases) {
     SCOPED_TRACE(c.program + " " + c.args);
     auto r = run(c.program, c.args);
-    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.code, 1);
     EXPECT_EQ(r.err.rfind(c.program + ": error: ", 0), 0u) << r.err;
     EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
     EXPECT_HAS(r.err, c.needle);
@@ -190,7 +167,7 @@ TEST_F(ProgramTest, CudaRequestWithoutGpuIsAClearError) {
   if (at::hasCUDA()) GTEST_SKIP() << "a GPU is present";
   auto r = run("turboesm-embed", "--model " + model_ + " --fasta " + fasta_ + " --out " + dir_ +
                                      "/cuda.safetensors --device cuda:0");
-  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "CUDA is not available");
 }
 
