@@ -131,10 +131,12 @@ bool FastaReader::next(FastaRecord& rec) {
     while (de > d && std::isspace(static_cast<unsigned char>(h[de - 1]))) --de;
     rec.description = h.substr(d, de - d);
   }
-  const auto [first, inserted] = s.ids.emplace(rec.id, rec.line);
-  TURBOESM_CHECK(inserted, s.where(rec.line), "record '", rec.id,
-                 "': duplicate id (first seen on line ", first->second,
-                 "); every record needs a unique first word in its header");
+  if (s.opts.check_duplicate_ids) {
+    const auto [first, inserted] = s.ids.emplace(rec.id, rec.line);
+    TURBOESM_CHECK(inserted, s.where(rec.line), "record '", rec.id,
+                   "': duplicate id (first seen on line ", first->second,
+                   "); every record needs a unique first word in its header");
+  }
   s.has_pending = false;
 
   const EsmTokenizer& tok = EsmTokenizer::instance();

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "turboesm/calibration/checkpoint.h"
 #include "turboesm/error.h"
 #include "turboesm/io/fasta.h"
 #include "turboesm/model/embed.h"
@@ -43,16 +44,22 @@ int main(int argc, char** argv) {
   CLI::App app{
       "Embed protein sequences with an ESM-2 model (HF directory). Writes float32 tensors "
       "<id>/last_hidden_state [L+2,hidden], <id>/mean [hidden], and optionally <id>/logits, "
-      "<id>/contacts [L,L], <id>/layer_<k>; <id> is the first word of the FASTA header.",
+      "<id>/contacts [L,L], <id>/layer_<k>; <id> is the first word of the FASTA header. "
+      "With --shard-records N, --out is a directory: every N records become one file "
+      "shard-00000.safetensors, shard-00001.safetensors, ... (same keys), listed by index.json; "
+      "the FASTA is streamed, so memory does not grow with its size, and --resume continues an "
+      "interrupted run. Without it, all records are read first and one file is written.",
       "turboesm-embed"};
   std::string model_dir, fasta, out, device = "cpu", dtype = "fp32", repr;
-  bool logits = false, contacts = false, overwrite = false, unk = false;
-  int64_t max_tokens = 4096, truncate = 0, max_len = 10000;
+  bool logits = false, contacts = false, overwrite = false, unk = false, resume = false;
+  int64_t max_tokens = 4096, truncate = 0, max_len = 10000, shard_records = 0;
   int threads = 0;
   app.add_option("--model", model_dir, "HF model directory (config.json + model.safetensors)")
       ->required();
   app.add_option("--fasta", fasta, "input FASTA")->required();
-  app.add_option("--out", out, "output .safetensors")->required();
+  app.add_option("--out", out,
+                 "output .safetensors file, or with --shard-records the output directory")
+      ->required();
   app.add_option("--device", device, "cpu | cuda | cuda:N");
   app.add_option("--dtype", dtype, "compute dtype: fp32 | fp16 | bf16 (outputs are float32)");
   app.add_flag("--logits", logits, "also write <id>/logits [L+2, vocab]");
@@ -69,7 +76,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
   app.add_flag("--unknown-to-unk", unk, "map unknown residue letters to <unk> instead of failing");
-  app.add_flag("--overwrite", overwrite, "replace an existing output file");
+  app.add_option("--shard-records", shard_records,
+                 "write one safetensors file per N records into the directory --out, plus "
+                 "index.json (files, record counts, first/last id, sizes, sha256, options); "
+                 "bounded memory for FASTA files of any size (0 = one file)")
+      ->capture_default_str();
+  app.add_flag("--resume", resume,
+               "with --shard-records: keep the shards an interrupted run finished (checked "
+               "against index.json and the FASTA) and continue with the first unfinished one; "
+               "refused if the FASTA, the model or an option that changes the output differs");
+  app.add_flag("--overwrite", overwrite,
+               "replace an existing output file (with --shard-records: start again in a "
+               "non-empty directory, removing the previous shards and index)");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -97,6 +115,34 @@ int main(int argc, char** argv) {
     fo.unknown_to_unk = unk;
     TURBOESM_CHECK(max_len >= 0, "--max-sequence-length must be >= 0, got ", max_len);
     fo.max_sequence_length = truncate > 0 ? 0 : static_cast<std::size_t>(max_len);
+    TURBOESM_CHECK(shard_records >= 0, "--shard-records must be >= 0, got ", shard_records);
+    if (shard_records > 0) {
+      model::check_shard_output(out, overwrite, resume);
+      auto model = model::Esm2Model::load(model_dir, lo);
+      model::ShardOptions so;
+      so.shard_records = shard_records;
+      so.resume = resume;
+      // What else changes the output: the weights and config, the compute dtype and device.
+      so.identity["model_fingerprint"] = calibration::model_fingerprint(model_dir);
+      so.identity["dtype"] = c10::toString(lo.dtype);
+      so.identity["device"] = lo.device.is_cuda() ? "cuda" : "cpu";
+      const auto summary = model::embed_fasta_sharded(*model, fasta, fo, out, eo, so);
+      std::string kept;
+      if (resume) {
+        kept = " (" + std::to_string(summary.shards_skipped) + " kept from an earlier run, " +
+               std::to_string(summary.records_skipped) + " records)";
+      }
+      std::fprintf(stderr,
+                   "turboesm-embed: %zu records, %lld residues, %.2f s, %.1f residues/s; %zu "
+                   "shard(s)%s -> %s\n",
+                   summary.records, static_cast<long long>(summary.residues), summary.seconds,
+                   summary.residues / std::max(summary.seconds, 1e-9), summary.shards, kept.c_str(),
+                   out.c_str());
+      return 0;
+    }
+    TURBOESM_CHECK(!resume,
+                   "--resume needs --shard-records (the single-file output is written "
+                   "in one piece)");
     const auto records = io::read_fasta(fasta, fo);
     if (!overwrite) {
       std::FILE* f = std::fopen(out.c_str(), "rb");

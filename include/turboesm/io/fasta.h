@@ -37,6 +37,10 @@ struct FastaOptions {
   std::size_t max_line_length = 1 << 20;
   /// Longest accepted sequence in tokens (residues; a literal <mask> counts as one); 0 = unlimited.
   std::size_t max_sequence_length = 0;
+  /// Refuse a repeated id. Costs one stored id per record; callers that must run in memory
+  /// independent of the file size (turboesm-embed --shard-records) turn it off and check ids
+  /// themselves.
+  bool check_duplicate_ids = true;
 };
 
 /// \brief Reads one record at a time; memory is bounded by the longest record (plus one id per
