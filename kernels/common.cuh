@@ -107,6 +107,18 @@ __device__ __forceinline__ uint32_t field_offset(const uint32_t (&w)[NW]) {
   }
 }
 
+/// \brief Asks the L2 to fetch [p, p + bytes) ahead of use: one bulk prefetch (sm_90
+/// `cp.async.bulk.prefetch.L2`), no registers, no completion to wait for. p and bytes must be
+/// multiples of 16 (page starts and page sizes are, format.h).
+__device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
 /// Two consecutive floats of a table at a byte offset (one 8-byte shared-memory load).
 __device__ __forceinline__ float2 lut2_at(const float* table, uint32_t byte_offset) {
   return *reinterpret_cast<const float2*>(reinterpret_cast<const char*>(table) + byte_offset);

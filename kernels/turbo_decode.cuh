@@ -4,7 +4,7 @@
 /// \brief Device code of the fused decode attention (see include/turboesm/kernels/turbo_decode.h
 /// for the maths and kernels/NOTES.md for the design and measurements).
 ///
-/// ## Work layout (kernel 1, `turbo_decode_kernel<BITS, D>`)
+/// ## Work layout (kernel 1, `turbo_decode_kernel<BITS, D, VARIANT>`)
 /// One CTA of 128 threads per (row = (b, h, query i), split). Each thread owns one token at a time
 /// (two threads per token when D = 128, each one half of the coordinates), so a token's packed
 /// record is read by one thread with the widest aligned loads its size allows, and the code
@@ -28,9 +28,13 @@
 ///  - software pipeline: iteration i accumulates V of token t (score from iteration i − 1) and
 ///    computes the score of token t + S, in one basic block (the rare rescale branch comes first),
 ///    so the K and V look-ups overlap; K records are loaded two iterations ahead, V one.
-/// Bottleneck (kernels/NOTES.md, ncu): the L1/shared-memory data pipe (~70 % busy with LDS
-/// wavefronts, a quarter of them K pair-table bank conflicts) and low occupancy (16 warps/SM,
-/// register-bound): ~43 % of HBM peak on the H100.
+/// Bottleneck (kernels/NOTES.md, ncu): the L1/shared-memory data pipe (~60–70 % busy with LDS
+/// wavefronts, a fifth of them K pair-table bank conflicts), the ALU pipe (~53 %, two integer
+/// instructions per extracted code field) and low occupancy (16 warps/SM, register-bound):
+/// ~43 % of HBM peak on the H100.
+///  - mode variants (DecodeVariant): the general kernel reads the norm and QJL modes at run time;
+///    for 2-bit and D = 128 (kDecodeModeVariants, where it measured faster) fixed-mode copies
+///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
 /// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
 /// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
 /// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back.
@@ -175,13 +179,44 @@ struct ValueRegs {
   float vn;
 };
 
+/// Iterations (of kTokensPerIter tokens) between the L2 page prefetch and the K loads.
+#ifndef TURBOESM_DECODE_PREFETCH_ITERS
+#define TURBOESM_DECODE_PREFETCH_ITERS 2
+#endif
+inline constexpr int kPrefetchIters = TURBOESM_DECODE_PREFETCH_ITERS;
+
 /// Lazy rescaling of the online softmax (log2 domain): the running max m is only raised when a
 /// score exceeds it by more than this, so weights exp2(s − m) stay ≤ 2^8 (harmless in fp32) and
 /// the rescale of the SUB accumulators, a divergent branch, becomes rare.
 inline constexpr float kRescaleThresholdLog2 = 8.0f;
 
-/// \brief Kernel 1: one CTA per (row, split); see the file comment.
+/// \brief Cache-mode specialisations of kernel 1. The general one reads the modes at run time
+/// (CTA-uniform branches, but their predicated address and load instructions still take issue
+/// slots every token); the others fix them at compile time for the common layouts.
+enum class DecodeVariant : int {
+  kGeneral = 0,   ///< any supported K/V norm and K QJL mode (run-time branches)
+  kPlain = 1,     ///< K and V norm none, K QJL none
+  kSignPlain = 2  ///< K and V norm none, K QJL sign
+};
+
+/// \brief Whether the (BITS, D) instantiation compiles and uses the fixed-mode variants. Measured
+/// (kernels/NOTES.md, v7): fewer instructions per token made 2-bit and D = 128 faster, but the
+/// 3- and 4-bit D = 64 kernels slower (their loads are less hidden), so those keep the general
+/// kernel only (also fewer kernels to compile).
 template <int BITS, int D>
+inline constexpr bool kDecodeModeVariants = BITS == 2 || D > 64;
+
+/// The fixed-mode variant that fits a launch's modes (host).
+inline DecodeVariant decode_variant(const quant::DecodeParams& p) {
+  const bool no_norms =
+      p.k.layout.norm == quant::NormMode::kNone && p.v.layout.norm == quant::NormMode::kNone;
+  if (no_norms && p.k.layout.qjl == quant::QjlMode::kNone) return DecodeVariant::kPlain;
+  if (no_norms && p.k.layout.qjl == quant::QjlMode::kSign) return DecodeVariant::kSignPlain;
+  return DecodeVariant::kGeneral;
+}
+
+/// \brief Kernel 1: one CTA per (row, split); see the file comment.
+template <int BITS, int D, DecodeVariant VARIANT>
 __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     turbo_decode_kernel(const __grid_constant__ DecodeLaunch launch) {
   using T = DecodeTraits<BITS, D>;
@@ -200,8 +235,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const int lane = tid & 31;
   const int warp = tid >> 5;
   const int qjl_m = launch.qjl_m;
-  const quant::QjlMode qjl = p.k.layout.qjl;
-  const bool prod = qjl == quant::QjlMode::kProd;
+  constexpr bool kGeneral = VARIANT == DecodeVariant::kGeneral;
+  const quant::QjlMode qjl = VARIANT == DecodeVariant::kPlain       ? quant::QjlMode::kNone
+                             : VARIANT == DecodeVariant::kSignPlain ? quant::QjlMode::kSign
+                                                                    : p.k.layout.qjl;
+  const bool prod = kGeneral && qjl == quant::QjlMode::kProd;
 
   // Static shared memory: fixed addresses, so every table look-up is one LDS [reg + imm].
   __shared__ float s_q[D];
@@ -316,8 +354,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const uint32_t ksub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kLutStride * 4) : 0u;
   const uint32_t vlane_base = static_cast<uint32_t>(8 * (lane & 15));  // byte offset of copy
   const uint32_t ssub_base = kLpt == 2 ? static_cast<uint32_t>(sub * T::kSignStride * 4) : 0u;
-  const bool k_norm = kl.norm == quant::NormMode::kToken;
-  const bool v_norm = vl.norm == quant::NormMode::kToken;
+  const bool k_norm = kGeneral && kl.norm == quant::NormMode::kToken;
+  const bool v_norm = kGeneral && vl.norm == quant::NormMode::kToken;
   const int pt = kl.page_tokens;  // K and V share page_tokens (checked by the launcher)
   // prod: this thread's byte range of the sign record, and its nibble table.
   const int qb = kl.qjl_bytes;
@@ -408,7 +446,36 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   advance(pk, sk);
   KeyRegs<BITS, D> knxt{};
   if (tk < t1) load_k(knxt, pk, sk);
+  // The L2 page prefetch (below) is compiled into the fixed-mode variants only: measured, it
+  // slowed the general kernel's D = 64 shapes by 5–10 % (kernels/NOTES.md, v7).
+  constexpr bool kPrefetch = kPrefetchIters > 0 && !kGeneral;
+  const int pf_first = t0 + (2 + kPrefetchIters) * kS;  // first token of the prefetch window
+  int pf_page = kPrefetch ? pf_first / pt : 0;
+  int pf_slot = pf_first - pf_page * pt;
   for (int base = t0; base < t1; base += kS) {
+    // L2 prefetch, kPrefetchIters iterations ahead of the K loads below: pages pf_page and
+    // pf_page + 1 of K (warps 0, 1) and of V (warps 2, 3), one bulk request each, where pf_page
+    // holds token base + (2 + kPrefetchIters)·S. With 64-token pages and S = 128 (D ≤ 64) an
+    // iteration spans two pages, so every page is requested once (a page the window only starts
+    // in, an iteration later); at D = 128 (S = 64) each page is requested twice, and other page
+    // sizes get a partial or repeated hint. The
+    // address is warp-uniform, as the uniform-datapath instruction wants. The K and V loads then
+    // wait for the L2 rather than HBM.
+    if constexpr (kPrefetch) {
+      const int64_t pg = pf_page + (warp & 1);
+      if (pg * pt < t1) {
+        if (warp < 2) {
+          prefetch_l2_bulk(kbase + pg * kl.page_bytes, static_cast<uint32_t>(kl.page_bytes));
+        } else {
+          prefetch_l2_bulk(vbase + pg * vl.page_bytes, static_cast<uint32_t>(vl.page_bytes));
+        }
+      }
+      pf_slot += kS;
+      while (pf_slot >= pt) {
+        pf_slot -= pt;
+        ++pf_page;
+      }
+    }
     // Loads: K two tokens ahead, V one token ahead.
     const int tk2 = tk + kS;
     int pk2 = pk;
@@ -570,14 +637,27 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   const DecodeDynSmem dl =
       decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd);
   const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
-  if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
-    const cudaError_t e =
-        cudaFuncSetAttribute(turbo_decode_kernel<BITS, D>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
+  DecodeVariant variant = DecodeVariant::kGeneral;
+  if constexpr (kDecodeModeVariants<BITS, D>) {
+    variant = decode_variant(p);
+    if (variant == DecodeVariant::kPlain) {
+      turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>
+          <<<dim3(rows, launch.num_splits), kDecodeThreads, 0, stream>>>(launch);
+    } else if (variant == DecodeVariant::kSignPlain) {
+      turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>
+          <<<dim3(rows, launch.num_splits), kDecodeThreads, 0, stream>>>(launch);
+    }
   }
-  turbo_decode_kernel<BITS, D>
-      <<<dim3(rows, launch.num_splits), kDecodeThreads, smem, stream>>>(launch);
+  if (variant == DecodeVariant::kGeneral) {
+    if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
+      const cudaError_t e = cudaFuncSetAttribute(
+          turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
+          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (e != cudaSuccess) return e;
+    }
+    turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>
+        <<<dim3(rows, launch.num_splits), kDecodeThreads, smem, stream>>>(launch);
+  }
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || launch.num_splits == 1) return e;
   turbo_decode_merge_kernel<D><<<rows, kDecodeThreads, 0, stream>>>(launch);

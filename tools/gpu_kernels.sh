@@ -58,7 +58,7 @@ for _ab in ${TURBOESM_AB_LIBS:-}; do
 done
 if command -v cuobjdump > /dev/null && [[ -f "${_build}/lib/libturboesm_kernels.a" ]]; then
   # Instruction histogram of the headline instantiation (3-bit, d = 64) for kernels/NOTES.md.
-  _sym=_ZN8turboesm7kernels6detail19turbo_decode_kernelILi3ELi64EEEvNS1_12DecodeLaunchE
+  _sym=_ZN8turboesm7kernels6detail19turbo_decode_kernelILi3ELi64ELNS1_13DecodeVariantE0EEEvNS1_12DecodeLaunchE
   cuobjdump -sass -fun "${_sym}" "${_build}/lib/libturboesm_kernels.a" > "${_out}/sass.txt" 2>&1
   { echo "== opcode histogram (whole kernel) =="
     grep -oE "^ +/\*[0-9a-f]{4}\*/ +[A-Z0-9_.]+" "${_out}/sass.txt" | awk '{print $2}' | sort | uniq -c | sort -rn | head -25

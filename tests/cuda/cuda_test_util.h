@@ -107,6 +107,7 @@ struct SideConfig {
   tq::QjlMode qjl = tq::QjlMode::kNone;
   int qjl_dim = 0;          ///< prod: m (0 → d)
   bool scale_mean = false;  ///< per-coordinate σ and μ
+  int page_tokens = tq::kPageTokens;
 };
 
 /// H TurboQuantizers (one per head, different seeds) with their constants flattened
@@ -121,6 +122,7 @@ class HeadSet {
       cfg.norm = c.norm;
       cfg.qjl = c.qjl;
       cfg.qjl_dim = c.qjl_dim;
+      cfg.page_tokens = c.page_tokens;
       tq::QuantizerParams p;
       const uint64_t s = seed + 101 * h;
       p.rotation = tq::make_random_rotation(dim, s);

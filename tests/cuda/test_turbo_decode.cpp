@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "cuda_test_util.h"
@@ -192,9 +193,14 @@ TEST_P(TurboDecodeShapes, MatchesCpuOracle) {
   v_raw.scale_mean = true;
   SideConfig k_prod;  // TurboQuant_prod, m = d
   k_prod.qjl = tq::QjlMode::kProd;
-  const Modes modes[] = {{"token/none", k_token, v_token},
+  SideConfig k_raw;  // no norms, no QJL: the kernel's compile-time "plain" variant
+  k_raw.norm = tq::NormMode::kNone;
+  // For 2-bit and D = 128 the second and last modes run the fixed-mode kernels (turbo_decode.cuh
+  // DecodeVariant: sign-plain, plain); everything else runs the general kernel.
+  const Modes modes[] = {{"token/token", k_token, v_token},
                          {"none+sign+scaled/none+scaled", k_sign_raw, v_raw},
-                         {"token+prod/token", k_prod, v_token}};
+                         {"token+prod/token", k_prod, v_token},
+                         {"none/none+scaled", k_raw, v_raw}};
   for (const Modes& m : modes) {
     DecodeCase c;
     c.bits = sp.bits;
@@ -232,6 +238,10 @@ TEST(TurboDecode, LongCacheSplitK) {
     c.batch = 1;
     c.lengths = {16384};
     c.seed = 5 + sp.dim;
+    if (sp.bits == 3) {  // the headline layout: norm none, no QJL
+      c.k.norm = tq::NormMode::kNone;
+      c.v.norm = tq::NormMode::kNone;
+    }
     const DecodeOutcome o = run_decode_case(c);
     EXPECT_GT(o.splits, 1) << "batch 1 x 2 heads x 16384 tokens should be split";
     expect_matches(o, "16384 tokens b" + std::to_string(sp.bits) + " d" + std::to_string(sp.dim));
@@ -241,6 +251,24 @@ TEST(TurboDecode, LongCacheSplitK) {
   c.lengths = {16384, 9001};
   c.k.qjl = tq::QjlMode::kSign;
   expect_matches(run_decode_case(c), "batch 2 (16384, 9001), sign QJL");
+}
+
+// Pages of 40 tokens: a CTA iteration (128 tokens at D = 64, 64 at D = 128) is not a whole
+// number of pages, so page/slot advance wraps mid-page, and the fixed-mode kernels' L2 page
+// prefetch (D = 128, norm none) requests a partial window.
+TEST(TurboDecode, PageTokensNotDividingTheIteration) {
+  TURBOESM_REQUIRE_GPU();
+  for (const int dim : {64, 128})
+    for (const tq::NormMode norm : {tq::NormMode::kNone, tq::NormMode::kToken}) {
+      DecodeCase c;
+      c.dim = dim;
+      c.batch = 3;
+      c.lengths = {1000, 333, 41};
+      c.k.norm = c.v.norm = norm;
+      c.k.page_tokens = c.v.page_tokens = 40;
+      expect_matches(run_decode_case(c), "page_tokens 40, d " + std::to_string(dim) + ", norm " +
+                                             tq::to_string(norm));
+    }
 }
 
 TEST(TurboDecode, SmallWorkspaceUsesFewerSplits) {
