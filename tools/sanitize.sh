@@ -10,7 +10,8 @@
 #
 # Not covered here (LibTorch is not built with sanitizers): the model, the programs and their
 # bad-input table (tests/programs/bad_inputs.tsv, run by the main ctest; leak-checked with
-# valgrind by `tests/programs/run_bad_inputs.sh --valgrind`).
+# valgrind by `tests/programs/run_bad_inputs.sh --valgrind`). The model's thread safety is
+# checked by tools/tsan.sh (ThreadSanitizer, the next step of tools/test.sh).
 # Exit status: non-zero on any sanitizer report, test failure or fuzz crash.
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -4,6 +4,8 @@
 # Second step (issue 7): tools/sanitize.sh — the torch-free libraries' tests and the fuzz replays
 # under ASan+UBSan (build-asan), then a short fuzz smoke run per target. Skip it with
 # TURBOESM_SANITIZE_STEP=0; TURBOESM_FUZZ_SMOKE_SECONDS (default 30) sets the smoke time.
+# Third step: tools/tsan.sh — the concurrency test (one model, 8 threads) under ThreadSanitizer
+# (build-tsan). Skip it with TURBOESM_TSAN_STEP=0.
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "${_root}/tools/build.sh"
@@ -11,4 +13,7 @@ ctest --test-dir "${TURBOESM_BUILD_DIR:-${_root}/build}" --output-on-failure -j 
   --timeout 900
 if [[ "${TURBOESM_SANITIZE_STEP:-1}" != "0" ]]; then
   "${_root}/tools/sanitize.sh"
+fi
+if [[ "${TURBOESM_TSAN_STEP:-1}" != "0" ]]; then
+  "${_root}/tools/tsan.sh"
 fi

@@ -93,10 +93,23 @@ struct SessionRun {
   double prefill_ms = 0.0, append_ms = 0.0;
 };
 
+/// The cache under test: Turbo (with `dense` layers in a dense format) or a plain kind.
+using TurboLayers = std::map<int, const model::TurboCacheSpec*>;
+
+std::unique_ptr<model::KvCache> make_cache(const model::EsmConfig& cfg, c10::Device dev,
+                                           CacheKind kind, const model::TurboCacheSpec* spec,
+                                           const std::map<int, CacheKind>& dense,
+                                           const TurboLayers& turbo_layers) {
+  if (kind == CacheKind::kTurbo)
+    return model::make_mixed_kv_cache(cfg, 1, dev, *spec, dense, turbo_layers);
+  return model::make_kv_cache(kind, cfg, 1, dev, spec);
+}
+
 SessionRun run_session(const std::shared_ptr<const model::Esm2Model>& m, CacheKind kind,
                        const model::TurboCacheSpec* spec, const at::Tensor& prefix,
-                       const std::vector<int64_t>& rest) {
-  model::Session s(m, model::make_kv_cache(kind, m->config(), 1, m->device(), spec));
+                       const std::vector<int64_t>& rest, const std::map<int, CacheKind>& dense = {},
+                       const TurboLayers& turbo_layers = {}) {
+  model::Session s(m, make_cache(m->config(), m->device(), kind, spec, dense, turbo_layers));
   SessionRun r;
   auto t0 = Clock::now();
   r.prefill_out = s.prefill(prefix).to(at::kCPU, at::kFloat);  // the copy synchronizes
@@ -134,12 +147,32 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
     TURBOESM_CHECK(k != CacheKind::kTurbo && k != CacheKind::kFp32,
                    "baselines must be fp16, int8 or fp8, got ", kind_name(k));
   const model::TurboCacheSpec turbo_plain = without_qjl(turbo);
-  const bool has_qjl = turbo.k_config.qjl != quant::QjlMode::kNone;
+  bool has_qjl = turbo.k_config.qjl != quant::QjlMode::kNone;
+  // Layers under the second Turbo spec (with and without its QJL, for layer_cosine_no_qjl).
+  TurboLayers alt_layers, alt_layers_plain;
+  model::TurboCacheSpec alt_plain;
+  if (opts.alt_turbo) {
+    opts.alt_turbo->validate(cfg);
+    alt_plain = without_qjl(*opts.alt_turbo);
+    has_qjl = has_qjl || opts.alt_turbo->k_config.qjl != quant::QjlMode::kNone;
+    for (int l : opts.alt_layers) {
+      alt_layers[l] = opts.alt_turbo.get();
+      alt_layers_plain[l] = &alt_plain;
+    }
+  } else {
+    TURBOESM_CHECK(opts.alt_layers.empty(), "compare: alt_layers given without an alt_turbo spec");
+  }
   const c10::Device dev = model->device();
   const int L = model->num_layers();
 
   CompareReport rep;
+  rep.dense_layers = opts.dense_layers;
   rep.turbo_description = turbo.summary();
+  {
+    const auto c = make_cache(cfg, dev, CacheKind::kTurbo, &turbo, opts.dense_layers, alt_layers);
+    if (const auto* mc = dynamic_cast<const model::MixedKvCache*>(c.get()))
+      rep.turbo_description = mc->summary();
+  }
   rep.num_layers = L;
   rep.cache_names.push_back("turbo");
   for (CacheKind k : opts.baselines) rep.cache_names.push_back(kind_name(k));
@@ -151,6 +184,17 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
     rep.bytes_per_token_per_head[kind_name(k)] = c->bytes_per_token_per_head();
     rep.kv_bytes[kind_name(k)] = 0;
   }
+  // Σ over layers of each layer's rate (K + V): the dense layers of a mixed cache count theirs.
+  std::map<std::string, int64_t> layer_rate_sum;
+  for (const auto& kv : rep.bytes_per_token_per_head) layer_rate_sum[kv.first] = kv.second * L;
+  {
+    const auto mixed =
+        make_cache(cfg, dev, CacheKind::kTurbo, &turbo, opts.dense_layers, alt_layers);
+    if (const auto* mc = dynamic_cast<const model::MixedKvCache*>(mixed.get())) {
+      layer_rate_sum["turbo"] = 0;
+      for (int l = 0; l < L; ++l) layer_rate_sum["turbo"] += mc->layer_bytes_per_token_per_head(l);
+    }
+  }
 
   c10::InferenceMode guard;
   for (size_t ri = 0; ri < records.size(); ++ri) {
@@ -159,8 +203,8 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
     RecordComparison rc;
     rc.id = records[ri].id;
     rc.length = len;
-    for (auto& kv : rep.bytes_per_token_per_head)
-      rep.kv_bytes[kv.first] += kv.second * (len + 2) * cfg.num_attention_heads * L;
+    for (const auto& kv : layer_rate_sum)
+      rep.kv_bytes[kv.first] += kv.second * (len + 2) * cfg.num_attention_heads;
 
     // (a) teacher-forced, all caches at once on one FP32 forward pass.
     {
@@ -168,7 +212,8 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
       std::vector<TeacherForcedProbe::Target> targets;
       auto add = [&](const std::string& name, CacheKind k, const model::TurboCacheSpec* spec,
                      std::vector<double>* out) {
-        caches.push_back(model::make_kv_cache(k, cfg, 1, dev, spec));
+        caches.push_back(make_cache(cfg, dev, k, spec, opts.dense_layers,
+                                    spec == &turbo_plain ? alt_layers_plain : alt_layers));
         out->assign(static_cast<size_t>(L), 0.0);
         targets.push_back({name, caches.back().get(), out});
       };
@@ -202,7 +247,8 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
       fs.prefill_ms = ref.prefill_ms;
       fs.append_ms_per_token = rest.empty() ? 0.0 : ref.append_ms / rest.size();
       auto score = [&](const std::string& name, CacheKind k, const model::TurboCacheSpec* spec) {
-        const SessionRun run = run_session(model, k, spec, prefix, rest);
+        const SessionRun run =
+            run_session(model, k, spec, prefix, rest, opts.dense_layers, alt_layers);
         CacheScores& cs = rc.caches[name];
         cs.prefill_ms = run.prefill_ms;
         cs.append_ms_per_token = rest.empty() ? 0.0 : run.append_ms / rest.size();
@@ -297,6 +343,13 @@ double ratio(const CompareReport& rep, const std::string& num_kind, const std::s
   return d > 0 ? static_cast<double>(rep.kv_bytes.at(num_kind)) / d : 0.0;
 }
 
+/// {"0": "int8", ...}: the layers the Turbo cache kept in a dense format.
+json dense_layers_json(const CompareReport& rep) {
+  json j = json::object();
+  for (const auto& [layer, kind] : rep.dense_layers) j[std::to_string(layer)] = kind_name(kind);
+  return j;
+}
+
 }  // namespace
 
 json report_json(const CompareReport& rep) {
@@ -338,6 +391,7 @@ json report_json(const CompareReport& rep) {
                   {"kv_bytes", rep.kv_bytes},
                   {"bytes_per_token_per_head", rep.bytes_per_token_per_head},
                   {"checkpoint_bytes", rep.checkpoint_bytes},
+                  {"dense_layers", dense_layers_json(rep)},
                   {"compression_vs_fp32", ratio(rep, "fp32", "turbo")},
                   {"compression_vs_fp16", ratio(rep, "fp16", "turbo")}};
   json baselines = json::object();

@@ -42,6 +42,14 @@ std::shared_ptr<Esm2Model> Esm2Model::random(const EsmConfig& config, uint64_t s
   return std::make_shared<Esm2Model>(config, std::move(w), opts);
 }
 
+std::shared_ptr<Esm2Model> Esm2Model::random_on_device(const EsmConfig& config, uint64_t seed,
+                                                       double init_std, const LoadOptions& opts) {
+  config.validate();
+  EsmWeights w = load_weights(random_tensor_source(config, seed, init_std, opts.device, opts.dtype),
+                              config, opts);
+  return std::make_shared<Esm2Model>(config, std::move(w), opts);
+}
+
 Esm2Model::Esm2Model(EsmConfig config, EsmWeights weights, const LoadOptions& opts)
     : config_(std::move(config)),
       weights_(std::move(weights)),
@@ -85,6 +93,26 @@ at::Tensor Esm2Model::embed(const at::Tensor& tokens, const at::Tensor& attentio
   if (weights_.emb_ln_before) x = layer_norm(x, *weights_.emb_ln_before);
   if (attention_mask.defined()) x = (x * attention_mask.unsqueeze(-1).to(x.scalar_type()));
   return x;
+}
+
+at::Tensor Esm2Model::embed_with_ratio(const at::Tensor& tokens, const at::Tensor& mask,
+                                       const at::Tensor& observed) const {
+  at::Tensor x = at::embedding(weights_.word_embeddings, tokens);  // [B, T, hidden]
+  if (config_.token_dropout) {
+    const at::Tensor is_mask = tokens.eq(config_.mask_token_id) & mask;
+    x = x.masked_fill(is_mask.unsqueeze(-1), 0.0);
+    const double mask_ratio_train = 0.15 * 0.8;
+    x = (x * (1.0 - mask_ratio_train) / (1.0 - observed).view({-1, 1, 1})).to(x.scalar_type());
+  }
+  if (weights_.emb_ln_before) x = layer_norm(x, *weights_.emb_ln_before);
+  return x * mask.unsqueeze(-1).to(x.scalar_type());
+}
+
+at::Tensor Esm2Model::layer_qkv_projection(int layer, const at::Tensor& hidden) const {
+  TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
+                 num_layers(), ")");
+  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  return at::linear(layer_norm(hidden, w.attn_ln), w.qkv_weight, w.qkv_bias);
 }
 
 Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden,

@@ -140,6 +140,35 @@ void KvCache::clear() {
   for (auto& l : lengths_) std::fill(l.begin(), l.end(), 0);
 }
 
+void KvCache::reserve(int64_t tokens) {
+  TURBOESM_CHECK(tokens > 0 && tokens <= std::numeric_limits<int32_t>::max(),
+                 "KV cache reserve: tokens must be in [1, ", std::numeric_limits<int32_t>::max(),
+                 "], got ", tokens);
+  for (int layer = 0; layer < shape_.layers; ++layer) {
+    if (tokens <= capacity(layer)) continue;
+    if (capacity(layer) > 0) ++reallocations_;
+    grow(layer, tokens);
+  }
+}
+
+at::Tensor KvCache::device_step(int layer, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                const at::Tensor&, const at::Tensor&, int64_t) {
+  TURBOESM_FAIL("KV cache device_step (layer ", layer, "): not supported by the ",
+                to_string(kind()), " cache on ", shape_.device.str(),
+                " (supported: turbo, fp16 and fp32 caches on CUDA)");
+}
+
+void KvCache::commit_device_steps(int64_t steps) {
+  TURBOESM_CHECK(steps >= 0, "KV cache commit_device_steps: steps must be >= 0, got ", steps);
+  for (int layer = 0; layer < shape_.layers; ++layer) {
+    for (int64_t& n : lengths_[layer]) {
+      TURBOESM_CHECK(n + steps <= capacity(layer), "KV cache commit_device_steps: layer ", layer,
+                     " would hold ", n + steps, " tokens, beyond its capacity ", capacity(layer));
+      n += steps;
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------------------------
 // DenseKvCache
 // ---------------------------------------------------------------------------------------------
@@ -281,6 +310,43 @@ at::Tensor DenseKvCache::do_attend(int layer, const at::Tensor& q) const {
   for (int64_t x : len) any_empty = any_empty || x == 0;
   if (any_empty) out.masked_fill_((lens == 0).view({B, 1, 1, 1}), 0.0);
   return out;
+}
+
+bool DenseKvCache::supports_device_step() const {
+  return shape_.device.is_cuda() && (kind_ == CacheKind::kFp32 || kind_ == CacheKind::kFp16);
+}
+
+at::Tensor DenseKvCache::device_step(int layer, const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const at::Tensor& lengths,
+                                     const at::Tensor& lengths_after, int64_t max_tokens) {
+  if (!supports_device_step())
+    return KvCache::device_step(layer, q, k, v, lengths, lengths_after, max_tokens);
+  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "KV cache device_step: layer ", layer,
+                 " out of range [0, ", shape_.layers, ")");
+  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
+  TURBOESM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
+                     k.size(3) == d && k.sizes() == v.sizes() && q.sizes() == k.sizes(),
+                 "KV cache device_step: q, k, v must be [", B, ", ", H, ", 1, ", d, "], got q ",
+                 q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  TURBOESM_CHECK(max_tokens > 0 && max_tokens <= capacity(layer),
+                 "KV cache device_step: max_tokens ", max_tokens, " outside [1, capacity ",
+                 capacity(layer), "] (reserve first)");
+  Layer& l = layers_[static_cast<size_t>(layer)];
+  // Scatter with a device index: no host-side position, so the step can be graph-captured.
+  const at::Tensor idx = lengths.to(at::kLong).view({B, 1, 1, 1}).expand({B, H, 1, d});
+  l.k.scatter_(2, idx, k.to(storage_dtype_));
+  l.v.scatter_(2, idx, v.to(storage_dtype_));
+  const auto lopt = at::TensorOptions().dtype(at::kLong).device(shape_.device);
+  const at::Tensor valid =
+      at::arange(max_tokens, lopt).unsqueeze(0) < lengths_after.to(at::kLong).unsqueeze(1);
+  const std::optional<at::Tensor> mask = valid.view({B, 1, 1, max_tokens});
+  // Compute in the storage dtype when q has it (fp16 model + fp16 cache: half SDPA), else fp32
+  // (as do_attend). scale = 1: q is pre-scaled by head_dim^-0.5 (ESM). Every row has ≥ 1 key.
+  const at::ScalarType ct = q.scalar_type() == storage_dtype_ ? storage_dtype_ : at::kFloat;
+  const at::Tensor out =
+      at::scaled_dot_product_attention(q.to(ct), l.k.narrow(2, 0, max_tokens).to(ct),
+                                       l.v.narrow(2, 0, max_tokens).to(ct), mask, 0.0, false, 1.0);
+  return out.to(q.scalar_type());
 }
 
 // ---------------------------------------------------------------------------------------------

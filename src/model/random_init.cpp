@@ -2,6 +2,7 @@
 #include "turboesm/model/random_init.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/detail/CUDAHooksInterface.h>
 
 #include <cmath>
 #include <filesystem>
@@ -117,6 +118,48 @@ at::Tensor init_parameter(const std::vector<ParamSpec>& specs, std::size_t index
     }
   }
   TURBOESM_FAIL("unknown init kind");
+}
+
+TensorSource random_tensor_source(const EsmConfig& config, uint64_t seed, double init_std,
+                                  c10::Device device, at::ScalarType dtype) {
+  config.validate();
+  TURBOESM_CHECK(init_std > 0 && std::isfinite(init_std), "init std must be positive, got ",
+                 init_std);
+  TURBOESM_CHECK(device.is_cpu() || device.is_cuda(), "random_tensor_source: unsupported device ",
+                 device.str(), " (expected cpu or cuda)");
+  auto specs = std::make_shared<std::vector<ParamSpec>>(hf_parameter_specs(config));
+  TensorSource src;
+  src.description = "random init on " + device.str() + " (seed " + std::to_string(seed) + ")";
+  src.names = [specs] {
+    std::vector<std::string> n;
+    for (const auto& p : *specs) n.push_back(p.name);
+    return n;
+  };
+  src.get = [specs, config, seed, init_std, device, dtype](const std::string& name) -> at::Tensor {
+    size_t i = 0;
+    while (i < specs->size() && (*specs)[i].name != name) ++i;
+    if (i == specs->size()) return {};
+    const ParamSpec& p = (*specs)[i];
+    if (device.is_cpu() || p.init == ParamSpec::Init::kRotaryInvFreq)
+      return init_parameter(*specs, i, seed, init_std, config)
+          .to(p.init == ParamSpec::Init::kRotaryInvFreq ? at::kFloat : dtype);
+    const auto opts = at::TensorOptions().device(device).dtype(dtype);
+    switch (p.init) {
+      case ParamSpec::Init::kZeros:
+        return at::zeros(p.shape, opts);
+      case ParamSpec::Init::kOnes:
+        return at::ones(p.shape, opts);
+      default: {
+        at::Generator gen = at::detail::getCUDAHooks().getNewGenerator(device.index());
+        gen.set_current_seed(mix(seed ^ mix(i + 1)));
+        at::Tensor t = at::empty(p.shape, opts).normal_(0.0, init_std, gen);
+        const int64_t pad = config.pad_token_id;
+        if (p.init == ParamSpec::Init::kEmbedding && pad >= 0 && pad < p.shape[0]) t[pad].zero_();
+        return t;
+      }
+    }
+  };
+  return src;
 }
 
 void write_random_model(const EsmConfig& config_in, uint64_t seed, double init_std,

@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 
 #include "turboesm/error.h"
+#include "turboesm/model/decode_graph.h"
 
 namespace turboesm::model {
 
@@ -24,6 +25,27 @@ Session::Session(std::shared_ptr<const Esm2Model> model, std::unique_ptr<KvCache
   real_tokens_.assign(static_cast<size_t>(s.batch), 0);
   mask_tokens_.assign(static_cast<size_t>(s.batch), 0);
 }
+
+Session::~Session() = default;
+Session::Session(Session&&) noexcept = default;
+Session& Session::operator=(Session&&) noexcept = default;
+
+void Session::enable_cuda_graph(int64_t max_length, int64_t bucket_tokens) {
+  TURBOESM_CHECK(model_->device().is_cuda(), "Session::enable_cuda_graph: the session is on ",
+                 model_->device().str(), "; CUDA graphs need a CUDA model and cache");
+  TURBOESM_CHECK(cache_->supports_device_step(), "Session::enable_cuda_graph: the ",
+                 to_string(cache_->kind()),
+                 " cache has no device-resident step (supported: turbo, fp16, fp32)");
+  TURBOESM_CHECK(max_length > 0 && bucket_tokens > 0,
+                 "Session::enable_cuda_graph: max_length and bucket_tokens must be > 0, got ",
+                 max_length, " and ", bucket_tokens);
+  graph_.reset();
+  c10::InferenceMode guard;
+  cache_->reserve(max_length);
+  graph_ = std::make_unique<CudaDecodeGraph>(*model_, *cache_, max_length, bucket_tokens);
+}
+
+void Session::disable_cuda_graph() { graph_.reset(); }
 
 std::pair<at::Tensor, at::Tensor> Session::prepare(const at::Tensor& tokens_in,
                                                    const at::Tensor& mask_in,
@@ -71,19 +93,17 @@ at::Tensor Session::prefill(const at::Tensor& tokens_in, const at::Tensor& mask_
     real_tokens_[b] = counts[b].item<int64_t>();
     mask_tokens_[b] = masks[b].item<int64_t>();
   }
+  cache_->check_device_status();
   return last_hidden_;
 }
 
 at::Tensor Session::embed_appended(const at::Tensor& tokens, const at::Tensor& mask,
                                    const at::Tensor& counts) const {
   const EsmConfig& c = model_->config();
-  const EsmWeights& w = model_->weights();
-  at::Tensor x = at::embedding(w.word_embeddings, tokens);  // [B, T, hidden]
+  at::Tensor obs;
   if (c.token_dropout) {
     // As Esm2Model::embed, but the <mask> ratio is over the whole sequence so far.
     const at::Tensor is_mask = tokens.eq(c.mask_token_id) & mask;
-    x = x.masked_fill(is_mask.unsqueeze(-1), 0.0);
-    const double mask_ratio_train = 0.15 * 0.8;
     std::vector<double> observed(static_cast<size_t>(cache_->batch()));
     const at::Tensor new_masks = is_mask.sum(-1).to(at::kCPU);
     for (int64_t b = 0; b < cache_->batch(); ++b) {
@@ -92,18 +112,40 @@ at::Tensor Session::embed_appended(const at::Tensor& tokens, const at::Tensor& m
       // A sequence of masks only has every row zeroed: any finite factor will do.
       observed[b] = (real > 0 && masks < real) ? double(masks) / double(real) : 0.0;
     }
-    const at::Tensor obs = at::tensor(observed, at::kDouble).to(x.device(), at::kFloat);
-    x = (x * (1.0 - mask_ratio_train) / (1.0 - obs).view({-1, 1, 1})).to(x.scalar_type());
+    obs = at::tensor(observed, at::kDouble).to(tokens.device(), at::kFloat);
   }
-  if (w.emb_ln_before) {
-    x = at::layer_norm(x, {c.hidden_size}, w.emb_ln_before->weight, w.emb_ln_before->bias,
-                       c.layer_norm_eps);
-  }
-  return x * mask.unsqueeze(-1).to(x.scalar_type());
+  return model_->embed_with_ratio(tokens, mask, obs);
 }
 
 at::Tensor Session::append(const at::Tensor& tokens_in, const at::Tensor& mask_in) {
   c10::InferenceMode guard;
+  if (graph_ && tokens_in.defined() && tokens_in.dim() == 2 && tokens_in.size(1) == 1 &&
+      tokens_in.size(0) == cache_->batch() && !at::isFloatingType(tokens_in.scalar_type())) {
+    // Graph path: one real token per sequence, checked on the host (no device round trip).
+    bool take = !mask_in.defined() ||
+                (mask_in.sizes() == tokens_in.sizes() && mask_in.ne(0).all().item<bool>());
+    for (int64_t n : lengths()) take = take && n + 1 <= graph_->max_length();
+    if (take) {
+      const at::Tensor tok = tokens_in.to(at::kCPU, at::kLong).contiguous();
+      const int64_t* tp = tok.data_ptr<int64_t>();
+      const int64_t B = tok.size(0), vocab = model_->config().vocab_size;
+      const int64_t mask_id = model_->config().mask_token_id;
+      std::vector<double> observed(static_cast<size_t>(B));
+      for (int64_t b = 0; b < B; ++b) {
+        TURBOESM_CHECK(tp[b] >= 0 && tp[b] < vocab, "Session::append: token ids must be in [0, ",
+                       vocab, "), got ", tp[b]);
+        const int64_t real = real_tokens_[b] + 1;
+        const int64_t masks = mask_tokens_[b] + (tp[b] == mask_id ? 1 : 0);
+        observed[b] = (real > 0 && masks < real) ? double(masks) / double(real) : 0.0;
+      }
+      last_hidden_ = graph_->step(tok, observed);
+      for (int64_t b = 0; b < B; ++b) {
+        real_tokens_[b] += 1;
+        mask_tokens_[b] += tp[b] == mask_id ? 1 : 0;
+      }
+      return last_hidden_;
+    }
+  }
   auto tm = prepare(tokens_in, mask_in, "append");
   const at::Tensor& tokens = tm.first;
   const at::Tensor& mask = tm.second;
@@ -135,6 +177,7 @@ at::Tensor Session::append(const at::Tensor& tokens_in, const at::Tensor& mask_i
     real_tokens_[b] += counts[b].item<int64_t>();
     mask_tokens_[b] += masks[b].item<int64_t>();
   }
+  cache_->check_device_status();
   return last_hidden_;
 }
 

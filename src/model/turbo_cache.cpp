@@ -10,6 +10,7 @@
 #include "turboesm/ops/turbo_decode.h"
 #include "turboesm/quant/bitpack.h"
 #include "turboesm/quant/codebook.h"
+#include "turboesm/quant/encode_row.h"
 #include "turboesm/quant/half.h"
 #include "turboesm/quant/qjl.h"
 #include "turboesm/quant/random.h"
@@ -309,6 +310,8 @@ TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
       v_quant_[l].push_back(spec_.layers[l].v.quantizer(h, vc, spec_.rotation));
     }
   }
+  if (shape.device.is_cuda())
+    device_status_ = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(shape.device));
 }
 
 int64_t TurboKvCache::bytes_per_token_per_head() const { return spec_.bytes_per_token_per_head(); }
@@ -379,8 +382,7 @@ void TurboKvCache::do_append(int layer, const at::Tensor& k, const at::Tensor& v
     append_cpu(layer, k, true, starts, counts);
     append_cpu(layer, v, false, starts, counts);
   } else {
-    append_cuda(layer, k, true, starts, counts);
-    append_cuda(layer, v, false, starts, counts);
+    append_cuda(layer, k, v, starts, counts);
   }
 }
 
@@ -391,11 +393,13 @@ void TurboKvCache::append_cpu(int layer, const at::Tensor& x, bool key,
     append_cpu_reference(layer, x, key, starts, counts);
     return;
   }
-  // Batched: centering, norms and the rotation y = Π (x − μ) of every row at once (one batched
-  // GEMM instead of a d × d matvec per row), then per row the scalar steps of
-  // TurboQuantizer::encode (scale, codes, packing, QJL) in the same order. Codes can differ from
-  // TurboQuantizer::encode only for a value within float rounding of a decision boundary (the
-  // GEMM sums in another order); tests bound the difference.
+  // Batched: centering and the rotation y = Π (x − μ) of every row at once (one batched GEMM
+  // instead of a d × d matvec per row), then per row, in parallel over (sequence, head): the
+  // norm (double, from x − μ as TurboQuantizer::encode) and the scalar steps of
+  // TurboQuantizer::encode (scale, codes, packing, QJL) in the same order, eight coordinates at a
+  // time where the CPU has AVX2 (quant/encode_row.h; byte-identical to its _ref). Codes can differ
+  // from TurboQuantizer::encode only for a value within float rounding of a decision boundary
+  // (the GEMM sums in another order); tests bound the difference.
   const TurboHeadConstants& c = (key ? layers_[layer].constants.k : layers_[layer].constants.v);
   const quant::QuantizerConfig& cfg = key ? spec_.k_config : spec_.v_config;
   const quant::CacheView cv = view(layer, key);
@@ -403,31 +407,34 @@ void TurboKvCache::append_cpu(int layer, const at::Tensor& x, bool key,
   const auto& quants = (key ? k_quant_ : v_quant_)[layer];
   const int H = shape_.heads, d = shape_.head_dim, pt = lay.page_tokens;
   const int64_t T = x.size(2);
-  const at::Tensor xc = c.mean.defined() ? x - c.mean.view({1, H, 1, d}) : x;
-  const at::Tensor n2 = xc.to(at::kDouble).pow(2).sum(-1).contiguous();            // [B, H, T]
+  const at::Tensor xc = (c.mean.defined() ? x - c.mean.view({1, H, 1, d}) : x).contiguous();
   const at::Tensor y = at::matmul(xc, c.rotation.transpose(-1, -2)).contiguous();  // [B, H, T, d]
-  const double* n2p = n2.data_ptr<double>();
+  const float* xp = xc.data_ptr<float>();
   const float* yp = y.data_ptr<float>();
-  const float* scale = c.scale.defined() ? c.scale.data_ptr<float>() : nullptr;
+  // 1/σ as the quantizer computes it (z · (1/σ_j)), once per layer instead of per value.
+  std::vector<float> inv_scale;
+  if (c.scale.defined()) {
+    const float* sp = c.scale.data_ptr<float>();
+    inv_scale.resize(static_cast<size_t>(H) * d);
+    for (size_t j = 0; j < inv_scale.size(); ++j) inv_scale[j] = 1.0f / sp[j];
+  }
   const float* bnd = c.boundaries.data_ptr<float>();
   const float* cen = c.centroids.data_ptr<float>();
   const int levels = 1 << cfg.bits;
   TURBOESM_DISPATCH_BITS(cfg.bits, BITS, {
     at::parallel_for(0, int64_t(shape_.batch) * H, 1, [&](int64_t r0, int64_t r1) {
-      alignas(64) float z[quant::kMaxHeadDim], r[quant::kMaxHeadDim];
+      alignas(64) float r[quant::kMaxHeadDim];
       alignas(64) float u[8 * quant::kMaxHeadDim];
-      alignas(64) int32_t cnt[quant::kMaxHeadDim];
-      alignas(64) uint8_t codes[quant::kMaxHeadDim];
       for (int64_t row = r0; row < r1; ++row) {
         const int b = static_cast<int>(row / H), h = static_cast<int>(row % H);
         const float* bh = bnd + int64_t(h) * (levels - 1);
         const float* ch = cen + int64_t(h) * levels;
-        const float* sh = scale ? scale + int64_t(h) * d : nullptr;
+        const float* ish = inv_scale.empty() ? nullptr : inv_scale.data() + int64_t(h) * d;
         for (int64_t t = 0; t < counts[b]; ++t) {
           const int64_t pos = starts[b] + t;
           uint8_t* page = cv.page(b, h, static_cast<int>(pos / pt));
           const int slot = static_cast<int>(pos % pt);
-          const double nn = n2p[row * T + t];
+          const double nn = quant::sum_squares_f64(xp + (row * T + t) * d, d);
           TURBOESM_CHECK(std::isfinite(nn), "turbo cache append, layer ", layer, " ",
                          key ? "K" : "V", " head ", h,
                          ": cannot quantize a vector with "
@@ -442,29 +449,21 @@ void TurboKvCache::append_cpu(int layer, const at::Tensor& x, bool key,
             inv = nf > 0.0f ? 1.0f / nf : 0.0f;
           }
           const float* yr = yp + (row * T + t) * d;
-          for (int j = 0; j < d; ++j) z[j] = yr[j] * inv;
-          if (sh)
-            for (int j = 0; j < d; ++j) z[j] = z[j] * (1.0f / sh[j]);
-          for (int j = 0; j < d; ++j) cnt[j] = 0;
-          for (int i = 0; i < levels - 1; ++i) {
-            const float bi = bh[i];
-            for (int j = 0; j < d; ++j) cnt[j] += (z[j] > bi) ? 1 : 0;
+          uint8_t* codes = quant::token_codes(page, lay, slot);
+          if (cfg.qjl == QjlMode::kNone) {
+            quant::encode_rotated_row<BITS>(yr, d, inv, ish, bh, ch, codes, nullptr, nullptr);
+          } else if (cfg.qjl == QjlMode::kSign) {
+            quant::encode_rotated_row<BITS>(yr, d, inv, ish, bh, ch, codes, nullptr,
+                                            quant::token_qjl(page, lay, slot));
+          } else {
+            quant::encode_rotated_row<BITS>(yr, d, inv, ish, bh, ch, codes, r, nullptr);
+            quant::qjl_project(quants[h].params().qjl_projection, r, u);
+            quant::pack_signs(u, lay.qjl_dim, quant::token_qjl(page, lay, slot));
+            double rs = 0.0;
+            for (int j = 0; j < d; ++j) rs += double(r[j]) * double(r[j]);
+            *quant::token_rnorm(page, lay, slot) =
+                quant::float_to_half_bits(static_cast<float>(std::sqrt(rs)));
           }
-          for (int j = 0; j < d; ++j) codes[j] = static_cast<uint8_t>(cnt[j]);
-          quant::pack_codes<BITS>(codes, static_cast<size_t>(d),
-                                  quant::token_codes(page, lay, slot));
-          if (cfg.qjl == QjlMode::kNone) continue;
-          for (int j = 0; j < d; ++j) r[j] = z[j] - ch[codes[j]];
-          if (cfg.qjl == QjlMode::kSign) {
-            quant::pack_signs(r, d, quant::token_qjl(page, lay, slot));
-            continue;
-          }
-          quant::qjl_project(quants[h].params().qjl_projection, r, u);
-          quant::pack_signs(u, lay.qjl_dim, quant::token_qjl(page, lay, slot));
-          double rs = 0.0;
-          for (int j = 0; j < d; ++j) rs += double(r[j]) * double(r[j]);
-          *quant::token_rnorm(page, lay, slot) =
-              quant::float_to_half_bits(static_cast<float>(std::sqrt(rs)));
         }
       }
     });
@@ -493,45 +492,114 @@ void TurboKvCache::append_cpu_reference(int layer, const at::Tensor& x, bool key
   });
 }
 
-void TurboKvCache::append_cuda(int layer, const at::Tensor& x, bool key,
-                               const std::vector<int64_t>& starts,
-                               const std::vector<int64_t>& counts) {
+void TurboKvCache::launch_quantize_append(int layer, const at::Tensor& x, bool key,
+                                          const int32_t* starts, const int32_t* counts) {
 #ifdef TURBOESM_WITH_CUDA
-  // CUDA dispatch point: fused quantize-on-append (kernels/quantize_append.cu).
-  c10::cuda::CUDAGuard guard(shape_.device);
-  const auto iopt = at::TensorOptions().dtype(at::kInt);
-  std::vector<int32_t> s32(starts.begin(), starts.end()), c32(counts.begin(), counts.end());
-  at::Tensor st = at::tensor(s32, iopt).to(shape_.device);
-  at::Tensor ct = at::tensor(c32, iopt).to(shape_.device);
-  at::Tensor status = at::zeros({1}, iopt.device(shape_.device));
   kernels::QuantizeAppendParams p;
   p.batch = shape_.batch;
   p.heads = shape_.heads;
   p.head_dim = shape_.head_dim;
   p.new_tokens = static_cast<int>(x.size(2));
   p.x = x.data_ptr<float>();
-  p.starts = st.data_ptr<int32_t>();
-  p.counts = ct.data_ptr<int32_t>();
+  p.starts = starts;
+  p.counts = counts;
   p.cache = view(layer, key);
-  p.status = status.data_ptr<int>();
+  p.status = device_status_.data_ptr<int>();
   const char* why = kernels::quantize_append_invalid_reason(p);
-  TURBOESM_CHECK(why == nullptr, "turbo cache append (CUDA): ", why);
+  TURBOESM_CHECK(why == nullptr, "turbo cache append (CUDA), layer ", layer, " ", key ? "K" : "V",
+                 ": ", why);
   const cudaError_t err = kernels::quantize_append(p, at::cuda::getCurrentCUDAStream());
-  TURBOESM_CHECK(err == cudaSuccess,
-                 "CUDA kernel quantize_append failed: ", cudaGetErrorString(err));
-  const int st_bits = status.item<int>();  // synchronises; the step needs the pages anyway
-  TURBOESM_CHECK((st_bits & kernels::kQuantizeAppendBadRow) == 0, "turbo cache append, layer ",
-                 layer, " ", key ? "K" : "V",
-                 ": a row has non-finite values or a norm beyond the fp16 range");
-  TURBOESM_CHECK((st_bits & kernels::kQuantizeAppendOutOfCapacity) == 0,
-                 "turbo cache append: position beyond the cache capacity (internal error)");
+  TURBOESM_CHECK(err == cudaSuccess, "CUDA kernel quantize_append failed (layer ", layer, " ",
+                 key ? "K" : "V", ", ", p.batch, " x ", p.heads, " x ", p.new_tokens, " x ",
+                 p.head_dim, "): ", cudaGetErrorString(err));
+#else
+  TURBOESM_FAIL("CUDA turbo cache not built (TURBOESM_WITH_CUDA=OFF): layer ", layer, ", ",
+                x.size(2), " tokens, ", key ? "K" : "V", ", starts ", starts != nullptr,
+                ", counts ", counts != nullptr);
+#endif
+}
+
+void TurboKvCache::append_cuda(int layer, const at::Tensor& k, const at::Tensor& v,
+                               const std::vector<int64_t>& starts,
+                               const std::vector<int64_t>& counts) {
+#ifdef TURBOESM_WITH_CUDA
+  // CUDA dispatch point: fused quantize-on-append (kernels/quantize_append.cu). No
+  // synchronisation: starts and counts travel in one pinned asynchronous copy (shared by K and
+  // V), bad rows are recorded in device_status_ and reported by check_device_status().
+  c10::cuda::CUDAGuard guard(shape_.device);
+  const int64_t B = shape_.batch;
+  at::Tensor host = at::empty({2 * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+  int32_t* hp = host.data_ptr<int32_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    hp[b] = static_cast<int32_t>(starts[b]);
+    hp[B + b] = static_cast<int32_t>(counts[b]);
+  }
+  const at::Tensor dev = host.to(shape_.device, /*non_blocking=*/true);
+  const int32_t* sp = dev.data_ptr<int32_t>();
+  launch_quantize_append(layer, k, true, sp, sp + B);
+  launch_quantize_append(layer, v, false, sp, sp + B);
 #else
   TURBOESM_FAIL(
       "CUDA turbo cache not built: this TurboESM was built without CUDA "
       "(TURBOESM_WITH_CUDA=OFF); cache device ",
-      shape_.device.str(), " (layer ", layer, ", ", x.size(2), " tokens, ", key ? "K" : "V", ", ",
-      starts.size(), "/", counts.size(), " sequences)");
+      shape_.device.str(), " (layer ", layer, ", ", k.size(2), " tokens, ", starts.size(), "/",
+      counts.size(), " sequences, v ", v.sizes(), ")");
 #endif
+}
+
+at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::Tensor& k,
+                                     const at::Tensor& v, const at::Tensor& lengths,
+                                     const at::Tensor& lengths_after, int64_t max_tokens) {
+  if (!supports_device_step())
+    return KvCache::device_step(layer, q, k, v, lengths, lengths_after, max_tokens);
+  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "turbo cache device_step: layer ", layer,
+                 " out of range [0, ", shape_.layers, ")");
+  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
+  TURBOESM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
+                     k.size(3) == d && k.sizes() == v.sizes() && q.sizes() == k.sizes(),
+                 "turbo cache device_step: q, k, v must be [", B, ", ", H, ", 1, ", d, "], got q ",
+                 q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  TURBOESM_CHECK(lengths.scalar_type() == at::kInt && lengths_after.scalar_type() == at::kInt &&
+                     lengths.numel() == B && lengths_after.numel() == B &&
+                     lengths.device() == shape_.device && lengths_after.device() == shape_.device,
+                 "turbo cache device_step: lengths and lengths_after must be int32 [", B, "] on ",
+                 shape_.device.str());
+  TURBOESM_CHECK(max_tokens > 0 && max_tokens <= capacity(layer),
+                 "turbo cache device_step: max_tokens ", max_tokens, " outside [1, capacity ",
+                 capacity(layer), "] (reserve first)");
+#ifdef TURBOESM_WITH_CUDA
+  c10::cuda::CUDAGuard guard(shape_.device);
+  const at::Tensor kf = k.to(at::kFloat).contiguous();
+  const at::Tensor vf = v.to(at::kFloat).contiguous();
+  const int32_t* starts = lengths.data_ptr<int32_t>();
+  launch_quantize_append(layer, kf, true, starts, nullptr);
+  launch_quantize_append(layer, vf, false, starts, nullptr);
+  // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count
+  // follows the bucket, not the reserved capacity.
+  quant::CacheView kv = view(layer, true), vv = view(layer, false);
+  const int pages =
+      static_cast<int>((max_tokens + k_layout_.page_tokens - 1) / k_layout_.page_tokens);
+  kv.max_pages = vv.max_pages = pages;
+  const at::Tensor qf = q.to(at::kFloat).contiguous();
+  return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f).to(q.scalar_type());
+#else
+  TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
+#endif
+}
+
+void TurboKvCache::check_device_status() {
+  if (!device_status_.defined()) return;
+  const int bits = device_status_.item<int>();  // synchronises
+  if (bits == 0) return;
+  device_status_.zero_();
+#ifdef TURBOESM_WITH_CUDA
+  TURBOESM_CHECK((bits & kernels::kQuantizeAppendBadRow) == 0,
+                 "turbo cache append (CUDA): a K or V row has non-finite values or a norm beyond "
+                 "the fp16 range; its codes are unspecified");
+  TURBOESM_CHECK((bits & kernels::kQuantizeAppendOutOfCapacity) == 0,
+                 "turbo cache append (CUDA): position beyond the cache capacity (internal error)");
+#endif
+  TURBOESM_FAIL("turbo cache append (CUDA): device status ", bits);
 }
 
 at::Tensor TurboKvCache::do_attend(int layer, const at::Tensor& q) const {

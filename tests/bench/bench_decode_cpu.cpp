@@ -7,18 +7,25 @@
 //   BM_Fp16Sdpa     SDPA on fp16 K/V (CPU fp16 is emulated: context only)
 //   BM_Turbo        ops::turbo_decode on a TurboKvCache, bits (K = V) × norm × QJL
 // Counters: `tokens/s` (cached tokens × heads per second), `cache_MB` (bytes the op reads:
-// DESIGN kv_bytes for the token count). At the end the program prints each Turbo time as a
-// speed-up over BM_Fp32Sdpa with the same token count, measured in the same run.
+// DESIGN kv_bytes for the token count). Times: real (wall) time, and the CPU time of the whole
+// process (all threads; robust when other programs load the machine, as it excludes the time the
+// threads wait for a core). At the end the program prints, per benchmark, the medians over the
+// repetitions and each speed-up over BM_Fp32Sdpa and BM_Fp32Cache with the same token count,
+// measured in the same run. On a shared machine run with
+//   --benchmark_repetitions=5 --benchmark_enable_random_interleaving=true
+// so that baseline and candidate see the same load.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "turboesm/model/kv_cache.h"
 #include "turboesm/model/turbo_cache.h"
@@ -64,7 +71,13 @@ void BM_Fp32Sdpa(benchmark::State& state) {
   }
   report(state, T, 2 * 4 * kHeadDim);
 }
-BENCHMARK(BM_Fp32Sdpa)->Arg(1024)->Arg(4096)->Arg(16384)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Fp32Sdpa)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->Arg(16384)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_Fp16Sdpa(benchmark::State& state) {
   set_threads();
@@ -79,7 +92,11 @@ void BM_Fp16Sdpa(benchmark::State& state) {
   }
   report(state, T, 2 * 2 * kHeadDim);
 }
-BENCHMARK(BM_Fp16Sdpa)->Arg(4096)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Fp16Sdpa)
+    ->Arg(4096)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_Fp32Cache(benchmark::State& state) {
   set_threads();
@@ -95,7 +112,13 @@ void BM_Fp32Cache(benchmark::State& state) {
   }
   report(state, T, cache->bytes_per_token_per_head() / 1);
 }
-BENCHMARK(BM_Fp32Cache)->Arg(4096)->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Fp32Cache)
+    ->Arg(1024)
+    ->Arg(4096)
+    ->Arg(16384)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 /// args: tokens, bits, norm (0 none / 1 token), qjl (0 none / 1 sign / 2 prod)
 void BM_Turbo(benchmark::State& state) {
@@ -121,40 +144,78 @@ void BM_Turbo(benchmark::State& state) {
   state.SetLabel(spec.summary());
 }
 BENCHMARK(BM_Turbo)
-    ->ArgsProduct({{1024, 4096, 16384}, {3}, {0}, {0}})
-    ->ArgsProduct({{4096}, {2, 4}, {0}, {0}})
-    ->ArgsProduct({{4096}, {3}, {1}, {0, 1, 2}})
+    ->ArgsProduct({{1024, 4096, 16384}, {2, 3, 4}, {0, 1}, {0}})
+    ->ArgsProduct({{4096}, {3}, {0, 1}, {1, 2}})
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-/// Console output plus, at the end, Turbo speed-ups over the FP32 SDPA of the same token count.
+/// Console output plus, at the end, medians over repetitions and speed-ups over the FP32
+/// baselines of the same token count (wall time and process CPU time).
 class RatioReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
     for (const Run& r : runs) {
       if (r.run_type != Run::RT_Iteration) continue;
-      const std::string name = r.benchmark_name();
-      times_[name] = r.GetAdjustedRealTime();
+      const std::string name = r.run_name.str();
+      if (!times_.count(name)) order_.push_back(name);
+      times_[name].real.push_back(r.GetAdjustedRealTime());
+      times_[name].cpu.push_back(r.GetAdjustedCPUTime());
     }
     ConsoleReporter::ReportRuns(runs);
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\nSpeed-up over BM_Fp32Sdpa (same tokens, same run, %d threads):\n",
-                at::get_num_threads());
-    for (const auto& [name, t] : times_) {
-      if (name.rfind("BM_Fp32Sdpa", 0) == 0) continue;
-      const auto slash = name.find('/');
-      const auto slash2 = name.find('/', slash + 1);
-      const std::string tokens = name.substr(
-          slash + 1, slash2 == std::string::npos ? std::string::npos : slash2 - slash - 1);
-      auto it = times_.find("BM_Fp32Sdpa/" + tokens);
-      if (it == times_.end()) continue;
-      std::printf("  %-40s %8.1f us  %5.2fx\n", name.c_str(), t, it->second / t);
+    std::printf(
+        "\nMedians over repetitions (%d threads); speed-up = baseline time / this time, same token "
+        "count, same run:\n",
+        at::get_num_threads());
+    std::printf("  %-28s %10s %10s %9s %9s %9s\n", "benchmark", "wall us", "cpu us", "x Sdpa",
+                "x Cache", "cpu x Sdpa");
+    for (const std::string& name : order_) {
+      const double t = median(times_[name].real), c = median(times_[name].cpu);
+      const std::string tokens = token_arg(name);
+      const double sdpa = base("BM_Fp32Sdpa/" + tokens, false);
+      const double cache = base("BM_Fp32Cache/" + tokens, false);
+      const double sdpa_cpu = base("BM_Fp32Sdpa/" + tokens, true);
+      std::string shown = name;
+      const auto suffix = shown.find("/process_time");
+      if (suffix != std::string::npos) shown.resize(suffix);
+      std::printf("  %-28s %10.1f %10.1f %9s %9s %9s\n", shown.c_str(), t, c,
+                  ratio(sdpa, t).c_str(), ratio(cache, t).c_str(), ratio(sdpa_cpu, c).c_str());
     }
   }
 
  private:
-  std::map<std::string, double> times_;
+  struct Times {
+    std::vector<double> real, cpu;
+  };
+  static double median(std::vector<double> v) {
+    if (v.empty()) return -1.0;
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+  }
+  static std::string token_arg(const std::string& name) {
+    const auto slash = name.find('/');
+    if (slash == std::string::npos) return "";
+    const auto slash2 = name.find('/', slash + 1);
+    return name.substr(slash + 1,
+                       slash2 == std::string::npos ? std::string::npos : slash2 - slash - 1);
+  }
+  double base(const std::string& key, bool cpu) const {
+    for (const auto& [name, t] : times_)
+      if (name == key || name.rfind(key + "/", 0) == 0) return median(cpu ? t.cpu : t.real);
+    return -1.0;
+  }
+  static std::string ratio(double base, double t) {
+    if (base <= 0 || t <= 0) return "-";
+    char buf[32];
+    std::snprintf(buf, sizeof(buf), "%.2fx", base / t);
+    return buf;
+  }
+  std::map<std::string, Times> times_;
+  std::vector<std::string> order_;
 };
 
 }  // namespace

@@ -10,8 +10,11 @@
 //   BM_CacheWrite/<preset>/<mode>  only what cache writing adds: every layer's append of the
 //                           prefill's K/V (precomputed), modes as above. Short, so it repeats
 //                           many times and is robust on a busy machine; overhead ≈ this / mode 0.
-// Each is repeated and the minimum kept (the machine is shared); the end of the output prints the
-// overhead of cache writing over BM_Prefill/<preset>/0 measured in the same run.
+// Times: wall time and the CPU time of the whole process (all threads; robust when other programs
+// load the machine). Each is repeated (5×); the end of the output prints the overhead of cache
+// writing over BM_Prefill/<preset>/0 measured in the same run, from the medians (and the minima)
+// of the repetitions. On a shared machine add --benchmark_enable_random_interleaving=true so that
+// all modes see the same load.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <benchmark/benchmark.h>
@@ -88,11 +91,8 @@ BENCHMARK(BM_Prefill)
     ->ArgsProduct({{0, 1}, {0, 1, 2, 3}})
     ->Iterations(2)
     ->Repetitions(5)
-    ->ComputeStatistics("min",
-                        [](const std::vector<double>& v) {
-                          return *std::min_element(v.begin(), v.end());
-                        })
-    ->ReportAggregatesOnly(true)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 void BM_CacheWrite(benchmark::State& state) {
@@ -129,48 +129,69 @@ void BM_CacheWrite(benchmark::State& state) {
 BENCHMARK(BM_CacheWrite)
     ->ArgsProduct({{0, 1}, {1, 2, 3}})
     ->Repetitions(5)
-    ->ComputeStatistics("min",
-                        [](const std::vector<double>& v) {
-                          return *std::min_element(v.begin(), v.end());
-                        })
-    ->ReportAggregatesOnly(true)
+    ->MeasureProcessCPUTime()
+    ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
 class OverheadReporter : public benchmark::ConsoleReporter {
  public:
   void ReportRuns(const std::vector<Run>& runs) override {
-    for (const Run& r : runs)
-      if (r.run_type == Run::RT_Aggregate && r.aggregate_name == "min")
-        min_[r.run_name.str()] = r.GetAdjustedRealTime();
+    for (const Run& r : runs) {
+      if (r.run_type != Run::RT_Iteration) continue;
+      Times& t = times_[r.run_name.str()];
+      t.wall.push_back(r.GetAdjustedRealTime());
+      t.cpu.push_back(r.GetAdjustedCPUTime());
+    }
     ConsoleReporter::ReportRuns(runs);
   }
   void Finalize() override {
     ConsoleReporter::Finalize();
-    std::printf("\nPrefill overhead of cache writing (min of repetitions, same run, %d threads):\n",
-                at::get_num_threads());
+    std::printf(
+        "\nPrefill overhead of cache writing (same run, %d threads; median of repetitions, "
+        "[min]; cpu = process CPU time of all threads):\n",
+        at::get_num_threads());
     for (int p = 0; p < 2; ++p) {
-      const double base = find("BM_Prefill", p, 0);
-      if (base <= 0) continue;
+      const Times* base = find("BM_Prefill", p, 0);
+      if (!base) continue;
+      const double bw = median(base->wall), bc = median(base->cpu), bmin = min(base->wall);
       for (int mode = 1; mode <= 3; ++mode) {
-        const double t = find("BM_Prefill", p, mode);
-        const double w = find("BM_CacheWrite", p, mode);
+        const Times* t = find("BM_Prefill", p, mode);
+        const Times* w = find("BM_CacheWrite", p, mode);
+        if (!t) continue;
         std::printf(
-            "  %-14s mode %d: prefill %8.1f ms vs %8.1f ms (%+6.2f%%); cache write alone "
-            "%7.1f ms = %5.2f%% of the plain prefill\n",
-            kPresets[p], mode, t, base, 100.0 * (t / base - 1.0), w, 100.0 * w / base);
+            "  %-14s mode %d: wall %8.1f ms vs %8.1f ms (%+6.2f%%) [min %+6.2f%%]; cpu %8.1f vs "
+            "%8.1f ms (%+6.2f%%)",
+            kPresets[p], mode, median(t->wall), bw, 100.0 * (median(t->wall) / bw - 1.0),
+            100.0 * (min(t->wall) / bmin - 1.0), median(t->cpu), bc,
+            100.0 * (median(t->cpu) / bc - 1.0));
+        if (w)
+          std::printf(
+              "; cache write alone %6.1f ms wall, %6.1f ms cpu = %5.2f%% of the plain "
+              "prefill's cpu",
+              median(w->wall), median(w->cpu), 100.0 * median(w->cpu) / bc);
+        std::printf("\n");
       }
     }
   }
 
  private:
-  /// Min time of BM_Prefill/<preset>/<mode>[/...], or -1.
-  double find(const std::string& bench, int preset, int mode) const {
-    const std::string key = bench + "/" + std::to_string(preset) + "/" + std::to_string(mode);
-    for (const auto& [name, t] : min_)
-      if (name == key || name.rfind(key + "/", 0) == 0) return t;
-    return -1.0;
+  struct Times {
+    std::vector<double> wall, cpu;
+  };
+  static double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    const size_t n = v.size();
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
   }
-  std::map<std::string, double> min_;
+  static double min(const std::vector<double>& v) { return *std::min_element(v.begin(), v.end()); }
+  /// Times of <bench>/<preset>/<mode>[/...], or nullptr.
+  const Times* find(const std::string& bench, int preset, int mode) const {
+    const std::string key = bench + "/" + std::to_string(preset) + "/" + std::to_string(mode);
+    for (const auto& [name, t] : times_)
+      if (!t.wall.empty() && (name == key || name.rfind(key + "/", 0) == 0)) return &t;
+    return nullptr;
+  }
+  std::map<std::string, Times> times_;
 };
 
 }  // namespace

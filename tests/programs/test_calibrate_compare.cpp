@@ -130,6 +130,44 @@ TEST(CalibrateCompareProgram, RoundTripWritesTheJsonContract) {
   EXPECT_HAS(again.err, "refusing to overwrite");
 }
 
+TEST(CalibrateCompareProgram, CompareMixesFormatsPerLayer) {
+  // Layer 0 in INT8, layer 1 from a second checkpoint (here the same file): the JSON says so,
+  // kv_bytes counts each layer at its own rate, layer 0 is as close as INT8.
+  const World& w = world();
+  ASSERT_TRUE(fs::exists(w.ckpt));
+  const std::string out_json = w.dir + "/mixed.json";
+  const test::ProgramRun r =
+      run(w.dir, "turboesm-compare",
+          "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " + w.fasta + " --json " +
+              out_json + " --overwrite --threads 1 --no-end-to-end --baselines '' " +
+              "--dense-layers 0 --dense-kind int8 --checkpoint-b " + w.ckpt + " --b-layers 1");
+  ASSERT_EQ(r.code, 0) << r.err;
+  const json j = json::parse(test::slurp(out_json));
+  const json& s = j.at("summary");
+  EXPECT_EQ(s.at("dense_layers"), json({{"0", "int8"}}));
+  EXPECT_HAS(s.at("turbo").get<std::string>(), "dense layers 0:int8; layers 1:");
+  int64_t tokens = 0;
+  for (const auto& q : j.at("sequences")) {
+    tokens += q.at("length").get<int64_t>() + 2;
+    EXPECT_GT(q.at("layer_cosine")[0].get<double>(), kMinInt8Cosine);
+  }
+  const int64_t heads = 4, d = 32;  // tiny preset: hidden 128, 4 heads
+  const int64_t int8_rate = 2 * (d + 2), turbo_rate = s["bytes_per_token_per_head"]["turbo"];
+  EXPECT_EQ(turbo_rate, 3 * d / 8 + d / 8 + 3 * d / 8);  // K 3-bit + sign bits, V 3-bit
+  EXPECT_EQ(s["kv_bytes"]["turbo"].get<int64_t>(), tokens * heads * (int8_rate + turbo_rate));
+  // The two options of the second checkpoint go together; layers must exist.
+  const std::string base =
+      "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " + w.fasta +
+      " --no-end-to-end --baselines '' --threads 1 ";
+  const test::ProgramRun only_b = run(w.dir, "turboesm-compare", base + "--b-layers 1");
+  EXPECT_EQ(only_b.code, 1);
+  EXPECT_HAS(only_b.err, "--checkpoint-b and --b-layers go together");
+  EXPECT_EQ(error_lines(only_b.err), 1) << only_b.err;
+  const test::ProgramRun far = run(w.dir, "turboesm-compare", base + "--dense-layers 5");
+  EXPECT_EQ(far.code, 1);
+  EXPECT_HAS(far.err, "dense layer 5 out of range [0, 2)");
+}
+
 TEST(CalibrateCompareProgram, CalibrateRefusesBadInput) {
   const World& w = world();
   const std::string base = "--model " + w.model + " --fasta " + w.fasta + " --threads 1 ";

@@ -17,6 +17,7 @@
 #include "turboesm/io/fasta.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/kv_cache.h"
+#include "turboesm/model/mixed_cache.h"
 
 namespace {
 constexpr const char* kProg = "turboesm-compare";
@@ -33,6 +34,7 @@ int main(int argc, char** argv) {
       "Prints a table; --json writes sequences / summary / timing_ms.",
       kProg};
   std::string model_dir, ckpt_path, fasta, json_out, device = "cpu", baselines = "int8,fp8";
+  std::string dense_layers, dense_kind = "int8", ckpt_b, b_layers;
   int threads = 0;
   int64_t max_records = 0, max_residues = 1022;
   bool overwrite = false, no_e2e = false;
@@ -49,6 +51,16 @@ int main(int argc, char** argv) {
   app.add_option("--max-residues", max_residues, "crop longer records to this many residues")
       ->capture_default_str();
   app.add_flag("--no-end-to-end", no_e2e, "skip metric (b) (token-by-token append)");
+  app.add_option("--dense-layers", dense_layers,
+                 "comma-separated layers (0-based) the Turbo cache keeps in --dense-kind instead "
+                 "(e.g. 0: layer 0 dominates the end-to-end error); counted in kv_bytes");
+  app.add_option("--dense-kind", dense_kind, "format of --dense-layers: int8 | fp8 | fp16 | fp32")
+      ->capture_default_str();
+  app.add_option("--checkpoint-b", ckpt_b,
+                 "a second checkpoint of the same model (e.g. with QJL) used for --b-layers");
+  app.add_option("--b-layers", b_layers,
+                 "comma-separated layers (0-based) quantized with --checkpoint-b's constants and "
+                 "modes; counted in kv_bytes");
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   try {
@@ -74,6 +86,12 @@ int main(int argc, char** argv) {
       co.baselines.push_back(k);
     }
     co.end_to_end = !no_e2e;
+    {
+      const model::CacheKind dk = model::parse_cache_kind(dense_kind);
+      TURBOESM_CHECK(dk != model::CacheKind::kTurbo,
+                     "--dense-kind must be int8, fp8, fp16 or fp32, got turbo");
+      for (int l : model::parse_layer_list(dense_layers)) co.dense_layers[l] = dk;
+    }
     co.max_residues = max_residues;
     if (!json_out.empty() && !overwrite && fs::exists(json_out))
       TURBOESM_FAIL("refusing to overwrite ", json_out, " (pass --overwrite)");
@@ -86,6 +104,14 @@ int main(int argc, char** argv) {
     lo.device = model::parse_device(device);
     std::shared_ptr<const model::Esm2Model> model = model::Esm2Model::load(model_dir, lo);
     const model::TurboCacheSpec spec = calibration::turbo_cache_spec_from_checkpoint(ck);
+    TURBOESM_CHECK(ckpt_b.empty() == b_layers.empty(),
+                   "--checkpoint-b and --b-layers go together (got only one of them)");
+    if (!ckpt_b.empty()) {
+      co.alt_turbo = std::make_shared<const model::TurboCacheSpec>(
+          calibration::turbo_cache_spec_from_checkpoint(
+              calibration::load_checkpoint(ckpt_b, model_dir)));
+      co.alt_layers = model::parse_layer_list(b_layers);
+    }
     co.progress = [](size_t done, size_t total) {
       std::fprintf(stderr, "\r%s: %zu/%zu records", kProg, done, total);
       if (done == total) std::fputc('\n', stderr);

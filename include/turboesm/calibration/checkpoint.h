@@ -20,6 +20,9 @@
 /// `__metadata__` has one key, `turboesm`, whose value is a JSON object string: see
 /// CheckpointMetadata (format version, bits, modes, seed, calibration-set sha256, tool version,
 /// model fingerprint and the canonical model config, so that a mismatch can name the field).
+/// The metadata, the layout and every check on the values are torch-free, in
+/// checkpoint_format.h (check_checkpoint_model() is declared there too); this header adds the
+/// LibTorch side: writing from tensors, reading into tensors, the runtime TurboCacheSpec.
 ///
 /// ## Model fingerprint
 /// sha256 over: "turboesm-model-fingerprint-v1\n", the canonical config JSON
@@ -30,40 +33,12 @@
 #include <string>
 #include <vector>
 
+#include "turboesm/calibration/checkpoint_format.h"
 #include "turboesm/calibration/fit.h"
 #include "turboesm/model/config.h"
 #include "turboesm/model/turbo_cache.h"
 
 namespace turboesm::calibration {
-
-/// Version of the checkpoint layout; readers refuse any other.
-inline constexpr int kCheckpointFormatVersion = 1;
-/// The `__metadata__` key holding the JSON.
-inline constexpr const char* kCheckpointMetadataKey = "turboesm";
-/// Version string recorded as `tool_version`.
-inline constexpr const char* kToolVersion = "turboesm 0.1.0";
-
-/// \brief The JSON metadata of a checkpoint.
-struct CheckpointMetadata {
-  int format_version = kCheckpointFormatVersion;
-  FitOptions options;  ///< bits_k/v, rotation, svd_scales, norm, center, qjl, m, seed
-  int num_layers = 0;
-  int num_heads = 0;
-  int head_dim = 0;
-  std::string calibration_sha256;  ///< sha256 of the calibration FASTA file
-  int64_t calibration_tokens = 0;  ///< vectors per (layer, head) used by the fit
-  int64_t calibration_records = 0;
-  std::string tool_version = kToolVersion;
-  std::string model_fingerprint;  ///< model_fingerprint() of the calibrated model
-  std::string model_config;       ///< EsmConfig::canonical_json() of the calibrated model
-  std::vector<double> k_rel_mse;  ///< [num_layers] calibration-set relative MSE of K
-  std::vector<double> v_rel_mse;  ///< [num_layers] same for V
-
-  nlohmann::json to_json() const;
-  /// \throws turboesm::Error naming a missing or ill-typed key, or an unsupported
-  /// format_version ("checkpoint format version 2 is not supported (this build reads 1)").
-  static CheckpointMetadata from_json(const nlohmann::json& j, const std::string& source);
-};
 
 /// \brief A checkpoint in memory: metadata + every layer's constants (CPU fp32).
 struct Checkpoint {
@@ -79,17 +54,12 @@ std::string model_fingerprint(const std::string& model_dir);
 /// \throws turboesm::Error when `path` exists and !overwrite, or on I/O errors.
 void write_checkpoint(const std::string& path, const Checkpoint& ckpt, bool overwrite = false);
 
-/// \brief Reads and validates a checkpoint on its own (no model): the metadata and format
+/// \brief Reads and validates a checkpoint on its own (no model; read_checkpoint_arrays() of
+/// checkpoint_format.h, then the arrays as tensors): the metadata and format
 /// version, every expected tensor present with its exact shape and dtype F32, no unexpected
 /// tensor, finite values, ‖ΠΠᵀ − I‖∞ ≤ 1e-4 per head, ascending codebooks, σ > 0, s ≥ 0.
 /// \throws turboesm::Error "<path>: <tensor>: <what is wrong, what was expected>".
 Checkpoint read_checkpoint(const std::string& path);
-
-/// \brief Checks that the checkpoint was calibrated for this model: configs compared field by
-/// field first ("checkpoint was calibrated for a model with hidden_size 640, this model has
-/// 320"), then the fingerprint ("fingerprint mismatch: same config, different weights").
-void check_checkpoint_model(const CheckpointMetadata& meta, const model::EsmConfig& config,
-                            const std::string& fingerprint, const std::string& source);
 
 /// \brief read_checkpoint + check_checkpoint_model against the model in `model_dir`.
 Checkpoint load_checkpoint(const std::string& path, const std::string& model_dir);

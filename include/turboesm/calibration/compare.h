@@ -32,6 +32,7 @@
 #include "turboesm/io/fasta.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/kv_cache.h"
+#include "turboesm/model/mixed_cache.h"
 #include "turboesm/model/turbo_cache.h"
 
 namespace turboesm::calibration {
@@ -40,7 +41,14 @@ namespace turboesm::calibration {
 struct CompareOptions {
   /// Baseline caches measured beside Turbo (metrics a and b, timings).
   std::vector<model::CacheKind> baselines = {model::CacheKind::kInt8, model::CacheKind::kFp8};
-  bool end_to_end = true;       ///< run metric (b) (the slow part: one step per token)
+  bool end_to_end = true;  ///< run metric (b) (the slow part: one step per token)
+  /// Layers whose K/V the cache under test keeps in a dense format instead of Turbo
+  /// (model::MixedKvCache; e.g. {0: int8}); their bytes are counted in `kv_bytes.turbo`.
+  std::map<int, model::CacheKind> dense_layers;
+  /// A second Turbo spec (e.g. another checkpoint with QJL) for the layers in `alt_layers`
+  /// (model::MixedKvCache); null = none.
+  std::shared_ptr<const model::TurboCacheSpec> alt_turbo;
+  std::vector<int> alt_layers;
   int64_t max_residues = 1022;  ///< longer records are cropped
   /// Called after each record with (records done, records total). May be empty.
   std::function<void(size_t, size_t)> progress;
@@ -72,8 +80,10 @@ struct CompareReport {
   std::string turbo_description;
   std::vector<std::string> cache_names;     ///< "turbo" then the baselines
   std::map<std::string, int64_t> kv_bytes;  ///< fp32/fp16/int8/fp8/turbo, all records, L+2
+  /// Per format; "turbo" is the Turbo layers' rate (dense layers: see kv_bytes and dense_layers).
   std::map<std::string, int64_t> bytes_per_token_per_head;
-  int64_t checkpoint_bytes = 0;  ///< set by the caller (file size)
+  std::map<int, model::CacheKind> dense_layers;  ///< CompareOptions::dense_layers
+  int64_t checkpoint_bytes = 0;                  ///< set by the caller (file size)
   int num_layers = 0;
 };
 

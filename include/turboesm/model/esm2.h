@@ -54,6 +54,12 @@ class Esm2Model {
   /// config, seed and init_std (see random_init.h).
   static std::shared_ptr<Esm2Model> random(const EsmConfig& config, uint64_t seed, double init_std,
                                            const LoadOptions& opts = {});
+  /// \brief A random-init model whose weights are drawn directly on `opts.device` in `opts.dtype`
+  /// (device generator; see random_init.h random_tensor_source): no host copy, so the 15B shapes
+  /// (~30 GB in fp16) build in seconds. The values differ from random() and make-model (another
+  /// generator); for speed and memory measurements, not for parity with written checkpoints.
+  static std::shared_ptr<Esm2Model> random_on_device(const EsmConfig& config, uint64_t seed,
+                                                     double init_std, const LoadOptions& opts);
   /// \brief Builds a model from already loaded weights.
   Esm2Model(EsmConfig config, EsmWeights weights, const LoadOptions& opts);
 
@@ -66,6 +72,17 @@ class Esm2Model {
 
   /// \brief Word embeddings + token dropout (+ emb_layer_norm_before) × mask: [B, T, hidden].
   at::Tensor embed(const at::Tensor& tokens, const at::Tensor& attention_mask) const;
+  /// \brief As embed(), but token dropout uses a given observed `<mask>` ratio per sequence
+  /// (Session: the ratio of the whole sequence so far), and the mask multiply is always applied.
+  /// Device ops only (no host synchronisation), so it can be captured in a CUDA graph.
+  /// \param tokens [B, T] int64; \param mask [B, T] bool; \param observed_mask_ratio [B] fp32
+  /// (same device; ignored without token dropout). \return [B, T, hidden]
+  at::Tensor embed_with_ratio(const at::Tensor& tokens, const at::Tensor& mask,
+                              const at::Tensor& observed_mask_ratio) const;
+  /// \brief The first half of layer_qkv: pre-LN and the fused Q/K/V projection, [B, T, 3·hidden]
+  /// (q, k, v of all heads in that order; the decode graph applies scaling and rotary in one
+  /// kernel, kernels/qkv_rotary.h).
+  at::Tensor layer_qkv_projection(int layer, const at::Tensor& hidden) const;
   /// \brief Pre-LN, Q/K/V projections, reshape to [B, H, T, d], Q scaling, rotary.
   /// \param hidden [B, T, hidden]; \param position_ids [B, T] or [T] int64 (0-based).
   Qkv layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& position_ids) const;

@@ -85,7 +85,7 @@ class KvCache {
 
   /// \brief DESIGN "Memory accounting": bytes_per_token_per_head(K) + (V), × cached tokens
   /// (summed over layers, so a half-written step counts what is there) × heads.
-  int64_t kv_bytes() const;
+  virtual int64_t kv_bytes() const;
   /// \brief Bytes of every buffer the cache holds now (capacity, page padding, scales).
   virtual int64_t allocated_bytes() const = 0;
   /// \brief Bytes per token per head of K plus those of V (the kv_bytes rate).
@@ -98,6 +98,43 @@ class KvCache {
 
   /// \brief Forgets every cached token (keeps the buffers).
   void clear();
+
+  /// \brief Makes every layer hold at least `tokens` per sequence without regrowing (at most one
+  /// regrowth per layer now, none later while lengths stay ≤ `tokens`). A CUDA graph needs it:
+  /// a regrowth moves the buffers its kernels point at.
+  /// \throws turboesm::Error when `tokens` is not positive or exceeds the int32 range.
+  void reserve(int64_t tokens);
+
+  // ----- device-resident decode step (CUDA graphs; see model/decode_graph.h) -----
+
+  /// \brief Whether device_step() is implemented by this cache on its device (CUDA turbo, CUDA
+  /// fp16/fp32).
+  virtual bool supports_device_step() const { return false; }
+
+  /// \brief One decode step of `layer` whose cache lengths live on the device: writes k/v (one
+  /// token per sequence) at position lengths[b], then lets q attend to the lengths[b] + 1 tokens.
+  /// No host synchronisation, no host-side state change and no host→device copy, so the call can
+  /// be captured in a CUDA graph; the host lengths are advanced afterwards by commit_device_steps.
+  /// \param q, k, v       [batch, heads, 1, head_dim] (as Esm2Model::layer_qkv)
+  /// \param lengths       [batch] int32 on the cache device: cached tokens before this step
+  /// \param lengths_after [batch] int32 on the device, = lengths + 1
+  /// \param max_tokens    static bound with lengths[b] + 1 ≤ max_tokens ≤ capacity(layer); the
+  ///                      work may scale with it (the dense caches attend over max_tokens slots
+  ///                      with a mask), never with the device-resident lengths
+  /// \return [batch, heads, 1, head_dim] in q's dtype
+  virtual at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k,
+                                 const at::Tensor& v, const at::Tensor& lengths,
+                                 const at::Tensor& lengths_after, int64_t max_tokens);
+
+  /// \brief Host bookkeeping after `steps` device_step calls on every layer: adds `steps` to the
+  /// length of every sequence in every layer. \throws turboesm::Error past the capacity.
+  void commit_device_steps(int64_t steps);
+
+  /// \brief Reports errors that device-side cache writes recorded (CUDA turbo: rows with
+  /// non-finite values or norms beyond fp16 cannot throw inside a kernel). Synchronises the
+  /// current stream when there is something to check; clears the record.
+  /// \throws turboesm::Error naming the error. No-op for caches that record none.
+  virtual void check_device_status() {}
 
   const CacheShape& shape() const { return shape_; }
   int num_layers() const { return shape_.layers; }
@@ -145,6 +182,13 @@ class DenseKvCache final : public KvCache {
   /// \brief Dequantized K and V of `layer`: [B, H, max length, d] fp32 (rows past a sequence's
   /// length are unspecified). For tests and the compare program.
   std::pair<at::Tensor, at::Tensor> dequantized(int layer) const;
+
+  /// \brief fp32/fp16 on CUDA: the new K/V are scattered to lengths[b], attention is SDPA in the
+  /// storage dtype over max_tokens slots with a length mask (int8/fp8: not supported).
+  bool supports_device_step() const override;
+  at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& lengths, const at::Tensor& lengths_after,
+                         int64_t max_tokens) override;
 
  protected:
   void do_append(int layer, const at::Tensor& k, const at::Tensor& v,

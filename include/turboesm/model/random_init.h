@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "turboesm/model/config.h"
+#include "turboesm/model/weights.h"
 
 namespace turboesm::model {
 
@@ -38,6 +39,15 @@ std::vector<ParamSpec> hf_parameter_specs(const EsmConfig& config);
 /// \brief Draws parameter `index` of `specs`: fp32 CPU tensor of spec.shape.
 at::Tensor init_parameter(const std::vector<ParamSpec>& specs, std::size_t index, uint64_t seed,
                           double init_std, const EsmConfig& config);
+
+/// \brief The parameters of hf_parameter_specs as a lazy TensorSource (each tensor drawn when
+/// the loader asks for it, so peak memory stays at the model plus one tensor).
+/// On the CPU the values are init_parameter's (identical to Esm2Model::random), converted to
+/// `dtype`. On a CUDA device every normal tensor is drawn there, in `dtype`, from a device
+/// generator seeded by (seed, tensor index): same distribution and structure (zeros, ones, `<pad>`
+/// row, rotary inv_freq), other values, no host round trip (the 15B shapes take ~30 GB in fp16).
+TensorSource random_tensor_source(const EsmConfig& config, uint64_t seed, double init_std,
+                                  c10::Device device, at::ScalarType dtype);
 
 /// \brief Writes `<out_dir>/config.json` and `<out_dir>/model.safetensors` (tensor by tensor, in
 /// `dtype`), both atomically. Creates `out_dir` if needed.

@@ -19,6 +19,12 @@
 ///
 /// Token dropout (ESM-2): appended embeddings are scaled with the `<mask>` ratio of the whole
 /// sequence so far (prefix + appended real tokens), the ratio a full forward would use.
+///
+/// CUDA graphs (decode_graph.h): after `enable_cuda_graph(max_length)`, append() of one token per
+/// sequence without padding replays a captured whole-model step (one graph launch instead of
+/// hundreds of kernel launches and host synchronisations); other calls run eagerly. Results equal
+/// the eager step's (same kernels and shapes; the decode kernel's split count may follow the
+/// graph's length bucket instead of the cache capacity, which only reorders float sums).
 
 #include <ATen/ATen.h>
 
@@ -32,11 +38,29 @@
 
 namespace turboesm::model {
 
+class CudaDecodeGraph;
+
 class Session {
  public:
   /// \param model the model (shared, read-only)
   /// \param cache an empty cache of the model's shape (batch = the batch of every call)
   Session(std::shared_ptr<const Esm2Model> model, std::unique_ptr<KvCache> cache);
+  ~Session();
+  Session(Session&&) noexcept;
+  Session& operator=(Session&&) noexcept;
+
+  /// \brief Replays single-token appends from CUDA graphs (see the file comment). Reserves
+  /// `max_length` tokens per sequence in the cache; steps whose cache would exceed it run eagerly.
+  /// One graph is captured per length bucket (lengths rounded up to `bucket_tokens`; the dense
+  /// caches attend over the whole bucket with a mask, the turbo kernel reads only real tokens)
+  /// and recaptured when the step moves to another bucket.
+  /// \throws turboesm::Error when the session is not on CUDA, the cache kind has no device step
+  /// (int8, fp8), or the build has no CUDA.
+  void enable_cuda_graph(int64_t max_length, int64_t bucket_tokens = 256);
+  /// \brief Back to eager appends (frees the graphs).
+  void disable_cuda_graph();
+  /// \brief The decode graph, or nullptr when not enabled.
+  const CudaDecodeGraph* cuda_graph() const { return graph_.get(); }
 
   /// \brief Runs the prefix with exact attention and caches every layer's K/V. Clears the cache.
   /// \param tokens [B, T] integer token ids, right-padded with `<pad>`
@@ -82,6 +106,7 @@ class Session {
   at::Tensor last_hidden_;
   std::vector<int64_t> real_tokens_;  // per sequence: real tokens so far
   std::vector<int64_t> mask_tokens_;  // per sequence: <mask> tokens among them
+  std::unique_ptr<CudaDecodeGraph> graph_;
 };
 
 }  // namespace turboesm::model

@@ -111,6 +111,18 @@ class TurboKvCache final : public KvCache {
   /// decision boundary.
   void set_reference_encode(bool on) { reference_encode_ = on; }
 
+  /// \brief CUDA: fused quantize-on-append of the new K/V at lengths[b], then the fused decode
+  /// kernel over a view of max_tokens slots (its split count follows max_tokens, not the
+  /// capacity). See KvCache::device_step.
+  bool supports_device_step() const override { return shape_.device.is_cuda(); }
+  at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const at::Tensor& lengths, const at::Tensor& lengths_after,
+                         int64_t max_tokens) override;
+  /// \brief CUDA appends do not synchronise: rows the kernel could not quantize (non-finite
+  /// values, norms beyond fp16) are recorded on the device and reported here (Session calls it
+  /// after every prefill and append).
+  void check_device_status() override;
+
  protected:
   void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<int64_t>& starts, const std::vector<int64_t>& counts) override;
@@ -127,8 +139,12 @@ class TurboKvCache final : public KvCache {
                   const std::vector<int64_t>& counts);
   void append_cpu_reference(int layer, const at::Tensor& x, bool key,
                             const std::vector<int64_t>& starts, const std::vector<int64_t>& counts);
-  void append_cuda(int layer, const at::Tensor& x, bool key, const std::vector<int64_t>& starts,
-                   const std::vector<int64_t>& counts);
+  /// CUDA appends of K and V: starts/counts go to the device in one pinned copy; no sync.
+  void append_cuda(int layer, const at::Tensor& k, const at::Tensor& v,
+                   const std::vector<int64_t>& starts, const std::vector<int64_t>& counts);
+  /// Launches quantize_append of x [B, H, Tnew, d] fp32 contiguous (device pointers).
+  void launch_quantize_append(int layer, const at::Tensor& x, bool key, const int32_t* starts,
+                              const int32_t* counts);
   quant::CacheView view(int layer, bool key) const;
 
   TurboCacheSpec spec_;
@@ -137,6 +153,7 @@ class TurboKvCache final : public KvCache {
   // [layer][head] CPU quantizers (encode on the CPU, dequantized()).
   std::vector<std::vector<quant::TurboQuantizer>> k_quant_, v_quant_;
   bool reference_encode_ = false;
+  at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
 };
 
 }  // namespace turboesm::model

@@ -163,7 +163,10 @@ void rotate_query(const float* rot, const float* scale, const float* q, int d, f
 // V norm any). 8 codes = BITS bytes → one vector of 8 indices (variable shifts); centroids by an
 // in-register table look-up (vpermps; 4 bits: two tables + blend on bit 3); scores by FMA with q',
 // V accumulated directly as acc += p·n · C_V[codes] (8-wide FMAs, acc in registers). Processed
-// page by page: scores of the page, online-softmax rescale, exp, V.
+// page by page: scores of the page (8 tokens at a time, their partial-sum vectors reduced
+// together by reduce8), QJL terms and norms, online-softmax rescale, exp and its sum (8 wide), V
+// (the weight broadcast from memory). The shuffle port (vpermps) is the bottleneck, so the
+// per-token horizontal sums and weight broadcasts that also used it are gone.
 // ---------------------------------------------------------------------------------------------
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define TURBOESM_DECODE_AVX2 1
@@ -192,7 +195,7 @@ TURBOESM_AVX2 inline __m256i group_indices(const uint8_t* codes, int g, bool wid
   return _mm256_srlv_epi32(_mm256_set1_epi32(w), shifts);
 }
 
-/// C[idx & (2^BITS − 1)] for 8 lanes; lo = C[0..8), hi = C[8..16) (4 bits only).
+/// C[idx & (2^BITS − 1)] for 8 lanes; lo = C[0..8) (replicated for BITS < 3), hi = C[8..16).
 template <int BITS>
 TURBOESM_AVX2 inline __m256 lookup(__m256 lo, __m256 hi, __m256i idx) {
   if constexpr (BITS == 4) {
@@ -200,8 +203,8 @@ TURBOESM_AVX2 inline __m256 lookup(__m256 lo, __m256 hi, __m256i idx) {
     const __m256 b = _mm256_permutevar8x32_ps(hi, idx);
     return _mm256_blendv_ps(a, b, _mm256_castsi256_ps(_mm256_slli_epi32(idx, 28)));
   } else {
-    // vpermps reads the low 3 bits; for BITS < 3 mask the neighbouring codes out.
-    if constexpr (BITS < 3) idx = _mm256_and_si256(idx, _mm256_set1_epi32((1 << BITS) - 1));
+    // vpermps reads the low 3 bits. For BITS < 3 they include bits of the neighbouring code; the
+    // table is replicated (entry c = C[c mod 2^BITS], see run_row), so no mask is needed.
     (void)hi;
     return _mm256_permutevar8x32_ps(lo, idx);
   }
@@ -235,6 +238,78 @@ TURBOESM_AVX2 inline __m256 exp_nonpositive8(__m256 x) {
   return _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
 }
 
+/// Sums of the lanes of 8 vectors, as one vector (lane u = Σ lanes of a[u]). Blends run on three
+/// ports; only 7 shuffles (the port vpermps also needs) per 8 tokens instead of 3 per token.
+/// Even lanes: x[2k] + x[2k+1], odd lanes: y[2k] + y[2k+1].
+TURBOESM_AVX2 inline __m256 reduce_pair(__m256 x, __m256 y) {
+  const __m256 b = _mm256_blend_ps(x, y, 0xAA);
+  const __m256 c = _mm256_permute_ps(_mm256_blend_ps(y, x, 0xAA), _MM_SHUFFLE(2, 3, 0, 1));
+  return _mm256_add_ps(b, c);
+}
+
+/// Lanes 0,1 (4,5): x[k] + x[k+2] of its half, lanes 2,3 (6,7): the same of y.
+TURBOESM_AVX2 inline __m256 reduce_quad(__m256 x, __m256 y) {
+  const __m256 b = _mm256_blend_ps(x, y, 0xCC);
+  const __m256 c = _mm256_permute_ps(_mm256_blend_ps(y, x, 0xCC), _MM_SHUFFLE(1, 0, 3, 2));
+  return _mm256_add_ps(b, c);
+}
+
+TURBOESM_AVX2 inline __m256 reduce8(const __m256* a) {
+  const __m256 lo = reduce_quad(reduce_pair(a[0], a[1]), reduce_pair(a[2], a[3]));
+  const __m256 hi = reduce_quad(reduce_pair(a[4], a[5]), reduce_pair(a[6], a[7]));
+  return _mm256_add_ps(_mm256_blend_ps(lo, hi, 0xF0), _mm256_permute2f128_ps(lo, hi, 0x21));
+}
+
+/// fp16 → float of 8 consecutive values.
+TURBOESM_AVX2 inline __m256 load_half8(const uint16_t* h) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+}
+
+/// Σ_j q'_j C_K[code_j] of one token, as 8 partial sums (`wide_last`: its last group may be
+/// loaded 4 bytes wide).
+template <int BITS, int D>
+TURBOESM_AVX2 inline __m256 k_dot_slot(const uint8_t* codes, bool wide_last, __m256 klo, __m256 khi,
+                                       const __m256* qv) {
+  constexpr int G = D / 8;
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (int g = 0; g < G; ++g) {
+    const __m256 c = lookup<BITS>(klo, khi, group_indices<BITS>(codes, g, g + 1 < G || wide_last));
+    if (g & 1)
+      a1 = _mm256_fmadd_ps(qv[g], c, a1);
+    else
+      a0 = _mm256_fmadd_ps(qv[g], c, a0);
+  }
+  return _mm256_add_ps(a0, a1);
+}
+
+/// acc[8·G0 .. 8·(G0 + NG)) += Σ_i w[i] · C_V[codes of slot slot0 + i]: NG ≤ 8 accumulators kept
+/// in registers for the whole page (AVX2 has 16; an accumulator array over the whole row made
+/// GCC keep them in memory, a store and a load per FMA).
+template <int BITS, int D, int G0, int NG>
+TURBOESM_AVX2 inline void v_accumulate(const uint8_t* vpage, const quant::PageLayout& vl, int slot0,
+                                       int n, int safe_slots, const float* w, __m256 vlo,
+                                       __m256 vhi, float* acc) {
+  static_assert(NG >= 1 && NG <= 8 && G0 + NG <= D / 8, "v_accumulate: bad group range");
+  __m256 a[NG];
+#pragma GCC unroll 8
+  for (int g = 0; g < NG; ++g) a[g] = _mm256_load_ps(acc + 8 * (G0 + g));
+  for (int i = 0; i < n; ++i) {
+    const int slot = slot0 + i;
+    const __m256 wv = _mm256_broadcast_ss(w + i);  // from memory: no shuffle-port uop
+    const uint8_t* codes = quant::token_codes(vpage, vl, slot);
+    const bool wide_last = slot < safe_slots;
+#pragma GCC unroll 8
+    for (int g = 0; g < NG; ++g)
+      a[g] = _mm256_fmadd_ps(
+          wv,
+          lookup<BITS>(vlo, vhi,
+                       group_indices<BITS>(codes, G0 + g, G0 + g + 1 < D / 8 || wide_last)),
+          a[g]);
+  }
+#pragma GCC unroll 8
+  for (int g = 0; g < NG; ++g) _mm256_store_ps(acc + 8 * (G0 + g), a[g]);
+}
+
 template <int BITS, int D>
 TURBOESM_AVX2 void run_row(const DecodeParams& p, int b, int h, int t0, int t1, const Scratch& s,
                            Partial* part, float* acc_out) {
@@ -246,17 +321,15 @@ TURBOESM_AVX2 void run_row(const DecodeParams& p, int b, int h, int t0, int t1, 
   const quant::PageLayout& vl = vc.layout;
   const int pt = kl.page_tokens;
   alignas(32) float kt[16] = {0}, vt[16] = {0};
-  for (int c = 0; c < L; ++c) {
-    kt[c] = kc.constants.centroids[h * L + c];
-    vt[c] = vc.constants.centroids[h * L + c];
+  for (int c = 0; c < std::max(L, 8); ++c) {  // BITS < 3: replicated, as lookup() expects
+    kt[c] = kc.constants.centroids[h * L + c % L];
+    vt[c] = vc.constants.centroids[h * L + c % L];
   }
   const __m256 klo = _mm256_load_ps(kt), khi = _mm256_load_ps(kt + 8);
   const __m256 vlo = _mm256_load_ps(vt), vhi = _mm256_load_ps(vt + 8);
-  __m256 qv[G], acc[G];
-  for (int g = 0; g < G; ++g) {
-    qv[g] = _mm256_loadu_ps(s.q_rot.data() + 8 * g);
-    acc[g] = _mm256_setzero_ps();
-  }
+  __m256 qv[G];
+  for (int g = 0; g < G; ++g) qv[g] = _mm256_loadu_ps(s.q_rot.data() + 8 * g);
+  alignas(32) float acc[D] = {0};
   const bool k_norm = kl.norm == NormMode::kToken, v_norm = vl.norm == NormMode::kToken;
   const float qjl_sign_s = kl.qjl == QjlMode::kSign ? kc.constants.qjl_scale[h] : 0.0f;
   const float qjl_prod_c =
@@ -277,67 +350,89 @@ TURBOESM_AVX2 void run_row(const DecodeParams& p, int b, int h, int t0, int t1, 
     const int n = std::min(pt - slot0, t1 - t);
     const uint8_t* kpage = kc.page(b, h, page_no);
     const uint8_t* vpage = vc.page(b, h, page_no);
-    float cmax = -std::numeric_limits<float>::infinity();
-    for (int i = 0; i < n; ++i) {
+    // Scores of the page's tokens: 8 at a time (one transposed reduction), then the rest.
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+      __m256 a[8];
+      for (int u = 0; u < 8; ++u) {
+        const int slot = slot0 + i + u;
+        a[u] = k_dot_slot<BITS, D>(quant::token_codes(kpage, kl, slot), slot < k_safe_slots, klo,
+                                   khi, qv);
+      }
+      _mm256_store_ps(sc + i, reduce8(a));
+    }
+    for (; i < n; ++i) {
       const int slot = slot0 + i;
-      const uint8_t* codes = quant::token_codes(kpage, kl, slot);
-      const bool wide_last = slot < k_safe_slots;
-      __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-      for (int g = 0; g < G; ++g) {
-        const __m256 c =
-            lookup<BITS>(klo, khi, group_indices<BITS>(codes, g, g + 1 < G || wide_last));
-        if (g & 1)
-          a1 = _mm256_fmadd_ps(qv[g], c, a1);
-        else
-          a0 = _mm256_fmadd_ps(qv[g], c, a0);
-      }
-      const __m256 a = _mm256_add_ps(a0, a1);
-      float score = hsum(a);
-      if (kl.qjl == QjlMode::kSign) {
-        score +=
-            qjl_sign_s * signed_sum_table(s.qjl_table.data(), quant::token_qjl(kpage, kl, slot),
-                                          kl.qjl_bytes, qjl_usum);
-      } else if (kl.qjl == QjlMode::kProd) {
-        score += qjl_prod_c * half_to_float(*quant::token_rnorm(kpage, kl, slot)) *
-                 signed_sum_table(s.qjl_table.data(), quant::token_qjl(kpage, kl, slot),
+      sc[i] = hsum(k_dot_slot<BITS, D>(quant::token_codes(kpage, kl, slot), slot < k_safe_slots,
+                                       klo, khi, qv));
+    }
+    if (kl.qjl == QjlMode::kSign) {
+      for (i = 0; i < n; ++i)
+        sc[i] += qjl_sign_s * signed_sum_table(s.qjl_table.data(),
+                                               quant::token_qjl(kpage, kl, slot0 + i), kl.qjl_bytes,
+                                               qjl_usum);
+    } else if (kl.qjl == QjlMode::kProd) {
+      for (i = 0; i < n; ++i)
+        sc[i] += qjl_prod_c * half_to_float(*quant::token_rnorm(kpage, kl, slot0 + i)) *
+                 signed_sum_table(s.qjl_table.data(), quant::token_qjl(kpage, kl, slot0 + i),
                                   kl.qjl_bytes, qjl_usum);
-      }
-      if (k_norm) score *= half_to_float(*quant::token_norm(kpage, kl, slot));
-      sc[i] = score;
-      cmax = std::max(cmax, score);
+    }
+    if (k_norm) {
+      const uint16_t* kn = quant::token_norm(kpage, kl, slot0);
+      for (i = 0; i + 8 <= n; i += 8)
+        _mm256_store_ps(sc + i, _mm256_mul_ps(_mm256_load_ps(sc + i), load_half8(kn + i)));
+      for (; i < n; ++i) sc[i] *= half_to_float(kn[i]);
+    }
+    float cmax = -std::numeric_limits<float>::infinity();
+    {
+      __m256 mx = _mm256_set1_ps(cmax);
+      for (i = 0; i + 8 <= n; i += 8) mx = _mm256_max_ps(mx, _mm256_load_ps(sc + i));
+      alignas(32) float mm[8];
+      _mm256_store_ps(mm, mx);
+      for (int k = 0; k < 8; ++k) cmax = std::max(cmax, mm[k]);
+      for (; i < n; ++i) cmax = std::max(cmax, sc[i]);
     }
     if (cmax > m) {
       if (l > 0.0f) {
         const float r = std::exp(m - cmax);
         const __m256 rv = _mm256_set1_ps(r);
-        for (int g = 0; g < G; ++g) acc[g] = _mm256_mul_ps(acc[g], rv);
+        for (int g = 0; g < G; ++g)
+          _mm256_store_ps(acc + 8 * g, _mm256_mul_ps(_mm256_load_ps(acc + 8 * g), rv));
         l *= r;
       }
       m = cmax;
     }
+    // Softmax weights, their sum, then (V norms) the weights of the V sum.
     {
       const __m256 mv = _mm256_set1_ps(m);
-      int i = 0;
-      for (; i + 8 <= n; i += 8)
-        _mm256_store_ps(sc + i, exp_nonpositive8(_mm256_sub_ps(_mm256_load_ps(sc + i), mv)));
-      for (; i < n; ++i) sc[i] = exp_nonpositive(sc[i] - m);
+      __m256 lsum = _mm256_setzero_ps();
+      for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp_nonpositive8(_mm256_sub_ps(_mm256_load_ps(sc + i), mv));
+        lsum = _mm256_add_ps(lsum, e);
+        _mm256_store_ps(sc + i, e);
+      }
+      float lt = hsum(lsum);
+      for (; i < n; ++i) {
+        sc[i] = exp_nonpositive(sc[i] - m);
+        lt += sc[i];
+      }
+      l += lt;
     }
-    for (int i = 0; i < n; ++i) {
-      const int slot = slot0 + i;
-      float w = sc[i];
-      l += w;
-      if (v_norm) w *= half_to_float(*quant::token_norm(vpage, vl, slot));
-      const __m256 wv = _mm256_set1_ps(w);
-      const uint8_t* codes = quant::token_codes(vpage, vl, slot);
-      const bool wide_last = slot < v_safe_slots;
-      for (int g = 0; g < G; ++g)
-        acc[g] = _mm256_fmadd_ps(
-            wv, lookup<BITS>(vlo, vhi, group_indices<BITS>(codes, g, g + 1 < G || wide_last)),
-            acc[g]);
+    if (v_norm) {
+      const uint16_t* vn = quant::token_norm(vpage, vl, slot0);
+      for (i = 0; i + 8 <= n; i += 8)
+        _mm256_store_ps(sc + i, _mm256_mul_ps(_mm256_load_ps(sc + i), load_half8(vn + i)));
+      for (; i < n; ++i) sc[i] *= half_to_float(vn[i]);
+    }
+    if constexpr (G <= 8) {
+      v_accumulate<BITS, D, 0, G>(vpage, vl, slot0, n, v_safe_slots, sc, vlo, vhi, acc);
+    } else {
+      v_accumulate<BITS, D, 0, 8>(vpage, vl, slot0, n, v_safe_slots, sc, vlo, vhi, acc);
+      v_accumulate<BITS, D, 8, G - 8>(vpage, vl, slot0, n, v_safe_slots, sc, vlo, vhi, acc);
     }
     t += n;
   }
-  for (int g = 0; g < G; ++g) _mm256_storeu_ps(acc_out + 8 * g, acc[g]);
+  std::memcpy(acc_out, acc, sizeof(acc));
   part->m = m;
   part->l = l;
 }

@@ -1,0 +1,479 @@
+// SPDX-License-Identifier: MIT
+// Whole-model GPU timings (issue 6), a benchmark program (not ctest, not Google Benchmark: each
+// section builds a model of hundreds of MB to 30 GB once). Random FP16 weights drawn directly on
+// the GPU (Esm2Model::random_on_device), batch 1. CUDA events around each measured call on the
+// caller's stream, synchronised, warm-ups first, medians reported. tools/gpu_model.sh runs every
+// section and the HF comparison (bench_prefill_hf.py) in one go.
+//
+//   bench_model_cuda config <preset>           the preset's HF config.json (for the HF script)
+//   bench_model_cuda decode [preset] [tokens]  per appended token, `tokens` cached (default
+//                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
+//                                              none) eager / CUDA graph, fp16 cache eager / graph
+//   bench_model_cuda prefill [preset] [res]    prefill of `res` residues (default 1024): plain
+//                                              forward vs Session::prefill writing the turbo cache
+//                                              (quantize-on-append) and the fp16 cache; SDPA
+//                                              backend
+//   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
+//                                              prefill `res` residues, then `n` appended tokens
+//                                              through the 3-bit cache (graph) and the fp16 cache;
+//                                              memory (weights, caches, peak) and time per token
+// Every section prints a table and one line `JSON {...}` with all numbers.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "turboesm/error.h"
+#include "turboesm/model/decode_graph.h"
+#include "turboesm/model/esm2.h"
+#include "turboesm/model/session.h"
+#include "turboesm/model/turbo_cache.h"
+
+namespace {
+
+namespace tm = turboesm::model;
+namespace tq = turboesm::quant;
+
+const c10::Device kCuda(c10::kCUDA, 0);
+
+/// Milliseconds of `fn` on the current stream (CUDA events, synchronised). `host_ms`, if given,
+/// receives the host time until `fn` returned (≈ the event time: the host is the bottleneck).
+double time_ms(const std::function<void()>& fn, double* host_ms = nullptr) {
+  at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
+  start.record();
+  const auto t0 = std::chrono::steady_clock::now();
+  fn();
+  const auto t1 = std::chrono::steady_clock::now();
+  stop.record();
+  stop.synchronize();
+  if (host_ms) *host_ms = std::chrono::duration<double, std::milli>(t1 - t0).count();
+  return static_cast<double>(start.elapsed_time(stop));
+}
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n == 0 ? 0.0 : (n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]));
+}
+
+double gib(int64_t bytes) { return static_cast<double>(bytes) / (1024.0 * 1024.0 * 1024.0); }
+
+int64_t allocated_now() {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].current;
+}
+int64_t allocated_peak() {
+  return c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak;
+}
+
+/// <cls> + `residues` random residue tokens (L A G V S E R T I D P K Q N F Y M H W C: 4..23) +
+/// <eos>, as [1, residues + 2] int64 CPU.
+at::Tensor protein_tokens(int64_t residues, uint64_t seed) {
+  at::manual_seed(seed);
+  at::Tensor t = at::randint(4, 24, {1, residues + 2}, at::kLong);
+  t[0][0] = 0;
+  t[0][residues + 1] = 2;
+  return t;
+}
+
+std::shared_ptr<tm::Esm2Model> fp16_model(const std::string& preset) {
+  tm::LoadOptions lo;
+  lo.device = kCuda;
+  lo.dtype = at::kHalf;
+  return tm::Esm2Model::random_on_device(tm::EsmConfig::preset(preset), 1, 0.02, lo);
+}
+
+tm::TurboCacheSpec turbo3(const tm::EsmConfig& c) {
+  return tm::TurboCacheSpec::random(c, 3, 3, tq::RotationKind::kHadamard, tq::NormMode::kNone,
+                                    tq::QjlMode::kNone, 1, 0, 4.0);
+}
+
+std::unique_ptr<tm::KvCache> make_cache(const tm::Esm2Model& m, tm::CacheKind kind,
+                                        const tm::TurboCacheSpec* spec) {
+  return tm::make_kv_cache(kind, m.config(), 1, kCuda, spec);
+}
+
+struct Json {
+  std::ostringstream os;
+  bool first = true;
+  void add(const std::string& k, double v) {
+    os << (first ? "" : ", ") << '"' << k << "\": " << v;
+    first = false;
+  }
+  void add(const std::string& k, const std::string& v) {
+    os << (first ? "" : ", ") << '"' << k << "\": \"" << v << '"';
+    first = false;
+  }
+  std::string str() const { return "{" + os.str() + "}"; }
+};
+
+/// Per-token times of `steps` single-token appends after `warmup` untimed ones.
+std::vector<double> time_appends(tm::Session& s, int warmup, int steps, uint64_t seed) {
+  const at::Tensor toks = protein_tokens(warmup + steps, seed);
+  std::vector<double> ms;
+  for (int i = 0; i < warmup + steps; ++i) {
+    const at::Tensor t = toks.narrow(1, 1 + i, 1).contiguous();
+    const double x = time_ms([&] { s.append(t); });
+    if (i >= warmup) ms.push_back(x);
+  }
+  return ms;
+}
+
+/// Median ms of one replay of `work` captured in a CUDA graph (after one eager warm-up).
+double graph_ms(const std::function<void()>& work, int iters = 50) {
+  const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream();
+  c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool();
+  side.synchronize();
+  caller.synchronize();
+  at::cuda::CUDAGraph g;
+  {
+    c10::cuda::CUDAStreamGuard sg(side);
+    work();
+    side.synchronize();
+    g.capture_begin();
+    work();
+    g.capture_end();
+  }
+  side.synchronize();
+  std::vector<double> ms;
+  c10::cuda::CUDAStreamGuard sg(side);
+  for (int i = 0; i < iters + 3; ++i) {
+    const double x = time_ms([&] { g.replay(); });
+    if (i >= 3) ms.push_back(x);
+  }
+  return median(ms);
+}
+
+/// What a graph step is made of: the layers' GEMMs alone (the weight-streaming floor), the
+/// attention through the cache alone (device_step of every layer), each as one CUDA graph.
+void decode_breakdown(const tm::Esm2Model& m, tm::KvCache& cache, const std::string& name,
+                      Json& j) {
+  const auto& c = m.config();
+  const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
+  const at::Tensor x = at::randn({1, 1, c.hidden_size}, o);
+  const at::Tensor y = at::randn({1, 1, c.intermediate_size}, o);
+  const double gemm = graph_ms([&] {
+    for (const auto& w : m.weights().layers) {
+      (void)at::linear(x, w.qkv_weight, w.qkv_bias);
+      (void)at::linear(x, w.o_weight, w.o_bias);
+      (void)at::linear(x, w.fc1_weight, w.fc1_bias);
+      (void)at::linear(y, w.fc2_weight, w.fc2_bias);
+    }
+  });
+  // The same products as matrix-vector calls (cuBLAS gemv) + bias: what a M = 1 path could use.
+  const at::Tensor xv = x.view({-1}), yv = y.view({-1});
+  const double gemv = graph_ms([&] {
+    for (const auto& w : m.weights().layers) {
+      (void)at::add(at::mv(w.qkv_weight, xv), w.qkv_bias);
+      (void)at::add(at::mv(w.o_weight, xv), w.o_bias);
+      (void)at::add(at::mv(w.fc1_weight, xv), w.fc1_bias);
+      (void)at::add(at::mv(w.fc2_weight, yv), w.fc2_bias);
+    }
+  });
+  int64_t weight_bytes = 0;
+  for (const auto& w : m.weights().layers)
+    for (const at::Tensor* t : {&w.qkv_weight, &w.o_weight, &w.fc1_weight, &w.fc2_weight})
+      weight_bytes += t->nbytes();
+  const int64_t H = c.num_attention_heads, d = c.head_dim();
+  const at::Tensor q = at::randn({1, H, 1, d}, o) * 0.125, k = at::randn({1, H, 1, d}, o);
+  const at::Tensor v = at::randn({1, H, 1, d}, o);
+  const int64_t n = cache.lengths(0)[0];
+  const auto io = at::TensorOptions().device(kCuda).dtype(at::kInt);
+  const at::Tensor len = at::full({1}, n, io), after = at::full({1}, n + 1, io);
+  const int64_t bucket = (n + 1 + 255) / 256 * 256;
+  cache.reserve(bucket);
+  const double attn = graph_ms([&] {
+    for (int i = 0; i < m.num_layers(); ++i)
+      (void)cache.device_step(i, q, k, v, len, after, bucket);
+  });
+  std::printf(
+      "  breakdown %s: %d layers' GEMMs alone %.4f ms (%.2f GB weights, %.0f GB/s); "
+      "attention via device_step alone %.4f ms (%lld cached, bucket %lld)\n",
+      name.c_str(), m.num_layers(), gemm, weight_bytes / 1e9, weight_bytes / 1e6 / gemm, attn,
+      static_cast<long long>(n), static_cast<long long>(bucket));
+  std::printf("  breakdown %s: the same products as at::mv + bias %.4f ms (%.0f GB/s)\n",
+              name.c_str(), gemv, weight_bytes / 1e6 / gemv);
+  j.add(name + "_gemm_only_ms", gemm);
+  j.add(name + "_gemv_only_ms", gemv);
+  j.add(name + "_gemm_gbps", weight_bytes / 1e6 / gemm);
+  j.add(name + "_attention_only_ms", attn);
+}
+
+int section_decode(const std::string& preset, int64_t cached) {
+  c10::InferenceMode guard;
+  auto m = fp16_model(preset);
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  const at::Tensor prefix = protein_tokens(cached - 2, 7);  // `cached` tokens with <cls>/<eos>
+  constexpr int kWarmup = 5, kSteps = 50;
+  Json j;
+  j.add("preset", preset);
+  j.add("cached_tokens", static_cast<double>(cached));
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  std::printf("%-28s %12s %12s %10s\n", "decode step (batch 1)", "median ms", "mean ms",
+              "captures");
+  for (int kind = 0; kind < 2; ++kind) {
+    for (int graph = 0; graph < 2; ++graph) {
+      const bool turbo = kind == 0;
+      tm::Session s(m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
+                                  turbo ? &spec : nullptr));
+      if (graph) s.enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
+      s.prefill(prefix);
+      std::vector<double> ms = time_appends(s, kWarmup, kSteps, 11);
+      double mean = 0.0;
+      for (double x : ms) mean += x / static_cast<double>(ms.size());
+      const std::string name =
+          std::string(turbo ? "turbo3" : "fp16") + (graph ? "_graph" : "_eager");
+      const long long caps = graph ? static_cast<long long>(s.cuda_graph()->captures()) : 0;
+      std::printf("%-28s %12.4f %12.4f %10lld\n", name.c_str(), median(ms), mean, caps);
+      j.add(name + "_ms_per_token", median(ms));
+      j.add(name + "_mean_ms", mean);
+      if (turbo && !graph) j.add("turbo3_kv_bytes", static_cast<double>(s.kv_bytes()));
+      if (!turbo && !graph) j.add("fp16_kv_bytes", static_cast<double>(s.kv_bytes()));
+      if (graph) decode_breakdown(*m, s.cache(), turbo ? "turbo3" : "fp16", j);
+    }
+  }
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+
+int section_prefill(const std::string& preset, int64_t residues) {
+  c10::InferenceMode guard;
+  auto m = fp16_model(preset);
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  const tm::TurboCacheSpec spec_sign = tm::TurboCacheSpec::random(
+      m->config(), 3, 3, tq::RotationKind::kHadamard, tq::NormMode::kToken, tq::QjlMode::kSign, 1);
+  const at::Tensor tokens = protein_tokens(residues, 5).to(kCuda);
+  constexpr int kWarmup = 3, kIters = 20;
+  Json j;
+  j.add("preset", preset);
+  j.add("residues", static_cast<double>(residues));
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  {
+    // Which fused attention backend the exact prefill attention gets (SDPBackend enum:
+    // 0 math, 1 flash, 2 efficient, 3 cudnn).
+    const int64_t T = tokens.size(1), H = m->config().num_attention_heads;
+    const int64_t d = m->config().head_dim();
+    const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
+    const at::Tensor q = at::randn({1, H, T, d}, o);
+    const int64_t backend = at::_fused_sdp_choice(q, q, q, {}, 0.0, false, 1.0);
+    const char* names[] = {"math", "flash", "efficient", "cudnn", "overrideable"};
+    const std::string bname = backend >= 0 && backend <= 4 ? names[backend] : "error";
+    std::printf("exact prefill attention: SDPA backend %s (%lld)\n", bname.c_str(),
+                static_cast<long long>(backend));
+    j.add("sdpa_backend", bname);
+  }
+  // The modes are interleaved (one call of each per round) so that clock or host drift hits all
+  // alike; medians over the rounds. Host time = until the call returned.
+  tm::Session st(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+  tm::Session ss(m, make_cache(*m, tm::CacheKind::kTurbo, &spec_sign));
+  tm::Session sf(m, make_cache(*m, tm::CacheKind::kFp16, nullptr));
+  const std::vector<std::pair<std::string, std::function<void()>>> modes = {
+      {"forward", [&] { m->forward(tokens, at::Tensor()); }},
+      {"prefill_turbo3", [&] { st.prefill(tokens); }},
+      {"prefill_turbo3_sign", [&] { ss.prefill(tokens); }},
+      {"prefill_fp16", [&] { sf.prefill(tokens); }}};
+  std::map<std::string, std::vector<double>> gpu, host;
+  for (int i = 0; i < kWarmup + kIters; ++i) {
+    for (const auto& mo : modes) {
+      double h = 0.0;
+      const double x = time_ms(mo.second, &h);
+      if (i >= kWarmup) {
+        gpu[mo.first].push_back(x);
+        host[mo.first].push_back(h);
+      }
+    }
+  }
+  std::printf("%-24s %12s %14s %10s\n", "prefill (batch 1)", "median ms", "host-side ms",
+              "vs forward");
+  const double base = median(gpu["forward"]);
+  for (const auto& mo : modes) {
+    const double med = median(gpu[mo.first]);
+    std::printf("%-24s %12.3f %14.3f %+9.1f%%\n", mo.first.c_str(), med, median(host[mo.first]),
+                100.0 * (med / base - 1.0));
+    j.add(mo.first + "_ms", med);
+    j.add(mo.first + "_host_ms", median(host[mo.first]));
+    j.add(mo.first + "_min_ms", *std::min_element(gpu[mo.first].begin(), gpu[mo.first].end()));
+    if (mo.first != "forward") j.add("overhead_" + mo.first + "_pct", 100.0 * (med / base - 1.0));
+  }
+  // GPU-side time of the plain forward: embeddings, layers and final norm (the part without host
+  // synchronisation) captured in one CUDA graph, with the default SDPA backend choice and with
+  // cuDNN attention disabled (flash). Shows how much of the eager forward is host launch time.
+  for (int cudnn = 1; cudnn >= 0; --cudnn) {
+    const bool was = at::globalContext().userEnabledCuDNNSDP();
+    at::globalContext().setSDPUseCuDNN(cudnn == 1 && was);
+    try {
+      tm::ExactAttention exact;
+      const at::Tensor pos = at::arange(tokens.size(1), tokens.options());
+      auto cs = m->rotary().cos_sin(pos, m->dtype());
+      const double g = graph_ms(
+          [&] {
+            at::Tensor h = m->embed(tokens, at::Tensor());
+            for (int i = 0; i < m->num_layers(); ++i) {
+              tm::Qkv qkv = m->layer_qkv(i, h, cs.first, cs.second);
+              tm::AttentionInputs in;
+              in.layer = i;
+              in.q = qkv.q;
+              in.k = qkv.k;
+              in.v = qkv.v;
+              h = m->layer_finish(i, h, exact.attend(in, nullptr));
+            }
+            (void)m->final_norm(h);
+          },
+          20);
+      double host = 0.0;
+      std::vector<double> eager, hosts;
+      for (int i = 0; i < kWarmup + kIters; ++i) {
+        const double x = time_ms([&] { m->forward(tokens, at::Tensor()); }, &host);
+        if (i >= kWarmup) {
+          eager.push_back(x);
+          hosts.push_back(host);
+        }
+      }
+      const std::string name = cudnn ? "sdpa_default" : "sdpa_no_cudnn";
+      std::printf(
+          "forward, %-14s: eager %.3f ms (host %.3f ms), layers as one CUDA graph %.3f ms\n",
+          name.c_str(), median(eager), median(hosts), g);
+      j.add("forward_" + name + "_eager_ms", median(eager));
+      j.add("forward_" + name + "_host_ms", median(hosts));
+      j.add("forward_" + name + "_graph_ms", g);
+    } catch (const std::exception& e) {
+      std::printf("forward graph (%s) failed: %s\n", cudnn ? "default" : "no cudnn", e.what());
+    }
+    at::globalContext().setSDPUseCuDNN(was);
+  }
+  // Cache writing alone: every layer's append of prefill-shaped K/V (fp16, as the model makes
+  // them), turbo (quantize-on-append kernel) and fp16.
+  {
+    const int64_t T = tokens.size(1), H = m->config().num_attention_heads;
+    const int64_t d = m->config().head_dim();
+    const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
+    const at::Tensor k = at::randn({1, H, T, d}, o), v = at::randn({1, H, T, d}, o);
+    for (int c = 0; c < 2; ++c) {
+      tm::KvCache& cache = c == 0 ? st.cache() : sf.cache();
+      std::vector<double> g, h;
+      for (int i = 0; i < kWarmup + kIters; ++i) {
+        cache.clear();
+        double hh = 0.0;
+        const double x = time_ms(
+            [&] {
+              for (int l = 0; l < m->num_layers(); ++l) cache.append(l, k, v, at::Tensor());
+            },
+            &hh);
+        if (i >= kWarmup) {
+          g.push_back(x);
+          h.push_back(hh);
+        }
+      }
+      const std::string name = c == 0 ? "cache_write_turbo3" : "cache_write_fp16";
+      std::printf("%-24s %12.3f %14.3f   (%d layers' K/V appends alone)\n", name.c_str(), median(g),
+                  median(h), m->num_layers());
+      j.add(name + "_ms", median(g));
+      j.add(name + "_host_ms", median(h));
+    }
+    st.cache().check_device_status();
+  }
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+
+int section_big(const std::string& preset, int64_t residues, int steps) {
+  c10::InferenceMode guard;
+  Json j;
+  j.add("preset", preset);
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  (void)at::zeros({1}, at::TensorOptions().device(kCuda));  // initialises the allocator's stats
+  const int64_t before = allocated_now();
+  double init_ms = 0.0;
+  std::shared_ptr<tm::Esm2Model> m;
+  init_ms = time_ms([&] { m = fp16_model(preset); });
+  const int64_t weights = allocated_now() - before;
+  std::printf("%s: random fp16 weights on the GPU: %.2f GiB in %.0f ms (head dim %lld)\n",
+              preset.c_str(), gib(weights), init_ms,
+              static_cast<long long>(m->config().head_dim()));
+  j.add("weights_gib", gib(weights));
+  j.add("head_dim", static_cast<double>(m->config().head_dim()));
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  const at::Tensor prefix = protein_tokens(residues, 9);
+  const int64_t total = prefix.size(1) + steps;
+  for (int kind = 0; kind < 2; ++kind) {
+    const bool turbo = kind == 0;
+    const std::string name = turbo ? "turbo3" : "fp16";
+    c10::cuda::CUDACachingAllocator::resetPeakStats(0);
+    const int64_t base = allocated_now();
+    tm::Session s(m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
+                                turbo ? &spec : nullptr));
+    s.enable_cuda_graph(total, 256);  // reserves `total` tokens
+    std::vector<double> pre;
+    for (int i = 0; i < 3; ++i) pre.push_back(time_ms([&] { s.prefill(prefix); }));
+    const int64_t eager_steps = 16;
+    s.disable_cuda_graph();
+    std::vector<double> eager = time_appends(s, 2, static_cast<int>(eager_steps) - 2, 21);
+    s.enable_cuda_graph(total, 256);
+    std::vector<double> graph = time_appends(s, 0, steps - static_cast<int>(eager_steps), 23);
+    double graph_total = 0.0;
+    for (double x : graph) graph_total += x;
+    const int64_t cache_alloc = s.allocated_bytes(), kv = s.kv_bytes();
+    const int64_t peak = allocated_peak() - base;
+    std::printf(
+        "%-7s prefill %lld tok %.1f ms | append: eager %.2f ms/token, graph %.2f ms/token "
+        "(median of %zu; %zu tokens in %.2f s) | cache at %lld tokens: kv_bytes %.3f GiB, "
+        "allocated %.3f GiB | peak above weights %.2f GiB | captures %lld\n",
+        name.c_str(), static_cast<long long>(prefix.size(1)), median(pre), median(eager),
+        median(graph), graph.size(), graph.size(), graph_total / 1000.0,
+        static_cast<long long>(s.lengths()[0]), gib(kv), gib(cache_alloc), gib(peak),
+        static_cast<long long>(s.cuda_graph()->captures()));
+    j.add(name + "_prefill_ms", median(pre));
+    j.add(name + "_eager_ms_per_token", median(eager));
+    j.add(name + "_graph_ms_per_token", median(graph));
+    j.add(name + "_graph_total_s", graph_total / 1000.0);
+    j.add(name + "_final_tokens", static_cast<double>(s.lengths()[0]));
+    j.add(name + "_kv_gib", gib(kv));
+    j.add(name + "_cache_allocated_gib", gib(cache_alloc));
+    j.add(name + "_peak_above_weights_gib", gib(peak));
+  }
+  j.add("peak_total_gib",
+        gib(c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak));
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    const std::string section = argc > 1 ? argv[1] : "";
+    auto arg = [&](int i, const std::string& def) { return argc > i ? std::string(argv[i]) : def; };
+    if (section == "config") {
+      std::cout << tm::EsmConfig::preset(arg(2, "esm2_t33_650M")).to_json().dump(2) << "\n";
+      return 0;
+    }
+    TURBOESM_CHECK(at::hasCUDA(), "bench_model_cuda needs a CUDA device");
+    if (section == "decode")
+      return section_decode(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
+    if (section == "prefill")
+      return section_prefill(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
+    if (section == "big")
+      return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
+                         std::stoi(arg(4, "1024")));
+    std::fprintf(stderr,
+                 "usage: bench_model_cuda config|decode|prefill|big [preset] [tokens] [steps]\n");
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_model_cuda: error: %s\n", e.what());
+    return 1;
+  }
+}

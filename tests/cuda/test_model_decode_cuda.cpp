@@ -1,0 +1,218 @@
+// SPDX-License-Identifier: MIT
+// Whole-model decode on CUDA (issue 6): Session::append on CUDA matches the CPU decode path
+// (tiny preset, same TurboCacheSpec), and the CUDA-graph step (Session::enable_cuda_graph)
+// equals the eager CUDA step, across length buckets, re-prefills and the eager fallback.
+// GPU tests skip without a CUDA device.
+#include <ATen/ATen.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "turboesm/error.h"
+#include "turboesm/io/tokenizer.h"
+#include "turboesm/model/decode_graph.h"
+#include "turboesm/model/esm2.h"
+#include "turboesm/model/session.h"
+#include "turboesm/model/turbo_cache.h"
+
+namespace turboesm {
+namespace {
+
+namespace tm = turboesm::model;
+namespace tq = turboesm::quant;
+
+/// CPU vs CUDA, fp32 model, 2 layers, hidden states after the final LayerNorm (O(1) values).
+/// Both devices compute the same function in fp32 with other summation orders (GEMMs, the decode
+/// op's split/lane order): ~1e-6 per op, ~1e-5 after two layers and the final LayerNorm. A 3-bit
+/// code can differ only where K/V lands within rounding of a decision boundary (≈ 1e-6 of the
+/// values; none is expected among the ~2e4 values here); one such flip moves the output by a
+/// fraction of a codebook step times its softmax weight, still below this bound.
+constexpr double kCpuCudaTol = 1e-3;
+/// Graph replay vs eager CUDA step. Turbo: the same kernels on the same inputs with the same split
+/// count (capacities < 512 tokens here: one split both ways), so the results are bit-identical;
+/// the bound only absorbs a different cuBLAS algorithm on the capture stream. Dense fp32: masked
+/// SDPA over the bucket vs SDPA over the real tokens (other reduction lengths): ~1e-6.
+constexpr double kGraphEagerTol = 1e-5;
+
+std::vector<int64_t> encode(const std::string& s) { return io::EsmTokenizer::instance().encode(s); }
+at::Tensor row(const std::vector<int64_t>& v) { return at::tensor(v, at::kLong).unsqueeze(0); }
+
+std::shared_ptr<const tm::Esm2Model> tiny(c10::Device device) {
+  tm::LoadOptions lo;
+  lo.device = device;
+  lo.dtype = at::kFloat;
+  return tm::Esm2Model::random(tm::EsmConfig::preset("tiny"), 5, 0.08, lo);
+}
+
+struct SpecCase {
+  const char* name;
+  tq::RotationKind rotation;
+  tq::NormMode norm;
+  tq::QjlMode qjl;
+};
+
+tm::TurboCacheSpec make_spec(const tm::EsmConfig& c, const SpecCase& sc) {
+  // norm_hint ≈ the typical |K| of this random model, so the norm-none codebook is in range.
+  return tm::TurboCacheSpec::random(c, 3, 3, sc.rotation, sc.norm, sc.qjl, 11, 0, 5.0);
+}
+
+tm::Session make_session(const std::shared_ptr<const tm::Esm2Model>& m, tm::CacheKind kind,
+                         const tm::TurboCacheSpec* spec) {
+  return tm::Session(m, tm::make_kv_cache(kind, m->config(), 1, m->device(), spec));
+}
+
+double max_abs_diff(const at::Tensor& a, const at::Tensor& b) {
+  return (a.to(at::kCPU, at::kDouble) - b.to(at::kCPU, at::kDouble)).abs().max().item<double>();
+}
+
+bool all_finite(const at::Tensor& t) { return at::isfinite(t.to(at::kCPU)).all().item<bool>(); }
+
+const std::string kProtein =
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHDFSAGEGLY"
+    "THMKALRPDEDRLSPLHSVYVDQWDWERVMGDGERQFSTLKSTVEAIWAGIKATEAAVSEEFGLAPFLPDQIHFVHSQELLSRYPDLDAKGR"
+    "ERAIAKDLGAVFLVGIGGKLSDGHRHDVRAPDYDDWUAKAFAEEVFLLKSGLIARRPSEYNYSLLHQFQEGKLNSTFSLPDLEAISAHLAGK";
+
+class ModelDecodeCuda : public ::testing::TestWithParam<SpecCase> {};
+
+TEST_P(ModelDecodeCuda, TurboAppendMatchesCpu) {
+  TURBOESM_REQUIRE_GPU();
+  const SpecCase sc = GetParam();
+  auto cpu = tiny(c10::Device(c10::kCPU));
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const tm::TurboCacheSpec spec = make_spec(cpu->config(), sc);
+  tm::Session sc_cpu = make_session(cpu, tm::CacheKind::kTurbo, &spec);
+  tm::Session sc_gpu = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  const auto seq = encode(kProtein.substr(0, 60));
+  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 30);
+  const double pre = max_abs_diff(sc_cpu.prefill(row(prefix)), sc_gpu.prefill(row(prefix)));
+  EXPECT_LE(pre, kCpuCudaTol) << "prefill";
+  double worst = 0.0;
+  size_t j = 30;
+  while (j < seq.size()) {
+    // One token at a time, with one chunk of 3 (the multi-token append path) in the middle.
+    const size_t n = (j == 40 && j + 3 <= seq.size()) ? 3 : 1;
+    const at::Tensor t = row(std::vector<int64_t>(seq.begin() + j, seq.begin() + j + n));
+    const at::Tensor hc = sc_cpu.append(t), hg = sc_gpu.append(t);
+    ASSERT_TRUE(all_finite(hg)) << "token " << j;
+    const double d = max_abs_diff(hc, hg);
+    worst = std::max(worst, d);
+    EXPECT_LE(d, kCpuCudaTol) << "appended token " << j << " (" << n << " at once)";
+    j += n;
+  }
+  EXPECT_EQ(sc_cpu.lengths(), sc_gpu.lengths());
+  EXPECT_EQ(sc_cpu.kv_bytes(), sc_gpu.kv_bytes());
+  std::printf("[model decode cuda vs cpu %s] max|d| prefill %.2e, appended %.2e\n", sc.name, pre,
+              worst);
+}
+
+/// Runs `steps` single-token appends on an eager and a graph session side by side and returns
+/// the largest difference of the appended hidden states.
+double graph_vs_eager(tm::Session& eager, tm::Session& graph, const std::vector<int64_t>& toks,
+                      size_t from, size_t steps) {
+  double worst = 0.0;
+  for (size_t j = from; j < from + steps; ++j) {
+    const at::Tensor t = row({toks[j]});
+    const at::Tensor he = eager.append(t), hg = graph.append(t);
+    EXPECT_TRUE(all_finite(hg)) << "token " << j;
+    worst = std::max(worst, max_abs_diff(he, hg));
+  }
+  EXPECT_EQ(eager.lengths(), graph.lengths());
+  return worst;
+}
+
+TEST_P(ModelDecodeCuda, GraphStepEqualsEagerStep) {
+  TURBOESM_REQUIRE_GPU();
+  const SpecCase sc = GetParam();
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
+  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  graph.enable_cuda_graph(/*max_length=*/200, /*bucket_tokens=*/64);
+  ASSERT_NE(graph.cuda_graph(), nullptr);
+  auto seq = encode(kProtein.substr(0, 250));
+  // Two <mask> tokens among the graph steps: token dropout uses the running <mask> ratio.
+  seq[60] = seq[150] = gpu->config().mask_token_id;
+  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 40);
+  eager.prefill(row(prefix));
+  graph.prefill(row(prefix));
+  // Lengths 41..140 after each step: buckets 64, 128, 192 → three captures, 100 replays.
+  const double d1 = graph_vs_eager(eager, graph, seq, 40, 100);
+  EXPECT_LE(d1, kGraphEagerTol);
+  EXPECT_EQ(graph.cuda_graph()->captures(), 3);
+  EXPECT_EQ(graph.cuda_graph()->replays(), 100);
+  // An eager multi-token append in between: the graph re-reads the lengths from the cache.
+  const at::Tensor chunk = row(std::vector<int64_t>(seq.begin() + 140, seq.begin() + 145));
+  EXPECT_LE(max_abs_diff(eager.append(chunk), graph.append(chunk)), kGraphEagerTol);
+  const double d2 = graph_vs_eager(eager, graph, seq, 145, 10);
+  EXPECT_LE(d2, kGraphEagerTol);
+  // Past max_length (200) the session falls back to eager appends: 155 + 50 = 205 tokens.
+  const int64_t replays_before = graph.cuda_graph()->replays();
+  const double d3 = graph_vs_eager(eager, graph, seq, 155, 50);
+  EXPECT_LE(d3, kGraphEagerTol);
+  EXPECT_EQ(graph.cuda_graph()->replays(), replays_before + 45);  // 156..200 replayed
+  // A new prefill (cache cleared, buffers kept) and the small bucket again.
+  eager.prefill(row(prefix));
+  graph.prefill(row(prefix));
+  const double d4 = graph_vs_eager(eager, graph, seq, 40, 8);
+  EXPECT_LE(d4, kGraphEagerTol);
+  std::printf("[model decode graph vs eager %s] max|d| %.2e %.2e %.2e %.2e, captures %lld\n",
+              sc.name, d1, d2, d3, d4, static_cast<long long>(graph.cuda_graph()->captures()));
+}
+
+INSTANTIATE_TEST_SUITE_P(Specs, ModelDecodeCuda,
+                         ::testing::Values(SpecCase{"hadamard_none", tq::RotationKind::kHadamard,
+                                                    tq::NormMode::kNone, tq::QjlMode::kNone},
+                                           SpecCase{"random_token_sign", tq::RotationKind::kRandom,
+                                                    tq::NormMode::kToken, tq::QjlMode::kSign}),
+                         [](const ::testing::TestParamInfo<SpecCase>& i) {
+                           return std::string(i.param.name);
+                         });
+
+TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {
+  TURBOESM_REQUIRE_GPU();
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  for (tm::CacheKind kind : {tm::CacheKind::kFp32, tm::CacheKind::kFp16}) {
+    tm::Session eager = make_session(gpu, kind, nullptr);
+    tm::Session graph = make_session(gpu, kind, nullptr);
+    graph.enable_cuda_graph(128, 32);
+    const auto seq = encode(kProtein.substr(0, 100));
+    const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
+    eager.prefill(row(prefix));
+    graph.prefill(row(prefix));
+    const double d = graph_vs_eager(eager, graph, seq, 20, 60);
+    // fp16 storage with an fp32 model computes in fp32 both ways (same rounded K/V).
+    EXPECT_LE(d, kGraphEagerTol) << tm::to_string(kind);
+    EXPECT_EQ(graph.cuda_graph()->captures(), 3);  // lengths 21..80: buckets 32, 64, 96
+    std::printf("[model decode graph vs eager %s cache] max|d| %.2e\n", tm::to_string(kind), d);
+  }
+}
+
+TEST(ModelDecodeCudaDense, GraphRefusesUnsupportedSessions) {
+  auto cpu = tiny(c10::Device(c10::kCPU));
+  tm::Session s = make_session(cpu, tm::CacheKind::kFp32, nullptr);
+  try {
+    s.enable_cuda_graph(64);
+    FAIL() << "a CPU session accepted a CUDA graph";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("CUDA graphs need a CUDA model"), std::string::npos)
+        << e.what();
+  }
+  TURBOESM_REQUIRE_GPU();
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  tm::Session s8 = make_session(gpu, tm::CacheKind::kInt8, nullptr);
+  try {
+    s8.enable_cuda_graph(64);
+    FAIL() << "an int8 cache accepted a CUDA graph";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("int8 cache has no device-resident step"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace turboesm
