@@ -160,6 +160,20 @@ TEST(TurboDecodeCpu, ExtremeScoresStayFinite) {
   }
 }
 
+TEST(TurboDecodeCpu, UsesTheIntraOpThreads) {
+  // Regression: the library was once compiled without OpenMP, and ATen's header-only
+  // parallel_for then ran every CPU loop of ours (decode op, cache encode) on one thread.
+  const int saved = at::get_num_threads();
+  at::set_num_threads(2);
+  const int used = turboesm::ops::cpu_parallel_threads_used(64);
+  at::set_num_threads(saved);
+  EXPECT_EQ(used, 2) << "at::parallel_for inside libturboesm used " << used
+                     << " thread(s) with at::set_num_threads(2)";
+  at::set_num_threads(1);
+  EXPECT_EQ(turboesm::ops::cpu_parallel_threads_used(64), 1);
+  at::set_num_threads(saved);
+}
+
 TEST(TurboDecodeCpu, ThreadCountDoesNotChangeTheResult) {
   Filled f = fill_cache(1, 64, 3, NormMode::kToken, QjlMode::kNone, {4096});
   at::manual_seed(4);

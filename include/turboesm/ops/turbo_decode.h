@@ -41,4 +41,10 @@ void turbo_decode_ref(const quant::DecodeParams& p);
 /// \brief Token splits turbo_decode_cpu uses for `p` on `threads` threads (automatic mode).
 int turbo_decode_cpu_num_splits(const quant::DecodeParams& p, int threads);
 
+/// \brief Number of distinct intra-op threads that one at::parallel_for over `work_items` items
+/// (grain 1) used inside this library. ATen's parallel_for runs in parallel only where the
+/// including translation unit was compiled with OpenMP, so this is how tests check that the
+/// library's CPU loops (decode op, cache encode) really use at::get_num_threads() threads.
+int cpu_parallel_threads_used(int64_t work_items);
+
 }  // namespace turboesm::ops

@@ -25,6 +25,7 @@
 #endif
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -795,6 +796,19 @@ int turbo_decode_cpu_num_splits(const DecodeParams& p, int threads) {
   if (rows <= 0 || rows >= int64_t(kTasksPerThread) * threads) return 1;
   const int want = static_cast<int>((int64_t(kTasksPerThread) * threads + rows - 1) / rows);
   return std::max(1, std::min(want, max_len / kSplitMinTokens));
+}
+
+int cpu_parallel_threads_used(int64_t work_items) {
+  TURBOESM_CHECK(work_items >= 0, "cpu_parallel_threads_used: work_items must be >= 0, got ",
+                 work_items);
+  std::vector<std::atomic<int>> seen(static_cast<size_t>(std::max(1, at::get_num_threads())));
+  at::parallel_for(0, work_items, 1, [&](int64_t, int64_t) {
+    const int t = at::get_thread_num();
+    if (t >= 0 && static_cast<size_t>(t) < seen.size()) seen[static_cast<size_t>(t)] = 1;
+  });
+  int n = 0;
+  for (const auto& s : seen) n += s.load();
+  return n;
 }
 
 void turbo_decode_cpu(const DecodeParams& p, int num_splits) {
