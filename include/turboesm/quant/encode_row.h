@@ -65,14 +65,19 @@ inline void encode_rotated_row_ref(const float* y, int d, float inv_norm, const 
                  "] (a multiple of 8 with sign bits), got ", d);
   uint8_t codes[kMaxHeadDim];
   float r[kMaxHeadDim];
+  // Two plain loops, the residual one outside any condition inside the loop: GCC 12/13 at -O3
+  // (loop unswitching on `residual || sign_bits` + vectorisation) miscompiled the fused loop for
+  // BITS = 1 (the residual used the wrong centroid; EncodeRowTest *b1* caught it on the GPU
+  // machine's g++ 13, reproduced with a standalone g++ 12 -O3 build).
   for (int j = 0; j < d; ++j) {
     float z = y[j] * inv_norm;
     if (inv_scale) z = z * inv_scale[j];
-    const uint32_t c = encode_value<BITS>(z, boundaries);
-    codes[j] = static_cast<uint8_t>(c);
-    if (residual || sign_bits) r[j] = z - centroids[c];
+    r[j] = z;
+    codes[j] = static_cast<uint8_t>(encode_value<BITS>(z, boundaries));
   }
   pack_codes<BITS>(codes, static_cast<size_t>(d), packed);
+  if (residual == nullptr && sign_bits == nullptr) return;
+  for (int j = 0; j < d; ++j) r[j] -= centroids[codes[j]];
   if (residual)
     for (int j = 0; j < d; ++j) residual[j] = r[j];
   if (sign_bits) pack_signs(r, d, sign_bits);
