@@ -59,6 +59,10 @@ MixedKvCache::MixedKvCache(const CacheShape& shape, const TurboCacheSpec& turbo,
   }
 }
 
+void MixedKvCache::check_device_status() {
+  for (auto& c : layers_) c->check_device_status();
+}
+
 int64_t MixedKvCache::allocated_bytes() const {
   int64_t b = 0;
   for (const auto& c : layers_) b += c->allocated_bytes();

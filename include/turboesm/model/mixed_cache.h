@@ -52,6 +52,8 @@ class MixedKvCache final : public KvCache {
   /// \brief Σ over layers of cached tokens × heads × that layer's rate.
   int64_t kv_bytes() const override;
   int64_t capacity(int layer) const override;
+  /// \brief Forwards to every layer's own cache (CUDA Turbo layers record bad rows on the device).
+  void check_device_status() override;
 
   /// \brief Bytes per token per head (K + V) of `layer`'s own format.
   int64_t layer_bytes_per_token_per_head(int layer) const;
