@@ -1,10 +1,13 @@
 // SPDX-License-Identifier: MIT
 /// \file qkv_rotary.cu
-/// \brief Decode-step glue: Q scaling + rotary + conversion to fp32 in one launch (see
+/// \brief Q/K/V glue: Q scaling + rotary (+ conversion to fp32 for the decode step, + the split
+/// into [batch, heads, tokens, head_dim] for prefill) in one launch (see
 /// include/turboesm/kernels/qkv_rotary.h for the exact arithmetic it reproduces).
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 #include "turboesm/kernels/qkv_rotary.h"
 
@@ -17,16 +20,19 @@ template <>
 struct Cvt<float> {
   __device__ static float to_float(float x) { return x; }
   __device__ static float round(float x) { return x; }
+  __device__ static float from_float(float x) { return x; }
 };
 template <>
 struct Cvt<__half> {
   __device__ static float to_float(__half x) { return __half2float(x); }
   __device__ static float round(float x) { return __half2float(__float2half_rn(x)); }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
 };
 template <>
 struct Cvt<__nv_bfloat16> {
   __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
   __device__ static float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 };
 
 /// One thread per (b, h, j); blockIdx.y = b.
@@ -59,6 +65,57 @@ __global__ void qkv_rotary_kernel(QkvRotaryParams p) {
   p.v[o] = Cvt<T>::to_float(row[2 * hd + i]);
 }
 
+/// One thread per output element (b, t, h, j) of q, k and v; blockIdx.y = b. Consecutive threads
+/// read consecutive elements of one token's projection row and, in the token-major layout, write
+/// consecutive elements (head-major: runs of head_dim).
+template <typename T, QkvLayout L>
+__global__ void qkv_rotary_split_kernel(QkvRotarySplitParams p) {
+  const int64_t hd = static_cast<int64_t>(p.heads) * p.head_dim;
+  const int64_t n = static_cast<int64_t>(p.tokens) * hd;  // elements per sequence and output
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const int64_t b = blockIdx.y;
+  const int64_t t = i / hd;
+  const int r = static_cast<int>(i - t * hd);  // h · head_dim + j
+  const int j = r % p.head_dim;
+  const int half = p.head_dim / 2;
+  const int partner = j < half ? r + half : r - half;
+  const T* row = static_cast<const T*>(p.qkv) + (b * p.tokens + t) * 3 * hd;
+  const float c = p.cos[t * p.head_dim + j];
+  const float s = p.sin[t * p.head_dim + j];
+  int64_t o;
+  if constexpr (L == QkvLayout::kTokenMajor) {
+    o = b * n + i;
+  } else {
+    const int h = r / p.head_dim;
+    o = ((b * p.heads + h) * p.tokens + t) * p.head_dim + j;
+  }
+  // q: scaled in T, then rotary in fp32, rounded to T.
+  {
+    const float x = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[r]), p.q_scale));
+    const float y = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[partner]), p.q_scale));
+    const float rot = j < half ? -y : y;
+    static_cast<T*>(p.q)[o] = Cvt<T>::from_float(__fadd_rn(__fmul_rn(x, c), __fmul_rn(rot, s)));
+  }
+  {
+    const float x = Cvt<T>::to_float(row[hd + r]);
+    const float y = Cvt<T>::to_float(row[hd + partner]);
+    const float rot = j < half ? -y : y;
+    static_cast<T*>(p.k)[o] = Cvt<T>::from_float(__fadd_rn(__fmul_rn(x, c), __fmul_rn(rot, s)));
+  }
+  static_cast<T*>(p.v)[o] = row[2 * hd + r];
+}
+
+template <typename T>
+cudaError_t launch_split(const QkvRotarySplitParams& p, dim3 grid, int threads,
+                         cudaStream_t stream) {
+  if (p.layout == QkvLayout::kTokenMajor)
+    qkv_rotary_split_kernel<T, QkvLayout::kTokenMajor><<<grid, threads, 0, stream>>>(p);
+  else
+    qkv_rotary_split_kernel<T, QkvLayout::kHeadMajor><<<grid, threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 cudaError_t qkv_rotary_to_float(const QkvRotaryParams& p, cudaStream_t stream) {
@@ -84,6 +141,35 @@ cudaError_t qkv_rotary_to_float(const QkvRotaryParams& p, cudaStream_t stream) {
       return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
+}
+
+cudaError_t qkv_rotary_split(const QkvRotarySplitParams& p, cudaStream_t stream) {
+  if (p.batch < 0 || p.tokens < 0 || p.heads <= 0 || p.head_dim <= 0 || p.head_dim % 2 != 0 ||
+      p.batch > 65535 || p.qkv == nullptr || p.cos == nullptr || p.sin == nullptr ||
+      p.q == nullptr || p.k == nullptr || p.v == nullptr)
+    return cudaErrorInvalidValue;
+  if (p.layout != QkvLayout::kHeadMajor && p.layout != QkvLayout::kTokenMajor)
+    return cudaErrorInvalidValue;
+  if (p.dtype != QkvDtype::kFloat32 && p.dtype != QkvDtype::kFloat16 &&
+      p.dtype != QkvDtype::kBFloat16)
+    return cudaErrorInvalidValue;
+  // Row offsets inside one token (h · head_dim + j, up to 3 · heads · head_dim) are int.
+  if (3 * static_cast<int64_t>(p.heads) * p.head_dim > 0x7fffffff) return cudaErrorInvalidValue;
+  constexpr int kThreads = 256;
+  const int64_t n = static_cast<int64_t>(p.tokens) * p.heads * p.head_dim;
+  const int64_t blocks = (n + kThreads - 1) / kThreads;
+  if (blocks > 0x7fffffff) return cudaErrorInvalidValue;  // grid.x limit (2^31 - 1)
+  if (p.batch == 0 || p.tokens == 0) return cudaSuccess;
+  const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(p.batch));
+  switch (p.dtype) {
+    case QkvDtype::kFloat32:
+      return launch_split<float>(p, grid, kThreads, stream);
+    case QkvDtype::kFloat16:
+      return launch_split<__half>(p, grid, kThreads, stream);
+    case QkvDtype::kBFloat16:
+      return launch_split<__nv_bfloat16>(p, grid, kThreads, stream);
+  }
+  return cudaErrorInvalidValue;
 }
 
 }  // namespace turboesm::kernels

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: MIT
 /// \file quantize_append.cu
-/// \brief Host side of quantize-on-append: checks, grid, head-dim dispatch (bits, norm and QJL
-/// mode are runtime: the kernel is dominated by the d×d rotation, not by the encode).
+/// \brief Host side of quantize-on-append: checks, path choice, grid, head-dim dispatch. The row
+/// (exact) kernel takes bits, norm and QJL mode at run time (it is dominated by the d×d
+/// rotation); the tile kernel is also templated on bits (its per-row packing is unrolled).
 
 #include <cstdint>
 
@@ -26,9 +27,90 @@ cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
+template <int D, int BITS>
+cudaError_t launch_tile_bits(const QuantizeAppendParams& p, cudaStream_t stream) {
+  const size_t smem = detail::append_tile_smem_bytes(D);
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(detail::quantize_append_tile_kernel<D, BITS>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  const int sides = p.x2 != nullptr ? 2 : 1;  // both sides in one grid (same bits, checked)
+  const dim3 grid((p.new_tokens + detail::kTileRows - 1) / detail::kTileRows, p.heads,
+                  p.batch * sides);
+  detail::quantize_append_tile_kernel<D, BITS><<<grid, detail::kTileWarps * 32, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <int D>
+cudaError_t launch_tile(const QuantizeAppendParams& p, cudaStream_t stream) {
+  switch (p.cache.layout.bits) {
+    case 1:
+      return launch_tile_bits<D, 1>(p, stream);
+    case 2:
+      return launch_tile_bits<D, 2>(p, stream);
+    case 3:
+      return launch_tile_bits<D, 3>(p, stream);
+    case 4:
+      return launch_tile_bits<D, 4>(p, stream);
+    default:
+      return cudaErrorInvalidValue;
+  }
+}
+
+/// One side as its own call (x2/cache2 moved into x/cache when `second`).
+QuantizeAppendParams side_params(const QuantizeAppendParams& p, bool second) {
+  QuantizeAppendParams q = p;
+  if (second) {
+    q.x = p.x2;
+    q.cache = p.cache2;
+  }
+  q.x2 = nullptr;
+  q.cache2 = quant::CacheView{};
+  return q;
+}
+
+template <int D>
+cudaError_t launch_path(const QuantizeAppendParams& p, cudaStream_t stream) {
+  const bool tile = resolved_path(p) == AppendPath::kTile;
+  if (p.x2 == nullptr) return tile ? launch_tile<D>(p, stream) : launch<D>(p, stream);
+  if (tile && p.cache.layout.bits == p.cache2.layout.bits) return launch_tile<D>(p, stream);
+  for (const bool second : {false, true}) {
+    const QuantizeAppendParams q = side_params(p, second);
+    const cudaError_t e = tile ? launch_tile<D>(q, stream) : launch<D>(q, stream);
+    if (e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+}  // namespace
+
+AppendPath resolved_path(const QuantizeAppendParams& p) {
+  if (p.path != AppendPath::kAuto) return p.path;
+  const bool prod = p.cache.layout.qjl == quant::QjlMode::kProd ||
+                    (p.x2 != nullptr && p.cache2.layout.qjl == quant::QjlMode::kProd);
+  return p.new_tokens >= kQuantizeAppendTileMinTokens && !prod ? AppendPath::kTile
+                                                               : AppendPath::kRows;
+}
+
+namespace {
+const char* side_invalid_reason(const QuantizeAppendParams& p);
 }  // namespace
 
 const char* quantize_append_invalid_reason(const QuantizeAppendParams& p) {
+  if (const char* why = side_invalid_reason(side_params(p, false))) return why;
+  if (p.x2 == nullptr) return nullptr;
+  if (p.batch > 32767) return "batch must be at most 32767 with a second side (x2)";
+  if (const char* why = side_invalid_reason(side_params(p, true)))
+    return why;  // the same checks for the second side
+  if (p.path == AppendPath::kTile && p.cache2.layout.qjl == quant::QjlMode::kProd)
+    return "the tile path has no prod QJL (use kRows or kAuto)";
+  return nullptr;
+}
+
+namespace {
+const char* side_invalid_reason(const QuantizeAppendParams& p) {
   using quant::QjlMode;
   const quant::CacheView& c = p.cache;
   const quant::PageLayout& l = c.layout;
@@ -44,6 +126,16 @@ const char* quantize_append_invalid_reason(const QuantizeAppendParams& p) {
   if (l.qjl != QjlMode::kNone && l.qjl != QjlMode::kSign && l.qjl != QjlMode::kProd)
     return "invalid QJL mode";
   if (l.page_tokens <= 0 || c.max_pages < 0) return "page_tokens/max_pages out of range";
+  if (p.x_dtype != AppendInput::kFloat32 && p.x_dtype != AppendInput::kFloat16 &&
+      p.x_dtype != AppendInput::kBFloat16)
+    return "invalid x_dtype (supported: fp32, fp16, bf16)";
+  if (p.path != AppendPath::kAuto && p.path != AppendPath::kRows && p.path != AppendPath::kTile)
+    return "invalid path";
+  if (p.path == AppendPath::kTile && l.qjl == QjlMode::kProd)
+    return "the tile path has no prod QJL (use kRows or kAuto)";
+  if ((p.stride_b != 0 || p.stride_h != 0 || p.stride_t != 0) &&
+      (p.stride_b < 0 || p.stride_h < 0 || p.stride_t < p.head_dim))
+    return "x strides must be all 0 (contiguous) or non-negative with stride_t >= head_dim";
   if (p.batch * p.heads * p.new_tokens == 0) return nullptr;
   if (p.x == nullptr || p.starts == nullptr || c.pages == nullptr)
     return "x, starts and cache.pages must be non-null device pointers";
@@ -59,20 +151,22 @@ const char* quantize_append_invalid_reason(const QuantizeAppendParams& p) {
   return nullptr;
 }
 
+}  // namespace
+
 cudaError_t quantize_append(const QuantizeAppendParams& p, cudaStream_t stream) {
   if (quantize_append_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
   if (p.batch * p.heads * p.new_tokens == 0) return cudaSuccess;
   switch (p.head_dim) {
     case 16:
-      return launch<16>(p, stream);
+      return launch_path<16>(p, stream);
     case 24:
-      return launch<24>(p, stream);
+      return launch_path<24>(p, stream);
     case 32:
-      return launch<32>(p, stream);
+      return launch_path<32>(p, stream);
     case 64:
-      return launch<64>(p, stream);
+      return launch_path<64>(p, stream);
     case 128:
-      return launch<128>(p, stream);
+      return launch_path<128>(p, stream);
     default:
       return cudaErrorInvalidValue;
   }

@@ -13,6 +13,8 @@
 ///   y_i = Σ_j Π_ij xc_j (increasing j);  z = y · (1/n) [· (1/σ)];  c = #{b : z > b}
 ///   r = z − C[c];  sign: r ≥ 0;  prod: u_k = Σ_j S_kj r_j, ‖r‖ = (float) sqrt(Σ (double) r_j²).
 
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -28,11 +30,86 @@ inline constexpr int kAppendWarps = 4;
 inline constexpr int kAppendTokensPerWarp = 4;
 inline constexpr int kAppendTokensPerCta = kAppendWarps * kAppendTokensPerWarp;
 
+/// Element `i` of the input rows as float (exact widening of fp16 / bf16).
+__device__ __forceinline__ float load_input(const void* x, AppendInput dtype, int64_t i) {
+  switch (dtype) {
+    case AppendInput::kFloat16:
+      return __half2float(static_cast<const __half*>(x)[i]);
+    case AppendInput::kBFloat16:
+      return __bfloat162float(static_cast<const __nv_bfloat16*>(x)[i]);
+    default:
+      return static_cast<const float*>(x)[i];
+  }
+}
+
+/// \brief Copies the row-major D×D matrix `src` (16-byte aligned) to shared memory, element
+/// (i, j) to dst[i * row_stride + j * col_stride], with 16-byte loads issued in batches of 8 per
+/// thread before any store (a CTA has few warps: one load latency per batch, not per element).
+template <int D, int THREADS>
+__device__ __forceinline__ void stage_matrix(const float* __restrict__ src, float* dst,
+                                             int row_stride, int col_stride, int tid) {
+  constexpr int kVecs = D * D / 4;
+  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
+  constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
+  const float4* s4 = reinterpret_cast<const float4*>(src);
+#pragma unroll
+  for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+    float4 v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) v[k] = __ldg(s4 + idx);
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) {
+        const int i = (4 * idx) / D, j = (4 * idx) % D;
+        float* d = dst + i * row_stride + j * col_stride;
+        d[0] = v[k].x;
+        d[col_stride] = v[k].y;
+        d[2 * col_stride] = v[k].z;
+        d[3 * col_stride] = v[k].w;
+      }
+    }
+  }
+}
+
+/// Element offset of row (b, h, t) of x: the strides when given, else contiguous [B, H, T, D].
+__device__ __forceinline__ int64_t row_offset(const QuantizeAppendParams& p, int b, int h, int t,
+                                              int d) {
+  if (p.stride_t != 0) return b * p.stride_b + h * p.stride_h + t * p.stride_t;
+  return ((static_cast<int64_t>(b) * p.heads + h) * p.new_tokens + t) * d;
+}
+
+/// Element stride between consecutive tokens of one (sequence, head).
+__device__ __forceinline__ int64_t token_stride(const QuantizeAppendParams& p, int d) {
+  return p.stride_t != 0 ? p.stride_t : d;
+}
+
 /// float -> fp16 bits, round to nearest even (same as quant::float_to_half_bits).
 __device__ __forceinline__ uint16_t float_to_half_bits_dev(float f) {
   uint16_t h;
   asm("{ cvt.rn.f16.f32 %0, %1; }" : "=h"(h) : "f"(f));
   return h;
+}
+
+/// The norm steps of TurboQuantizer::encode for a row with Σ xc² = n2 (double, increasing j):
+/// with NormMode::kToken stores n as fp16 (when `writer`); a non-finite row or an fp16-overflowing
+/// norm sets kQuantizeAppendBadRow (when `writer`). Returns the factor z = y · factor (1/n or 1).
+__device__ __forceinline__ float row_norm_factor(double n2, const quant::PageLayout& lay,
+                                                 uint8_t* page, int slot, bool writer,
+                                                 int* status) {
+  const float n = static_cast<float>(sqrt(n2));
+  bool bad = !isfinite(n2);
+  float inv = 1.0f;
+  if (lay.norm == quant::NormMode::kToken) {
+    bad = bad || n > quant::kHalfMax;
+    inv = n > 0.0f ? __fdiv_rn(1.0f, n) : 0.0f;
+    if (writer) *quant::token_norm(page, lay, slot) = float_to_half_bits_dev(n);
+  }
+  if (bad && writer && status) atomicOr(status, kQuantizeAppendBadRow);
+  return inv;
 }
 
 /// Shared memory (bytes) of quantize_append_kernel<D>: Πᵀ padded [D][D+1] floats, then per warp
@@ -81,13 +158,9 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
   float* s_x = s_pit + D * (D + 1) + warp * D;        // this warp's xc, later r
   uint8_t* s_codes = reinterpret_cast<uint8_t*>(s_pit + D * (D + 1) + kAppendWarps * D) +
                      warp * (((D > m ? D : m) + 15) / 16 * 16);
-  {
-    const float* rot = cst.rotation + static_cast<int64_t>(h) * D * D;
-    for (int idx = tid; idx < D * D; idx += kAppendWarps * 32) {
-      const int i = idx / D, j = idx - (idx / D) * D;
-      s_pit[j * (D + 1) + i] = rot[idx];
-    }
-  }
+  // Πᵀ: s_pit[j * (D + 1) + i] = Π_ij.
+  stage_matrix<D, kAppendWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pit, 1,
+                                     D + 1, tid);
   __syncthreads();
 
   // Per-lane constants (1/σ as the host computes it: a correctly rounded division).
@@ -111,7 +184,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
       if (lane == 0 && p.status) atomicOr(p.status, kQuantizeAppendOutOfCapacity);
       continue;
     }
-    const float* x = p.x + ((static_cast<int64_t>(b) * p.heads + h) * p.new_tokens + tok) * D;
+    const int64_t x0 = row_offset(p, b, h, tok, D);
     uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
     const int slot = static_cast<int>(pos % lay.page_tokens);
 
@@ -119,7 +192,10 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
-      if (i < D) s_x[i] = cst.mean ? __fsub_rn(x[i], mu[k]) : x[i];
+      if (i < D) {
+        const float xi = load_input(p.x, p.x_dtype, x0 + i);
+        s_x[i] = cst.mean ? __fsub_rn(xi, mu[k]) : xi;
+      }
     }
     __syncwarp();
     double n2 = 0.0;
@@ -127,16 +203,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
       const double v = static_cast<double>(s_x[j]);
       n2 = __dadd_rn(n2, __dmul_rn(v, v));
     }
-    const float n = static_cast<float>(sqrt(n2));
-    const bool token_norm = lay.norm == quant::NormMode::kToken;
-    bool bad = !isfinite(n2);
-    float inv = 1.0f;
-    if (token_norm) {
-      bad = bad || n > quant::kHalfMax;
-      inv = n > 0.0f ? __fdiv_rn(1.0f, n) : 0.0f;
-      if (lane == 0) *quant::token_norm(page, lay, slot) = float_to_half_bits_dev(n);
-    }
-    if (bad && lane == 0 && p.status) atomicOr(p.status, kQuantizeAppendBadRow);
+    const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, p.status);
 
     // Rotate (sequential j, separately rounded), scale, encode.
     float z[kPerLane];
@@ -207,6 +274,288 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     warp_pack(s_codes, m, 1, quant::token_qjl(page, lay, slot), lane);
     __syncwarp();
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tile path (prefill): 3xTF32 tensor-core rotation of 64-row tiles, then 1-2 lanes per row.
+// ---------------------------------------------------------------------------------------------
+
+inline constexpr int kTileWarps = 4;
+inline constexpr int kTileRowsPerWarp = 16;  ///< one 16-row MMA tile per warp
+inline constexpr int kTileRows = kTileWarps * kTileRowsPerWarp;
+
+/// Lanes that encode one row after the MMA: 2 (each half of the coordinates) when a half's codes
+/// and sign bits fill whole 32-bit words (d = 64, 128), else 1.
+__host__ __device__ constexpr int tile_tail_lanes(int d, int bits) {
+  return ((d / 2) * bits) % 32 == 0 && (d / 2) % 32 == 0 ? 2 : 1;
+}
+
+/// Row stride (floats) of the shared x/y tile and of Π: D + 4 makes the MMA fragment loads
+/// (8 rows × 4 columns per instruction) hit 32 distinct banks.
+__host__ __device__ constexpr int tile_stride(int d) { return d + 4; }
+
+/// Shared memory (bytes) of quantize_append_tile_kernel<D>: Π split into TF32 high and low parts
+/// [2][D][D+4], the x/y tile [kTileRows][D+4], then 1/σ [D] and the codebook (≤ 15 boundaries,
+/// ≤ 16 centroids).
+__host__ __device__ inline size_t append_tile_smem_bytes(int d) {
+  return sizeof(float) * (static_cast<size_t>(2 * d + kTileRows) * tile_stride(d) + d + 32);
+}
+
+/// fp32 -> TF32 (round to nearest, ties away: cvt.rna), as a float bit pattern.
+__device__ __forceinline__ uint32_t to_tf32(float x) {
+  uint32_t r;
+  asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(r) : "f"(x));
+  return r;
+}
+
+/// 3xTF32 split: x = hi + lo + O(2^-22 |x|), both TF32 (x − hi is exact).
+__device__ __forceinline__ void split_tf32(float x, uint32_t& hi, uint32_t& lo) {
+  hi = to_tf32(x);
+  lo = to_tf32(__fsub_rn(x, __uint_as_float(hi)));
+}
+
+/// D += A·B, m16n8k8, TF32 inputs, fp32 accumulators (PTX fragment layouts).
+__device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/// Writes N 32-bit words (little-endian byte stream) to `dst`: word stores when `dst` is 4-byte
+/// aligned, else bytes; only the first `bytes` bytes are written.
+template <int N>
+__device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[N], int bytes) {
+  if ((reinterpret_cast<uintptr_t>(dst) & 3u) == 0 && bytes == 4 * N) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) reinterpret_cast<uint32_t*>(dst)[i] = w[i];
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4 * N; ++i)
+      if (i < bytes) dst[i] = static_cast<uint8_t>(w[i / 4] >> (8 * (i % 4)));
+  }
+}
+
+/// \brief Loads rows [0, ROWS) of x (row r at element first_elem + r · row_stride), widened to
+/// fp32 and centered (xc = x − μ, μ may be null), into dst[r * stride + j]; rows past `valid` are
+/// zero. 16-byte loads in batches of 8 per thread issued before the stores when every row is
+/// 16-byte aligned.
+template <int D, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile_rows(const void* x, AppendInput dtype, int64_t first_elem,
+                                               int64_t row_stride, int valid,
+                                               const float* __restrict__ mu, float* dst, int stride,
+                                               int tid) {
+  const bool wide = dtype != AppendInput::kFloat32;  // 8 elements per 16 bytes, else 4
+  const int per_vec = wide ? 8 : 4;
+  const int esize = wide ? 2 : 4;
+  const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) &&
+                       ((first_elem * esize) % 16 == 0) && ((row_stride * esize) % 16 == 0);
+  if (!aligned) {
+    for (int idx = tid; idx < ROWS * D; idx += THREADS) {
+      const int r = idx / D, j = idx % D;
+      float v = 0.0f;
+      if (r < valid) {
+        v = load_input(x, dtype, first_elem + r * row_stride + j);
+        if (mu) v = __fsub_rn(v, __ldg(mu + j));
+      }
+      dst[r * stride + j] = v;
+    }
+    return;
+  }
+  const uint8_t* base = static_cast<const uint8_t*>(x) + first_elem * esize;
+  const int vecs_per_row = D / per_vec;
+  const int vecs = ROWS * vecs_per_row;
+  constexpr int kBatch = 8;
+  for (int b0 = 0; b0 < vecs; b0 += kBatch * THREADS) {
+    uint4 v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = b0 + k * THREADS + tid;
+      const int r = idx / vecs_per_row, c = idx - r * vecs_per_row;
+      v[k] = (idx < vecs && r < valid)
+                 ? __ldg(reinterpret_cast<const uint4*>(base + r * row_stride * esize) + c)
+                 : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = b0 + k * THREADS + tid;
+      if (idx >= vecs) continue;
+      const int r = idx / vecs_per_row, j0 = (idx - r * vecs_per_row) * per_vec;
+      float f[8];
+      const uint32_t w[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+      if (!wide) {
+#pragma unroll
+        for (int e = 0; e < 4; ++e) f[e] = __uint_as_float(w[e]);
+      } else if (dtype == AppendInput::kFloat16) {
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          f[e] = half_bits_to_float_dev(static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2))));
+      } else {  // bf16: the high half of an fp32
+#pragma unroll
+        for (int e = 0; e < 8; ++e)
+          f[e] = __uint_as_float(e % 2 ? (w[e / 2] & 0xffff0000u) : (w[e / 2] << 16));
+      }
+      float* d = dst + r * stride + j0;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        if (e >= per_vec) break;
+        float xv = r < valid ? f[e] : 0.0f;
+        if (mu && r < valid) xv = __fsub_rn(xv, __ldg(mu + j0 + e));
+        d[e] = xv;
+      }
+    }
+  }
+}
+
+template <int D, int BITS>
+__global__ void __launch_bounds__(kTileWarps * 32)
+    quantize_append_tile_kernel(const __grid_constant__ QuantizeAppendParams p) {
+  static_assert(D % 8 == 0, "head_dim must be a multiple of 8 (MMA k and n steps)");
+  constexpr int S = tile_stride(D);
+  constexpr int kLevels = 1 << BITS;
+  // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
+  const int side = static_cast<int>(blockIdx.z) / p.batch;
+  const int b = static_cast<int>(blockIdx.z) - side * p.batch, h = blockIdx.y;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const quant::CacheView& cache = side ? p.cache2 : p.cache;
+  const quant::PageLayout& lay = cache.layout;
+  const quant::HeadConstantsView& cst = cache.constants;
+  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
+  const int first = blockIdx.x * kTileRows;
+  if (first >= count) return;  // uniform over the CTA
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  float* s_pi = reinterpret_cast<float*>(smem_raw);  // [D][S]: s_pi[i*S + j] = Π_ij, then hi
+  uint32_t* s_pi_lo = reinterpret_cast<uint32_t*>(s_pi + D * S);  // [D][S]: TF32 low parts
+  float* s_x = s_pi + 2 * D * S;                                  // [kTileRows][S]: xc, then y
+  float* s_isig = s_x + kTileRows * S;                            // [D]
+  float* s_bnd = s_isig + D;                                      // [kLevels - 1]
+  float* s_cen = s_bnd + 16;                                      // [kLevels]
+  stage_matrix<D, kTileWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pi, S, 1, tid);
+  {
+    for (int i = tid; i < D; i += kTileWarps * 32) {
+      s_isig[i] = cst.scale ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
+    }
+    if (tid < kLevels - 1) s_bnd[tid] = cst.boundaries[h * (kLevels - 1) + tid];
+    if (tid < kLevels) s_cen[tid] = cst.centroids[h * kLevels + tid];
+  }
+  // Rows of the tile, centered (xc = x − μ, as the host), zero past `count`.
+  load_tile_rows<D, kTileRows, kTileWarps * 32>(
+      side ? p.x2 : p.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
+      count - first, cst.mean ? cst.mean + h * D : nullptr, s_x, S, tid);
+  __syncthreads();
+  // Split Π once per CTA (every warp reads every element): s_pi keeps hi, s_pi_lo gets lo.
+  for (int idx = tid; idx < D * D; idx += kTileWarps * 32) {
+    const int o = (idx / D) * S + idx % D;
+    uint32_t hi, lo;
+    split_tf32(s_pi[o], hi, lo);
+    s_pi[o] = __uint_as_float(hi);
+    s_pi_lo[o] = lo;
+  }
+  __syncthreads();
+
+  // Each warp owns the 16 rows [16 warp, 16 warp + 16) (one MMA tile).
+  float* w_x = s_x + warp * kTileRowsPerWarp * S;
+  // n² in double, increasing j (TurboQuantizer::encode's order), from xc before it is replaced:
+  // lane r < 16 for row r.
+  double n2 = 0.0;
+  if (lane < kTileRowsPerWarp) {
+#pragma unroll 8
+    for (int j = 0; j < D; ++j) {
+      const double v = static_cast<double>(w_x[lane * S + j]);
+      n2 = __dadd_rn(n2, __dmul_rn(v, v));
+    }
+  }
+  __syncwarp();
+
+  // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
+  {
+    const int g = lane >> 2, t = lane & 3;
+    float acc[D / 8][4];
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll 2
+    for (int ks = 0; ks < D / 8; ++ks) {
+      const int k0 = ks * 8;
+      uint32_t a_hi[4], a_lo[4];
+      split_tf32(w_x[g * S + k0 + t], a_hi[0], a_lo[0]);
+      split_tf32(w_x[(g + 8) * S + k0 + t], a_hi[1], a_lo[1]);
+      split_tf32(w_x[g * S + k0 + t + 4], a_hi[2], a_lo[2]);
+      split_tf32(w_x[(g + 8) * S + k0 + t + 4], a_hi[3], a_lo[3]);
+#pragma unroll
+      for (int nt = 0; nt < D / 8; ++nt) {
+        const int bo = (nt * 8 + g) * S + k0 + t;  // B[k][n] = Π[n][k]
+        const uint32_t b0_hi = __float_as_uint(s_pi[bo]), b1_hi = __float_as_uint(s_pi[bo + 4]);
+        const uint32_t b0_lo = s_pi_lo[bo], b1_lo = s_pi_lo[bo + 4];
+        // This k-step's 8 products (small terms first) in a fresh accumulator, then one
+        // IEEE-rounded add into the running sum: the tensor core's internal accumulation only
+        // ever spans one k-step.
+        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        mma_tf32(part, a_lo, b0_hi, b1_hi);
+        mma_tf32(part, a_hi, b0_lo, b1_lo);
+        mma_tf32(part, a_hi, b0_hi, b1_hi);
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
+      }
+    }
+    __syncwarp();  // every lane has read the tile's xc
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int col = nt * 8 + 2 * t;
+      *reinterpret_cast<float2*>(w_x + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
+      *reinterpret_cast<float2*>(w_x + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
+    }
+  }
+  __syncwarp();
+
+  // Encode: kTailLanes lanes per row, each a contiguous span of kSpan coordinates whose codes
+  // and sign bits fill whole 32-bit words (the exact path's arithmetic per value).
+  constexpr int kTailLanes = tile_tail_lanes(D, BITS);
+  constexpr int kSpan = D / kTailLanes;
+  constexpr int kCodeWords = (kSpan * BITS + 31) / 32;
+  constexpr int kSignWords = (kSpan + 31) / 32;
+  const int r = lane / kTailLanes, part = lane % kTailLanes;
+  n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
+  const int tok = first + warp * kTileRowsPerWarp + r;
+  if (r >= kTileRowsPerWarp || tok >= count) return;
+  const int64_t pos = static_cast<int64_t>(p.starts[b]) + tok;
+  const int64_t capacity = static_cast<int64_t>(cache.max_pages) * lay.page_tokens;
+  if (pos < 0 || pos >= capacity) {
+    if (part == 0 && p.status) atomicOr(p.status, kQuantizeAppendOutOfCapacity);
+    return;
+  }
+  uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
+  const int slot = static_cast<int>(pos % lay.page_tokens);
+  const float inv = row_norm_factor(n2, lay, page, slot, part == 0, p.status);
+  const bool scaled = cst.scale != nullptr;
+  const bool sign = lay.qjl == quant::QjlMode::kSign;
+  const int j0 = part * kSpan;
+  const float* y = w_x + r * S + j0;
+  float bnd[kLevels - 1];
+#pragma unroll
+  for (int q = 0; q < kLevels - 1; ++q) bnd[q] = s_bnd[q];
+  uint32_t codes[kCodeWords], signs[kSignWords];
+#pragma unroll
+  for (int w = 0; w < kCodeWords; ++w) codes[w] = 0u;
+#pragma unroll
+  for (int w = 0; w < kSignWords; ++w) signs[w] = 0u;
+#pragma unroll
+  for (int j = 0; j < kSpan; ++j) {
+    float z = __fmul_rn(y[j], inv);
+    if (scaled) z = __fmul_rn(z, s_isig[j0 + j]);
+    uint32_t c = 0;
+#pragma unroll
+    for (int q = 0; q < kLevels - 1; ++q) c += z > bnd[q] ? 1u : 0u;
+    const int bit = j * BITS;  // value j0 + j occupies bits [(j0 + j)·BITS, ...) of the record
+    codes[bit / 32] |= c << (bit % 32);
+    if (bit % 32 + BITS > 32) codes[bit / 32 + 1] |= c >> (32 - bit % 32);
+    if (sign) signs[j / 32] |= (__fsub_rn(z, s_cen[c]) >= 0.0f ? 1u : 0u) << (j % 32);
+  }
+  const int code_off = part * (kSpan * BITS / 8), sign_off = part * (kSpan / 8);
+  store_words(quant::token_codes(page, lay, slot) + code_off, codes, kSpan * BITS / 8);
+  if (sign) store_words(quant::token_qjl(page, lay, slot) + sign_off, signs, kSpan / 8);
 }
 
 }  // namespace turboesm::kernels::detail

@@ -5,13 +5,54 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "turboesm/error.h"
 #include "turboesm/model/contact_head.h"
 #include "turboesm/model/random_init.h"
 
+#ifdef TURBOESM_WITH_CUDA
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+
+#include "turboesm/kernels/qkv_rotary.h"
+#endif
+
 namespace turboesm::model {
+
+#ifdef TURBOESM_WITH_CUDA
+namespace {
+
+/// The [T, d] fp32 table that qkv_rotary_split takes, when `table` is one table [1, T, d] shared
+/// by every sequence on `device`; undefined otherwise (per-sequence [B, T, d] tables of a batched
+/// Session::append, or anything else: the eager path then runs, with its own checks).
+at::Tensor shared_rotary_table(const at::Tensor& table, int64_t T, int64_t d,
+                               const c10::Device& device) {
+  if (!table.defined() || table.dim() != 3 || table.size(0) != 1 || table.size(1) != T ||
+      table.size(2) != d || table.scalar_type() != at::kFloat || table.device() != device)
+    return {};
+  return table.view({T, d}).contiguous();
+}
+
+bool qkv_dtype(at::ScalarType t, kernels::QkvDtype* out) {
+  switch (t) {
+    case at::kFloat:
+      *out = kernels::QkvDtype::kFloat32;
+      return true;
+    case at::kHalf:
+      *out = kernels::QkvDtype::kFloat16;
+      return true;
+    case at::kBFloat16:
+      *out = kernels::QkvDtype::kBFloat16;
+      return true;
+    default:
+      return false;
+  }
+}
+
+}  // namespace
+#endif
 
 std::shared_ptr<Esm2Model> Esm2Model::load(const std::string& dir, const LoadOptions& opts) {
   EsmConfig config = EsmConfig::from_file(dir);
@@ -129,9 +170,43 @@ Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& 
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t nh = config_.num_attention_heads, d = config_.head_dim();
   at::Tensor ln = layer_norm(hidden, w.attn_ln);
-  at::Tensor qkv = at::linear(ln, w.qkv_weight, w.qkv_bias)  // [B, T, 3H]
-                       .view({B, T, 3, nh, d})
-                       .permute({2, 0, 3, 1, 4});  // [3, B, nh, T, d]
+  at::Tensor lin = at::linear(ln, w.qkv_weight, w.qkv_bias);  // [B, T, 3H]
+#ifdef TURBOESM_WITH_CUDA
+  // One launch instead of ~18 elementwise ones (the forward on a GPU is host-bound on them).
+  kernels::QkvDtype kdtype;
+  if (fused_qkv_ && lin.is_cuda() && !lin.requires_grad() && B > 0 && T > 0 && B <= 65535 &&
+      T <= std::numeric_limits<int>::max() && qkv_dtype(lin.scalar_type(), &kdtype)) {
+    const at::Tensor c = shared_rotary_table(cos, T, d, lin.device());
+    const at::Tensor s = shared_rotary_table(sin, T, d, lin.device());
+    if (c.defined() && s.defined()) {
+      const c10::cuda::CUDAGuard device_guard(lin.device());
+      const at::Tensor x = lin.contiguous();
+      // Token-major outputs viewed as [B, nh, T, d]: the strides of the eager q and k below.
+      const auto make = [&] { return at::empty({B, T, nh, d}, x.options()).permute({0, 2, 1, 3}); };
+      Qkv out{make(), make(), make()};
+      kernels::QkvRotarySplitParams p;
+      p.batch = static_cast<int>(B);
+      p.tokens = static_cast<int>(T);
+      p.heads = static_cast<int>(nh);
+      p.head_dim = static_cast<int>(d);
+      p.dtype = kdtype;
+      p.layout = kernels::QkvLayout::kTokenMajor;
+      p.qkv = x.data_ptr();
+      p.cos = c.data_ptr<float>();
+      p.sin = s.data_ptr<float>();
+      p.q_scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // as below
+      p.q = out.q.data_ptr();
+      p.k = out.k.data_ptr();
+      p.v = out.v.data_ptr();
+      const cudaError_t e = kernels::qkv_rotary_split(p, at::cuda::getCurrentCUDAStream());
+      TURBOESM_CHECK(e == cudaSuccess, "CUDA kernel qkv_rotary_split failed (layer ", layer,
+                     ", batch ", B, ", tokens ", T, ", heads ", nh, ", head_dim ", d, ", dtype ",
+                     c10::toString(lin.scalar_type()), "): ", cudaGetErrorString(e));
+      return out;
+    }
+  }
+#endif
+  at::Tensor qkv = lin.view({B, T, 3, nh, d}).permute({2, 0, 3, 1, 4});  // [3, B, nh, T, d]
   Qkv out;
   // ESM scales q before rotary (not the scores after).
   at::Tensor q = qkv[0] * std::pow(static_cast<double>(d), -0.5);

@@ -100,12 +100,18 @@ void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
     grow(layer, needed);
   }
   if (T > 0) {
-    const at::Tensor kf = k.to(shape_.device, at::kFloat).contiguous();
-    const at::Tensor vf = v.to(shape_.device, at::kFloat).contiguous();
+    at::Tensor kf = k.to(shape_.device, append_dtype(k.scalar_type()));
+    at::Tensor vf = v.to(shape_.device, append_dtype(v.scalar_type()));
+    if (!append_keeps_strides() || kf.stride(3) != 1 || vf.stride(3) != 1) {
+      kf = kf.contiguous();
+      vf = vf.contiguous();
+    }
     do_append(layer, kf, vf, starts, counts);
   }
   for (int64_t b = 0; b < B; ++b) lengths_[layer][b] += counts[b];
 }
+
+at::ScalarType KvCache::append_dtype(at::ScalarType) const { return at::kFloat; }
 
 at::Tensor KvCache::attend(int layer, const at::Tensor& q) const {
   check_layer(layer);
@@ -260,10 +266,28 @@ at::Tensor DenseKvCache::decode(const at::Tensor& x, const at::Tensor& scale) co
   return x.to(at::kFloat) * scale.to(at::kFloat).unsqueeze(-1);
 }
 
+at::ScalarType DenseKvCache::append_dtype(at::ScalarType given) const {
+  // fp16 / fp32 storage: one converting copy from the model dtype (fp16 -> fp32 -> fp16 and
+  // bf16 -> fp32 -> fp16 round the same as the direct conversion). INT8 / FP8 scale in fp32.
+  const bool plain = kind_ == CacheKind::kFp32 || kind_ == CacheKind::kFp16;
+  return plain && shape_.device.is_cuda() && (given == at::kHalf || given == at::kBFloat16)
+             ? given
+             : at::kFloat;
+}
+
 void DenseKvCache::do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                              const std::vector<int64_t>& starts,
                              const std::vector<int64_t>& counts) {
   Layer& l = layers_[static_cast<size_t>(layer)];
+  const int64_t T = k.size(2);
+  bool uniform = true;  // every sequence appends all T rows at the same position: one copy
+  for (int64_t b = 0; b < shape_.batch; ++b)
+    uniform = uniform && starts[b] == starts[0] && counts[b] == T;
+  if (uniform && (kind_ == CacheKind::kFp32 || kind_ == CacheKind::kFp16)) {
+    l.k.narrow(2, starts[0], T).copy_(k);  // converts to the storage dtype
+    l.v.narrow(2, starts[0], T).copy_(v);
+    return;
+  }
   auto ek = encode(k), ev = encode(v);
   for (int64_t b = 0; b < shape_.batch; ++b) {
     const int64_t n = counts[b];

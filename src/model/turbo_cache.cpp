@@ -3,6 +3,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -492,30 +493,62 @@ void TurboKvCache::append_cpu_reference(int layer, const at::Tensor& x, bool key
   });
 }
 
-void TurboKvCache::launch_quantize_append(int layer, const at::Tensor& x, bool key,
+at::ScalarType TurboKvCache::append_dtype(at::ScalarType given) const {
+  return shape_.device.is_cuda() && (given == at::kHalf || given == at::kBFloat16) ? given
+                                                                                   : at::kFloat;
+}
+
+void TurboKvCache::launch_quantize_append(int layer, const at::Tensor& k, const at::Tensor& v,
                                           const int32_t* starts, const int32_t* counts) {
 #ifdef TURBOESM_WITH_CUDA
-  kernels::QuantizeAppendParams p;
+  auto input = [](const at::Tensor& x) {
+    TURBOESM_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
+                       x.scalar_type() == at::kBFloat16,
+                   "turbo cache append (CUDA): rows must be fp32, fp16 or bf16, got ",
+                   c10::toString(x.scalar_type()));
+    return x.scalar_type() == at::kHalf       ? kernels::AppendInput::kFloat16
+           : x.scalar_type() == at::kBFloat16 ? kernels::AppendInput::kBFloat16
+                                              : kernels::AppendInput::kFloat32;
+  };
+  TURBOESM_CHECK(k.sizes() == v.sizes() && k.scalar_type() == v.scalar_type(),
+                 "turbo cache append (CUDA): K ", k.sizes(), " ", c10::toString(k.scalar_type()),
+                 " and V ", v.sizes(), " ", c10::toString(v.scalar_type()), " differ");
+  // Strided rows are read in place (head_dim dense, same strides for K and V), else copied.
+  const bool in_place = k.strides() == v.strides() && k.stride(3) == 1 && k.stride(0) >= 0 &&
+                        k.stride(1) >= 0 && k.stride(2) >= k.size(3);
+  const at::Tensor kx = in_place ? k : k.contiguous();
+  const at::Tensor vx = in_place ? v : v.contiguous();
+  kernels::QuantizeAppendParams p;  // K, with V as the second side: one launch for both
   p.batch = shape_.batch;
   p.heads = shape_.heads;
   p.head_dim = shape_.head_dim;
-  p.new_tokens = static_cast<int>(x.size(2));
-  p.x = x.data_ptr<float>();
+  p.new_tokens = static_cast<int>(k.size(2));
+  p.x = kx.data_ptr();
+  p.x2 = vx.data_ptr();
+  p.x_dtype = input(k);
+  p.stride_b = kx.stride(0);
+  p.stride_h = kx.stride(1);
+  p.stride_t = kx.stride(2);
   p.starts = starts;
   p.counts = counts;
-  p.cache = view(layer, key);
+  p.cache = view(layer, true);
+  p.cache2 = view(layer, false);
   p.status = device_status_.data_ptr<int>();
+  p.path = static_cast<kernels::AppendPath>(static_cast<int>(cuda_append_path_));
+  static_assert(
+      static_cast<int>(CudaAppendPath::kTile) == static_cast<int>(kernels::AppendPath::kTile) &&
+          static_cast<int>(CudaAppendPath::kRows) == static_cast<int>(kernels::AppendPath::kRows),
+      "TurboKvCache::CudaAppendPath mirrors kernels::AppendPath");
   const char* why = kernels::quantize_append_invalid_reason(p);
-  TURBOESM_CHECK(why == nullptr, "turbo cache append (CUDA), layer ", layer, " ", key ? "K" : "V",
-                 ": ", why);
+  TURBOESM_CHECK(why == nullptr, "turbo cache append (CUDA), layer ", layer, " (K and V): ", why);
   const cudaError_t err = kernels::quantize_append(p, at::cuda::getCurrentCUDAStream());
-  TURBOESM_CHECK(err == cudaSuccess, "CUDA kernel quantize_append failed (layer ", layer, " ",
-                 key ? "K" : "V", ", ", p.batch, " x ", p.heads, " x ", p.new_tokens, " x ",
-                 p.head_dim, "): ", cudaGetErrorString(err));
+  TURBOESM_CHECK(err == cudaSuccess, "CUDA kernel quantize_append failed (layer ", layer,
+                 ", K and V, ", p.batch, " x ", p.heads, " x ", p.new_tokens, " x ", p.head_dim,
+                 "): ", cudaGetErrorString(err));
 #else
   TURBOESM_FAIL("CUDA turbo cache not built (TURBOESM_WITH_CUDA=OFF): layer ", layer, ", ",
-                x.size(2), " tokens, ", key ? "K" : "V", ", starts ", starts != nullptr,
-                ", counts ", counts != nullptr);
+                k.size(2), " tokens, V ", v.sizes(), ", starts ", starts != nullptr, ", counts ",
+                counts != nullptr);
 #endif
 }
 
@@ -525,19 +558,23 @@ void TurboKvCache::append_cuda(int layer, const at::Tensor& k, const at::Tensor&
 #ifdef TURBOESM_WITH_CUDA
   // CUDA dispatch point: fused quantize-on-append (kernels/quantize_append.cu). No
   // synchronisation: starts and counts travel in one pinned asynchronous copy (shared by K and
-  // V), bad rows are recorded in device_status_ and reported by check_device_status().
+  // V, and by every layer of a prefill: the device copy is kept while they do not change), bad
+  // rows are recorded in device_status_ and reported by check_device_status().
   c10::cuda::CUDAGuard guard(shape_.device);
   const int64_t B = shape_.batch;
-  at::Tensor host = at::empty({2 * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
-  int32_t* hp = host.data_ptr<int32_t>();
+  std::vector<int32_t> sc(static_cast<size_t>(2 * B));
   for (int64_t b = 0; b < B; ++b) {
-    hp[b] = static_cast<int32_t>(starts[b]);
-    hp[B + b] = static_cast<int32_t>(counts[b]);
+    sc[b] = static_cast<int32_t>(starts[b]);
+    sc[B + b] = static_cast<int32_t>(counts[b]);
   }
-  const at::Tensor dev = host.to(shape_.device, /*non_blocking=*/true);
-  const int32_t* sp = dev.data_ptr<int32_t>();
-  launch_quantize_append(layer, k, true, sp, sp + B);
-  launch_quantize_append(layer, v, false, sp, sp + B);
+  if (sc != starts_counts_host_ || !starts_counts_dev_.defined()) {
+    at::Tensor host = at::empty({2 * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
+    std::copy(sc.begin(), sc.end(), host.data_ptr<int32_t>());
+    starts_counts_dev_ = host.to(shape_.device, /*non_blocking=*/true);
+    starts_counts_host_ = sc;
+  }
+  const int32_t* sp = starts_counts_dev_.data_ptr<int32_t>();
+  launch_quantize_append(layer, k, v, sp, sp + B);
 #else
   TURBOESM_FAIL(
       "CUDA turbo cache not built: this TurboESM was built without CUDA "
@@ -572,8 +609,7 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   const at::Tensor kf = k.to(at::kFloat).contiguous();
   const at::Tensor vf = v.to(at::kFloat).contiguous();
   const int32_t* starts = lengths.data_ptr<int32_t>();
-  launch_quantize_append(layer, kf, true, starts, nullptr);
-  launch_quantize_append(layer, vf, false, starts, nullptr);
+  launch_quantize_append(layer, kf, vf, starts, nullptr);
   // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count
   // follows the bucket, not the reserved capacity.
   quant::CacheView kv = view(layer, true), vv = view(layer, false);

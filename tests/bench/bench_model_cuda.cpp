@@ -11,7 +11,8 @@
 //                                              none) eager / CUDA graph, fp16 cache eager / graph
 //   bench_model_cuda prefill [preset] [res]    prefill of `res` residues (default 1024): plain
 //                                              forward vs Session::prefill writing the turbo cache
-//                                              (quantize-on-append) and the fp16 cache; SDPA
+//                                              (quantize-on-append: tile path, and the row
+//                                              path for comparison) and the fp16 cache; SDPA
 //                                              backend
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
@@ -281,9 +282,13 @@ int section_prefill(const std::string& preset, int64_t residues) {
   tm::Session st(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
   tm::Session ss(m, make_cache(*m, tm::CacheKind::kTurbo, &spec_sign));
   tm::Session sf(m, make_cache(*m, tm::CacheKind::kFp16, nullptr));
+  tm::Session sr(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));  // the row kernel (before)
+  dynamic_cast<tm::TurboKvCache&>(sr.cache())
+      .set_cuda_append_path(tm::TurboKvCache::CudaAppendPath::kRows);
   const std::vector<std::pair<std::string, std::function<void()>>> modes = {
       {"forward", [&] { m->forward(tokens, at::Tensor()); }},
       {"prefill_turbo3", [&] { st.prefill(tokens); }},
+      {"prefill_turbo3_rows", [&] { sr.prefill(tokens); }},
       {"prefill_turbo3_sign", [&] { ss.prefill(tokens); }},
       {"prefill_fp16", [&] { sf.prefill(tokens); }}};
   std::map<std::string, std::vector<double>> gpu, host;
@@ -362,8 +367,11 @@ int section_prefill(const std::string& preset, int64_t residues) {
     const int64_t d = m->config().head_dim();
     const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
     const at::Tensor k = at::randn({1, H, T, d}, o), v = at::randn({1, H, T, d}, o);
-    for (int c = 0; c < 2; ++c) {
-      tm::KvCache& cache = c == 0 ? st.cache() : sf.cache();
+    for (int c = 0; c < 3; ++c) {  // turbo (auto: tile path), turbo (row path), fp16
+      tm::KvCache& cache = c < 2 ? st.cache() : sf.cache();
+      if (auto* tc = dynamic_cast<tm::TurboKvCache*>(&cache))
+        tc->set_cuda_append_path(c == 1 ? tm::TurboKvCache::CudaAppendPath::kRows
+                                        : tm::TurboKvCache::CudaAppendPath::kAuto);
       std::vector<double> g, h;
       for (int i = 0; i < kWarmup + kIters; ++i) {
         cache.clear();
@@ -378,13 +386,17 @@ int section_prefill(const std::string& preset, int64_t residues) {
           h.push_back(hh);
         }
       }
-      const std::string name = c == 0 ? "cache_write_turbo3" : "cache_write_fp16";
+      const std::string name = c == 0   ? "cache_write_turbo3"
+                               : c == 1 ? "cache_write_turbo3_rows"
+                                        : "cache_write_fp16";
       std::printf("%-24s %12.3f %14.3f   (%d layers' K/V appends alone)\n", name.c_str(), median(g),
                   median(h), m->num_layers());
       j.add(name + "_ms", median(g));
       j.add(name + "_host_ms", median(h));
     }
     st.cache().check_device_status();
+    dynamic_cast<tm::TurboKvCache&>(st.cache())
+        .set_cuda_append_path(tm::TurboKvCache::CudaAppendPath::kAuto);
   }
   std::printf("JSON %s\n", j.str().c_str());
   return 0;

@@ -4,14 +4,22 @@
 // mode, with and without σ/μ, at arbitrary start offsets (page crossings), partial counts, and
 // without touching any other byte. Code mismatches are counted: the arithmetic is the host's
 // operation for operation, so the allowed rate (exact decision-boundary ties) is ≤ 1e-6.
+// Both kernel paths are checked: kRows (the host's operation order) and kTile (3xTF32 tensor-core
+// rotation): for the tile path every differing code must also be off by one level at a value
+// within 1e-5 of the boundary between the two levels (z recomputed in double on the host), and
+// every differing sign bit must sit at a residual within 1e-5 of zero. fp16 / bf16 input rows
+// (the model dtype, read by the kernel directly) are checked against the host encoder fed the
+// same rounded values.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
 #include "cuda_test_util.h"
 #include "turboesm/kernels/quantize_append.h"
+#include "turboesm/quant/half.h"
 
 namespace {
 
@@ -33,12 +41,47 @@ struct AppendCase {
   std::vector<int> counts{70, 1, 40};
   SideConfig side;
   uint64_t seed = 1;
+  tk::AppendPath path = tk::AppendPath::kAuto;
+  tk::AppendInput input = tk::AppendInput::kFloat32;
 };
 
 struct AppendOutcome {
   int64_t values = 0, code_mismatch = 0, qjl_mismatch = 0, other_byte_mismatch = 0;
+  int64_t not_near_tie = 0;  ///< mismatches that are not one level at a near-tie (must be 0)
   int status = 0;
 };
+
+/// bf16 bits of `f`, round to nearest even (finite inputs).
+uint16_t float_to_bf16_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float bf16_bits_to_float(uint16_t h) {
+  const uint32_t u = static_cast<uint32_t>(h) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+/// z = (Π (x − μ)) · (1/‖x − μ‖ if token norm) · (1/σ) in double: where the encoders' z lies.
+std::vector<double> code_space_f64(const tq::TurboQuantizer& q, const float* x) {
+  const auto& p = q.params();
+  const int d = q.config().dim;
+  std::vector<double> xc(d), z(d, 0.0);
+  double n2 = 0;
+  for (int j = 0; j < d; ++j) {
+    xc[j] = p.mean.empty() ? double(x[j]) : double(x[j] - p.mean[j]);
+    n2 += xc[j] * xc[j];
+  }
+  const double inv = q.config().norm == tq::NormMode::kToken && n2 > 0 ? 1.0 / std::sqrt(n2) : 1.0;
+  for (int i = 0; i < d; ++i) {
+    for (int j = 0; j < d; ++j) z[i] += double(p.rotation.matrix[size_t(i) * d + j]) * xc[j];
+    z[i] *= inv;
+    if (!p.scale.empty()) z[i] /= p.scale[i];
+  }
+  return z;
+}
 
 AppendOutcome run_append_case(const AppendCase& c) {
   const int D = c.dim, B = c.batch, H = c.heads, T = c.new_tokens;
@@ -54,6 +97,19 @@ AppendOutcome run_append_case(const AppendCase& c) {
   tq::Rng rng(c.seed + 99);
   std::vector<float> x(static_cast<size_t>(B) * H * T * D);
   tq::fill_normal(rng, x.data(), x.size());
+  std::vector<uint16_t> x16;  // the device input for fp16 / bf16 (x holds the same values)
+  if (c.input != tk::AppendInput::kFloat32) {
+    x16.resize(x.size());
+    for (size_t i = 0; i < x.size(); ++i) {
+      if (c.input == tk::AppendInput::kFloat16) {
+        x16[i] = tq::float_to_half_bits(x[i]);
+        x[i] = tq::half_bits_to_float(x16[i]);
+      } else {
+        x16[i] = float_to_bf16_bits(x[i]);
+        x[i] = bf16_bits_to_float(x16[i]);
+      }
+    }
+  }
   for (int b = 0; b < B; ++b)
     for (int h = 0; h < H; ++h)
       for (int i = 0; i < c.counts[b]; ++i) {
@@ -63,7 +119,7 @@ AppendOutcome run_append_case(const AppendCase& c) {
       }
 
   DeviceBuffer d_pages = DeviceBuffer::from(host.bytes);
-  DeviceBuffer d_x = DeviceBuffer::from(x);
+  DeviceBuffer d_x = x16.empty() ? DeviceBuffer::from(x) : DeviceBuffer::from(x16);
   DeviceBuffer d_starts =
       DeviceBuffer::from(std::vector<int32_t>(c.starts.begin(), c.starts.end()));
   DeviceBuffer d_counts =
@@ -74,7 +130,9 @@ AppendOutcome run_append_case(const AppendCase& c) {
   p.heads = H;
   p.head_dim = D;
   p.new_tokens = T;
-  p.x = d_x.get<float>();
+  p.x = d_x.get<uint8_t>();
+  p.x_dtype = c.input;
+  p.path = c.path;
   p.starts = d_starts.get<int32_t>();
   p.counts = d_counts.get<int32_t>();
   p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants());
@@ -98,17 +156,48 @@ AppendOutcome run_append_case(const AppendCase& c) {
         const uint8_t* ep = expect.page(b, h, pos / l.page_tokens);
         const size_t base = ep - expect.bytes.data();
         const uint8_t* gp = got.data() + base;
+        const float* row = x.data() + ((static_cast<size_t>(b) * H + h) * T + i) * D;
+        std::vector<double> z;  // computed for rows with a mismatch only
+        const auto& cb = hs.q(h).params().codebook;
         for (int j = 0; j < D; ++j) {
           ++o.values;
-          o.code_mismatch += tq::unpack_one(tq::token_codes(gp, l, slot), j, c.bits) !=
-                             tq::unpack_one(tq::token_codes(ep, l, slot), j, c.bits);
+          const int cg = static_cast<int>(tq::unpack_one(tq::token_codes(gp, l, slot), j, c.bits));
+          const int ce = static_cast<int>(tq::unpack_one(tq::token_codes(ep, l, slot), j, c.bits));
+          if (cg == ce) continue;
+          ++o.code_mismatch;
+          if (z.empty()) z = code_space_f64(hs.q(h), row);
+          const double bnd = cb.boundaries[std::min(cg, ce)];
+          const bool near =
+              std::abs(cg - ce) == 1 && std::abs(z[j] - bnd) <= 1e-5 * std::max(1.0, std::abs(bnd));
+          o.not_near_tie += !near;
+          if (!near)
+            std::printf("[ info ] code %d vs %d at z = %.9g (boundary %.9g)\n", cg, ce, z[j], bnd);
         }
         for (int k = 0; k < l.code_bytes; ++k)
           mask[base + l.codes_offset + slot * l.code_bytes + k] = 1;
         if (l.qjl != tq::QjlMode::kNone) {
-          for (int k = 0; k < l.qjl_dim; ++k)
-            o.qjl_mismatch += tq::unpack_one(tq::token_qjl(gp, l, slot), k, 1) !=
-                              tq::unpack_one(tq::token_qjl(ep, l, slot), k, 1);
+          for (int k = 0; k < l.qjl_dim; ++k) {
+            const bool differ = tq::unpack_one(tq::token_qjl(gp, l, slot), k, 1) !=
+                                tq::unpack_one(tq::token_qjl(ep, l, slot), k, 1);
+            o.qjl_mismatch += differ;
+            if (differ && l.qjl == tq::QjlMode::kSign) {
+              const int ce =
+                  static_cast<int>(tq::unpack_one(tq::token_codes(ep, l, slot), k, c.bits));
+              const int cg =
+                  static_cast<int>(tq::unpack_one(tq::token_codes(gp, l, slot), k, c.bits));
+              if (cg != ce) {
+                --o.qjl_mismatch;  // follows from the code's near-tie, counted there
+                continue;
+              }
+              // Same code: the residual z − C[code] must be ~0.
+              if (z.empty()) z = code_space_f64(hs.q(h), row);
+              const double cen = cb.centroids[ce];
+              const bool near = std::abs(z[k] - cen) <= 1e-5 * std::max(1.0, std::abs(cen));
+              o.not_near_tie += !near;
+              if (!near)
+                std::printf("[ info ] sign bit differs at z = %.9g (centroid %.9g)\n", z[k], cen);
+            }
+          }
           for (int k = 0; k < l.qjl_bytes; ++k)
             mask[base + l.qjl_offset + slot * l.qjl_bytes + k] = 1;
         }
@@ -126,6 +215,7 @@ void expect_same_pages(const AppendOutcome& o, const std::string& what) {
   EXPECT_LE(static_cast<double>(o.qjl_mismatch), kMaxCodeMismatchRate * o.values)
       << what << ": " << o.qjl_mismatch << " QJL bits differ";
   EXPECT_EQ(o.other_byte_mismatch, 0) << what << ": norms / untouched bytes differ";
+  EXPECT_EQ(o.not_near_tie, 0) << what << ": a code or sign bit differs away from a tie";
   EXPECT_EQ(o.status, 0) << what;
   if (o.code_mismatch > 0)
     std::printf("[ info ] %s: %lld code mismatches of %lld (boundary ties)\n", what.c_str(),
@@ -155,17 +245,32 @@ TEST_P(QuantizeAppendModes, SameBytesAsCpuEncoder) {
       {"token+prod", tq::NormMode::kToken, tq::QjlMode::kProd, 0, false},
       {"none+prod(m=2d+8)", tq::NormMode::kNone, tq::QjlMode::kProd, 2 * mp.dim + 8, true},
   };
-  for (const Mode& m : modes) {
-    AppendCase c;
-    c.bits = mp.bits;
-    c.dim = mp.dim;
-    c.side.norm = m.norm;
-    c.side.qjl = m.qjl;
-    c.side.qjl_dim = m.m;
-    c.side.scale_mean = m.scale_mean;
-    c.seed = 3 + mp.bits * 17 + mp.dim;
-    expect_same_pages(run_append_case(c), std::string(m.name) + " b" + std::to_string(mp.bits) +
-                                              " d" + std::to_string(mp.dim));
+  for (const tk::AppendPath path : {tk::AppendPath::kRows, tk::AppendPath::kTile}) {
+    for (const Mode& m : modes) {
+      if (path == tk::AppendPath::kTile && m.qjl == tq::QjlMode::kProd) continue;  // rows only
+      AppendCase c;
+      c.bits = mp.bits;
+      c.dim = mp.dim;
+      c.side.norm = m.norm;
+      c.side.qjl = m.qjl;
+      c.side.qjl_dim = m.m;
+      c.side.scale_mean = m.scale_mean;
+      c.seed = 3 + mp.bits * 17 + mp.dim;
+      c.path = path;
+      const std::string what = std::string(path == tk::AppendPath::kTile ? "tile " : "rows ") +
+                               m.name + " b" + std::to_string(mp.bits) + " d" +
+                               std::to_string(mp.dim);
+      if (path == tk::AppendPath::kTile) {
+        // Near-ties only, but not the host's order: the rate is bounded by the big cases below.
+        const AppendOutcome o = run_append_case(c);
+        EXPECT_EQ(o.not_near_tie, 0) << what;
+        EXPECT_EQ(o.other_byte_mismatch, 0) << what;
+        EXPECT_EQ(o.status, 0) << what;
+        EXPECT_LE(o.code_mismatch, 2) << what;
+      } else {
+        expect_same_pages(run_append_case(c), what);
+      }
+    }
   }
 }
 
@@ -187,7 +292,175 @@ TEST(QuantizeAppend, ManyTokensCountsMismatches) {
   c.new_tokens = 1500;
   c.starts = {0, 100};
   c.counts = {1500, 1400};
-  expect_same_pages(run_append_case(c), "prefill 1500 tokens");
+  c.path = tk::AppendPath::kRows;
+  expect_same_pages(run_append_case(c), "rows, prefill 1500 tokens");
+}
+
+// The prefill path on prefill-sized inputs, in every input dtype, with and without σ/μ and sign
+// QJL: mismatches (near-ties only) at most 1e-6 of values, as for the rows path.
+TEST(QuantizeAppend, TilePathPrefillMatchesHostEncoder) {
+  TURBOESM_REQUIRE_GPU();
+  int64_t values = 0, mismatches = 0;
+  for (const tk::AppendInput in :
+       {tk::AppendInput::kFloat32, tk::AppendInput::kFloat16, tk::AppendInput::kBFloat16}) {
+    for (const bool scaled_sign : {false, true}) {
+      for (const int dim : {64, 128}) {
+        AppendCase c;
+        c.batch = 2;
+        c.heads = 4;
+        c.dim = dim;
+        c.new_tokens = 1500;
+        c.starts = {0, 100};
+        c.counts = {1500, 1400};
+        c.input = in;
+        c.path = tk::AppendPath::kAuto;  // resolves to the tile path for 1500 tokens
+        c.side.norm = scaled_sign ? tq::NormMode::kNone : tq::NormMode::kToken;
+        c.side.qjl = scaled_sign ? tq::QjlMode::kSign : tq::QjlMode::kNone;
+        c.side.scale_mean = scaled_sign;
+        c.seed = 11 + dim + 3 * static_cast<int>(in) + (scaled_sign ? 1 : 0);
+        const AppendOutcome o = run_append_case(c);
+        const std::string what = "tile in=" + std::to_string(static_cast<int>(in)) + " d" +
+                                 std::to_string(dim) +
+                                 (scaled_sign ? " none+sign+scaled" : " token");
+        EXPECT_EQ(o.not_near_tie, 0) << what;
+        EXPECT_EQ(o.other_byte_mismatch, 0) << what;
+        EXPECT_EQ(o.status, 0) << what;
+        values += o.values;
+        mismatches += o.code_mismatch + o.qjl_mismatch;
+      }
+    }
+  }
+  std::printf("[ info ] tile path: %lld code/sign mismatches of %lld values (%.2g)\n",
+              static_cast<long long>(mismatches), static_cast<long long>(values),
+              static_cast<double>(mismatches) / static_cast<double>(values));
+  EXPECT_LE(static_cast<double>(mismatches), kMaxCodeMismatchRate * static_cast<double>(values));
+}
+
+/// fp16 rows, `path`, device starts/counts: the fields the multi-call tests share.
+tk::QuantizeAppendParams fp16_params(int B, int H, int D, int T, tk::AppendPath path,
+                                     const DeviceBuffer& starts, const DeviceBuffer& counts) {
+  tk::QuantizeAppendParams p;
+  p.batch = B;
+  p.heads = H;
+  p.head_dim = D;
+  p.new_tokens = T;
+  p.x_dtype = tk::AppendInput::kFloat16;
+  p.path = path;
+  p.starts = starts.get<int32_t>();
+  p.counts = counts.get<int32_t>();
+  return p;
+}
+
+// K and V in one call (x2 / cache2): the same bytes as two single-side calls, for the tile path
+// (one launch when the bits match, two otherwise) and the row path.
+TEST(QuantizeAppend, SecondSideEqualsTwoCalls) {
+  TURBOESM_REQUIRE_GPU();
+  const int B = 2, H = 3, D = 64, T = 150;
+  const std::vector<int32_t> starts{0, 70}, counts{150, 90};
+  for (const int v_bits : {3, 4}) {
+    for (const tk::AppendPath path : {tk::AppendPath::kTile, tk::AppendPath::kRows}) {
+      SideConfig kc, vc;
+      kc.bits = 3;
+      kc.norm = vc.norm = tq::NormMode::kNone;
+      kc.qjl = tq::QjlMode::kSign;
+      kc.scale_mean = true;
+      vc.bits = v_bits;
+      HeadSet hk(H, D, kc, 5), hv(H, D, vc, 6);
+      const int pages = pages_for(70 + 150, hk.layout().page_tokens);
+      HostPages kp(hk.layout(), B, H, pages, kPoison), vp(hv.layout(), B, H, pages, kPoison);
+      tq::Rng rng(77);
+      std::vector<uint16_t> xk(static_cast<size_t>(B) * H * T * D), xv(xk.size());
+      for (auto* x : {&xk, &xv})
+        for (auto& e : *x) e = tq::float_to_half_bits(static_cast<float>(rng.normal()));
+      DeviceBuffer d_xk = DeviceBuffer::from(xk), d_xv = DeviceBuffer::from(xv);
+      DeviceBuffer d_starts = DeviceBuffer::from(starts), d_counts = DeviceBuffer::from(counts);
+      std::vector<uint8_t> got[2][2];  // [paired][side]
+      for (const bool paired : {false, true}) {
+        DeviceBuffer d_kp = DeviceBuffer::from(kp.bytes), d_vp = DeviceBuffer::from(vp.bytes);
+        tk::QuantizeAppendParams p = fp16_params(B, H, D, T, path, d_starts, d_counts);
+        p.x = d_xk.get<uint8_t>();
+        p.cache = kp.view(d_kp.get<uint8_t>(), hk.device_constants());
+        const tq::CacheView v_view = vp.view(d_vp.get<uint8_t>(), hv.device_constants());
+        if (paired) {
+          p.x2 = d_xv.get<uint8_t>();
+          p.cache2 = v_view;
+          ASSERT_EQ(tk::quantize_append_invalid_reason(p), nullptr);
+          ASSERT_EQ(tk::quantize_append(p, nullptr), cudaSuccess);
+        } else {
+          ASSERT_EQ(tk::quantize_append(p, nullptr), cudaSuccess);
+          p.x = d_xv.get<uint8_t>();
+          p.cache = v_view;
+          ASSERT_EQ(tk::quantize_append(p, nullptr), cudaSuccess);
+        }
+        ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+        got[paired][0] = d_kp.to_host<uint8_t>();
+        got[paired][1] = d_vp.to_host<uint8_t>();
+      }
+      const std::string what =
+          "v_bits " + std::to_string(v_bits) + (path == tk::AppendPath::kTile ? " tile" : " rows");
+      EXPECT_EQ(got[0][0], got[1][0]) << what << ": K pages";
+      EXPECT_EQ(got[0][1], got[1][1]) << what << ": V pages";
+      EXPECT_NE(got[1][1], vp.bytes) << what << ": V pages were written";
+    }
+  }
+}
+
+// Token-major rows ([B, T, H, D] memory, as the fused QKV kernel writes them) read in place
+// through the strides: the same bytes as the contiguous [B, H, T, D] copy, both paths.
+TEST(QuantizeAppend, StridedRowsEqualContiguousRows) {
+  TURBOESM_REQUIRE_GPU();
+  const int B = 2, H = 3, D = 64, T = 100;
+  const std::vector<int32_t> starts{0, 37}, counts{100, 61};
+  SideConfig sc;
+  sc.norm = tq::NormMode::kToken;
+  sc.qjl = tq::QjlMode::kSign;
+  HeadSet hs(H, D, sc, 8);
+  const int pages = pages_for(37 + 100, hs.layout().page_tokens);
+  HostPages init(hs.layout(), B, H, pages, kPoison);
+  tq::Rng rng(91);
+  std::vector<uint16_t> bhtd(static_cast<size_t>(B) * H * T * D), bthd(bhtd.size());
+  for (auto& e : bhtd) e = tq::float_to_half_bits(static_cast<float>(rng.normal()));
+  for (int b = 0; b < B; ++b)
+    for (int h = 0; h < H; ++h)
+      for (int t = 0; t < T; ++t)
+        for (int j = 0; j < D; ++j)
+          bthd[((size_t(b) * T + t) * H + h) * D + j] = bhtd[((size_t(b) * H + h) * T + t) * D + j];
+  DeviceBuffer d_c = DeviceBuffer::from(bhtd), d_s = DeviceBuffer::from(bthd);
+  DeviceBuffer d_starts = DeviceBuffer::from(starts), d_counts = DeviceBuffer::from(counts);
+  for (const tk::AppendPath path : {tk::AppendPath::kTile, tk::AppendPath::kRows}) {
+    std::vector<uint8_t> got[2];
+    for (const bool strided : {false, true}) {
+      DeviceBuffer d_pages = DeviceBuffer::from(init.bytes);
+      tk::QuantizeAppendParams p = fp16_params(B, H, D, T, path, d_starts, d_counts);
+      p.cache = init.view(d_pages.get<uint8_t>(), hs.device_constants());
+      p.x = strided ? d_s.get<uint8_t>() : d_c.get<uint8_t>();
+      if (strided) {
+        p.stride_b = int64_t(T) * H * D;
+        p.stride_h = D;
+        p.stride_t = int64_t(H) * D;
+      }
+      ASSERT_EQ(tk::quantize_append_invalid_reason(p), nullptr);
+      ASSERT_EQ(tk::quantize_append(p, nullptr), cudaSuccess);
+      ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+      got[strided] = d_pages.to_host<uint8_t>();
+    }
+    EXPECT_EQ(got[0], got[1]) << (path == tk::AppendPath::kTile ? "tile" : "rows");
+    EXPECT_NE(got[0], init.bytes);
+  }
+}
+
+TEST(QuantizeAppendArgs, AutoPathTakesTilesForPrefillsOnly) {
+  tk::QuantizeAppendParams p;
+  p.cache.layout = tq::make_page_layout(64, 3, tq::NormMode::kNone, tq::QjlMode::kSign);
+  p.new_tokens = 1;
+  EXPECT_EQ(tk::resolved_path(p), tk::AppendPath::kRows);
+  p.new_tokens = tk::kQuantizeAppendTileMinTokens;
+  EXPECT_EQ(tk::resolved_path(p), tk::AppendPath::kTile);
+  p.path = tk::AppendPath::kRows;
+  EXPECT_EQ(tk::resolved_path(p), tk::AppendPath::kRows);
+  p.path = tk::AppendPath::kAuto;
+  p.cache.layout = tq::make_page_layout(64, 3, tq::NormMode::kNone, tq::QjlMode::kProd, 64);
+  EXPECT_EQ(tk::resolved_path(p), tk::AppendPath::kRows);  // prod QJL: rows only
 }
 
 TEST(QuantizeAppend, FlagsOutOfCapacityAndBadRows) {
@@ -243,13 +516,19 @@ TEST(QuantizeAppendArgs, RejectsInvalidParamsWithAReason) {
     return p;
   };
   EXPECT_EQ(tk::quantize_append_invalid_reason(valid()), nullptr);
-  std::vector<tk::QuantizeAppendParams> bad(6, valid());
+  std::vector<tk::QuantizeAppendParams> bad(10, valid());
   bad[0].head_dim = 48;
   bad[1].x = nullptr;
   bad[2].cache.constants.boundaries = nullptr;
   bad[3].cache.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kProd, 64);
   bad[4].cache.layout = tq::make_page_layout(32, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
   bad[5].starts = nullptr;
+  bad[6].x_dtype = static_cast<tk::AppendInput>(7);
+  bad[7].path = static_cast<tk::AppendPath>(9);
+  bad[8].cache.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kProd, 64);
+  bad[8].cache.constants.qjl_proj = f;
+  bad[8].path = tk::AppendPath::kTile;  // prod QJL has no tile path
+  bad[9].stride_b = 1000;               // strides given without a token stride
   for (size_t i = 0; i < bad.size(); ++i) {
     EXPECT_NE(tk::quantize_append_invalid_reason(bad[i]), nullptr) << i;
     EXPECT_EQ(tk::quantize_append(bad[i], nullptr), cudaErrorInvalidValue) << i;

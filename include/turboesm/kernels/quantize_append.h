@@ -13,6 +13,19 @@
 /// Π from HeadConstantsView, so a code may then differ by one level for values within rounding
 /// of a decision boundary.)
 ///
+/// Two paths compute this (QuantizeAppendParams::path):
+/// - kRows, "exact": one warp per row, the d×d rotation as separately rounded multiplies and adds
+///   in the host's order (above). Used for decode steps (few rows) and as the reference.
+/// - kTile, "prefill": a CTA encodes a tile of 64 rows of one (sequence, head); the rotation
+///   Y = Xc·Πᵀ runs on tensor cores in 3xTF32 (each fp32 operand split into a TF32 high and low
+///   part, hi·hi + hi·lo + lo·hi per k-step, IEEE-rounded adds across k-steps: relative error of
+///   the order of an fp32 GEMM's, ~1e-7), the rest (centering, double-precision norm in
+///   increasing j, scaling, codes, packing, sign bits) is the exact path's arithmetic, one or two
+///   lanes per row. A code can differ from the exact path's by one level only for a value within
+///   that error of a decision boundary (tests count them: ≤ 1e-6 of values). No `prod` QJL (its
+///   S·r projection stays on kRows).
+/// kAuto takes kTile for new_tokens ≥ kQuantizeAppendTileMinTokens without prod QJL, else kRows.
+///
 /// Bad rows cannot throw on the device: a row with a non-finite value (or, with NormMode::kToken,
 /// a norm above the fp16 range) is still written (as the CPU would have refused it, its bytes are
 /// unspecified) and sets `*status |= kQuantizeAppendBadRow` when `status` is given; a position past
@@ -31,21 +44,44 @@ namespace turboesm::kernels {
 inline constexpr int kQuantizeAppendBadRow = 1;         ///< non-finite row or norm > fp16 max
 inline constexpr int kQuantizeAppendOutOfCapacity = 2;  ///< position ≥ max_pages · page_tokens
 
+/// Element type of the input rows (the model dtype: no conversion pass is needed before the call).
+enum class AppendInput : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+
+/// Which kernel encodes the rows (see the file comment).
+enum class AppendPath : int { kAuto = 0, kRows = 1, kTile = 2 };
+
+/// kAuto uses the tile path from this many new tokens per sequence on.
+inline constexpr int kQuantizeAppendTileMinTokens = 32;
+
 /// \brief One quantize-on-append call (all pointers DEVICE pointers).
 struct QuantizeAppendParams {
   int batch = 0;
   int heads = 0;
-  int head_dim = 0;          ///< d (16, 24, 32, 64 or 128)
-  int new_tokens = 0;        ///< Tnew: rows per (sequence, head) in x
-  const float* x = nullptr;  ///< [batch, heads, new_tokens, head_dim] fp32 (post-RoPE K, or V)
+  int head_dim = 0;         ///< d (16, 24, 32, 64 or 128)
+  int new_tokens = 0;       ///< Tnew: rows per (sequence, head) in x
+  const void* x = nullptr;  ///< [batch, heads, new_tokens, head_dim] (post-RoPE K, or V)
+  AppendInput x_dtype = AppendInput::kFloat32;  ///< element type of x (widened exactly)
+  /// Element strides of x (and x2) over sequence, head and token; the head_dim axis is dense.
+  /// All 0 (default): contiguous [batch, heads, new_tokens, head_dim]. E.g. the token-major
+  /// [batch, new_tokens, heads, head_dim] output of a fused QKV kernel needs no copy.
+  int64_t stride_b = 0, stride_h = 0, stride_t = 0;
+  AppendPath path = AppendPath::kAuto;
   const int32_t* starts = nullptr;  ///< [batch] cache position of row 0 (the old length)
   const int32_t* counts = nullptr;  ///< [batch] rows to write (≤ new_tokens), nullptr = all
   quant::CacheView cache{};         ///< target pages + this layer's K or V constants
   int* status = nullptr;            ///< optional: OR of kQuantizeAppend* bits (never cleared)
+  /// Optional second side encoded by the same call (V when x/cache are K): its own rows (same
+  /// shape and x_dtype) and cache; batch, heads, starts and counts are shared. With equal bits
+  /// on both sides the tile path encodes both in one launch (twice the CTAs of one side).
+  const void* x2 = nullptr;
+  quant::CacheView cache2{};
 };
 
 /// \brief Why `p` cannot be run by quantize_append, or nullptr when it can (host-side checks).
 const char* quantize_append_invalid_reason(const QuantizeAppendParams& p);
+
+/// \brief The path quantize_append takes for `p` (kAuto resolved).
+AppendPath resolved_path(const QuantizeAppendParams& p);
 
 /// \brief Launches quantize-on-append on `stream` (no allocation, no synchronisation).
 /// \return cudaSuccess, cudaErrorInvalidValue when quantize_append_invalid_reason(p) != nullptr,

@@ -84,6 +84,11 @@ class Esm2Model {
   /// kernel, kernels/qkv_rotary.h).
   at::Tensor layer_qkv_projection(int layer, const at::Tensor& hidden) const;
   /// \brief Pre-LN, Q/K/V projections, reshape to [B, H, T, d], Q scaling, rotary.
+  /// On CUDA (fp32/fp16/bf16, one rotary table [1, T, d] shared by the batch, i.e. positions [T]
+  /// or [1, T]) the scaling, rotary and split run as one kernel (kernels/qkv_rotary.h
+  /// qkv_rotary_split) with the same values, bit for bit, and the same q/k strides as the
+  /// elementwise ATen ops it replaces; per-sequence tables [B > 1, T, d] take those ATen ops. See
+  /// set_fused_qkv().
   /// \param hidden [B, T, hidden]; \param position_ids [B, T] or [T] int64 (0-based).
   Qkv layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& position_ids) const;
   /// \brief Same with precomputed rotary tables (rotary().cos_sin(positions, dtype())).
@@ -104,6 +109,12 @@ class Esm2Model {
   at::ScalarType dtype() const { return dtype_; }
   int num_layers() const { return static_cast<int>(config_.num_hidden_layers); }
 
+  /// \brief Enables (default) or disables the fused Q/K/V kernel of layer_qkv on CUDA; disabled,
+  /// layer_qkv runs the elementwise ATen ops (the reference the kernel is tested against). Not
+  /// synchronised: do not toggle while another thread runs this model.
+  void set_fused_qkv(bool enabled) { fused_qkv_ = enabled; }
+  bool fused_qkv() const { return fused_qkv_; }
+
   /// \brief Maps a fair-esm style layer index (negative from the end) to 0..layers.
   /// \throws turboesm::Error naming the index and the valid range.
   int normalize_layer(int layer) const;
@@ -116,6 +127,7 @@ class Esm2Model {
   Rotary rotary_;
   c10::Device device_;
   at::ScalarType dtype_;
+  bool fused_qkv_ = true;
 };
 
 }  // namespace turboesm::model

@@ -144,8 +144,16 @@ class KvCache {
   c10::Device device() const { return shape_.device; }
 
  protected:
+  /// Element type that do_append receives for input rows of type `given` (a floating type):
+  /// fp32 by default; formats that read the model dtype directly (CUDA turbo and fp16/fp32
+  /// caches) keep fp16 / bf16 and skip a conversion pass.
+  virtual at::ScalarType append_dtype(at::ScalarType given) const;
+  /// Whether do_append takes strided k, v (head_dim dense) as they come: true where the CUDA
+  /// kernels or copies read them in place (no contiguous copy first).
+  virtual bool append_keeps_strides() const { return false; }
   /// Stores rows [0, counts[b]) of sequence b at positions starts[b].. of `layer`. Capacity is
-  /// already ensured. k, v: [B, H, Tnew, d] contiguous fp32 (or the format's preferred dtype).
+  /// already ensured. k, v: [B, H, Tnew, d] of type append_dtype(input type), contiguous unless
+  /// append_keeps_strides().
   virtual void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                          const std::vector<int64_t>& starts,
                          const std::vector<int64_t>& counts) = 0;
@@ -191,6 +199,11 @@ class DenseKvCache final : public KvCache {
                          int64_t max_tokens) override;
 
  protected:
+  at::ScalarType append_dtype(at::ScalarType given) const override;
+  /// fp16 / fp32 on CUDA: copy_ reads any strides.
+  bool append_keeps_strides() const override {
+    return shape_.device.is_cuda() && (kind_ == CacheKind::kFp16 || kind_ == CacheKind::kFp32);
+  }
   void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<int64_t>& starts, const std::vector<int64_t>& counts) override;
   void grow(int layer, int64_t tokens) override;

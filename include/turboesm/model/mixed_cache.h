@@ -65,6 +65,9 @@ class MixedKvCache final : public KvCache {
   std::string summary() const;
 
  protected:
+  /// The rows are passed on unchanged: each layer's own cache converts what it needs.
+  at::ScalarType append_dtype(at::ScalarType given) const override { return given; }
+  bool append_keeps_strides() const override { return true; }
   void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<int64_t>& starts, const std::vector<int64_t>& counts) override;
   void grow(int layer, int64_t tokens) override;

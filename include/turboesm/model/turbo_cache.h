@@ -110,6 +110,11 @@ class TurboKvCache final : public KvCache {
   /// reference; bit-identical to the quant core). Codes differ only within float rounding of a
   /// decision boundary.
   void set_reference_encode(bool on) { reference_encode_ = on; }
+  /// \brief CUDA encode path (kernels/quantize_append.h): kAuto (default) takes the tensor-core
+  /// tile kernel for prefills (≥ 32 new tokens, no prod QJL) and the row kernel (the host's
+  /// operation order) for decode steps; kRows forces the row kernel (tests, benchmarks).
+  enum class CudaAppendPath { kAuto = 0, kRows = 1, kTile = 2 };
+  void set_cuda_append_path(CudaAppendPath path) { cuda_append_path_ = path; }
 
   /// \brief CUDA: fused quantize-on-append of the new K/V at lengths[b], then the fused decode
   /// kernel over a view of max_tokens slots (its split count follows max_tokens, not the
@@ -124,6 +129,10 @@ class TurboKvCache final : public KvCache {
   void check_device_status() override;
 
  protected:
+  /// CUDA: fp16 / bf16 rows go to quantize_append as they are (it widens them exactly).
+  at::ScalarType append_dtype(at::ScalarType given) const override;
+  /// CUDA: quantize_append reads strided rows (e.g. token-major K/V of the fused QKV kernel).
+  bool append_keeps_strides() const override { return shape_.device.is_cuda(); }
   void do_append(int layer, const at::Tensor& k, const at::Tensor& v,
                  const std::vector<int64_t>& starts, const std::vector<int64_t>& counts) override;
   void grow(int layer, int64_t tokens) override;
@@ -142,9 +151,10 @@ class TurboKvCache final : public KvCache {
   /// CUDA appends of K and V: starts/counts go to the device in one pinned copy; no sync.
   void append_cuda(int layer, const at::Tensor& k, const at::Tensor& v,
                    const std::vector<int64_t>& starts, const std::vector<int64_t>& counts);
-  /// Launches quantize_append of x [B, H, Tnew, d] fp32 contiguous (device pointers).
-  void launch_quantize_append(int layer, const at::Tensor& x, bool key, const int32_t* starts,
-                              const int32_t* counts);
+  /// Launches quantize_append of k and v [B, H, Tnew, d] (fp32, fp16 or bf16, contiguous, on
+  /// the device) in one call (starts, counts: device pointers; counts may be null).
+  void launch_quantize_append(int layer, const at::Tensor& k, const at::Tensor& v,
+                              const int32_t* starts, const int32_t* counts);
   quant::CacheView view(int layer, bool key) const;
 
   TurboCacheSpec spec_;
@@ -153,7 +163,11 @@ class TurboKvCache final : public KvCache {
   // [layer][head] CPU quantizers (encode on the CPU, dequantized()).
   std::vector<std::vector<quant::TurboQuantizer>> k_quant_, v_quant_;
   bool reference_encode_ = false;
+  CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
+  // CUDA: the last append's starts and counts ([starts..., counts...]) and their device copy.
+  std::vector<int32_t> starts_counts_host_;
+  at::Tensor starts_counts_dev_;
 };
 
 }  // namespace turboesm::model
