@@ -4,6 +4,7 @@
 /// (exact) kernel takes bits, norm and QJL mode at run time (it is dominated by the d×d
 /// rotation); the tile kernel is also templated on bits (its per-row packing is unrolled).
 
+#include <algorithm>
 #include <cstdint>
 
 #include "quantize_append.cuh"
@@ -14,7 +15,9 @@ namespace {
 
 template <int D>
 cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
-  const size_t smem = detail::append_smem_bytes(D, p.cache.layout.qjl_dim);
+  const int sides = p.x2 != nullptr ? 2 : 1;  // both sides in one grid
+  size_t smem = detail::append_smem_bytes(D, p.cache.layout.qjl_dim);
+  if (sides == 2) smem = std::max(smem, detail::append_smem_bytes(D, p.cache2.layout.qjl_dim));
   if (smem > 48 * 1024) {
     const cudaError_t e =
         cudaFuncSetAttribute(detail::quantize_append_kernel<D>,
@@ -22,7 +25,7 @@ cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
   }
   const dim3 grid((p.new_tokens + detail::kAppendTokensPerCta - 1) / detail::kAppendTokensPerCta,
-                  p.heads, p.batch);
+                  p.heads, p.batch * sides);
   detail::quantize_append_kernel<D><<<grid, detail::kAppendWarps * 32, smem, stream>>>(p);
   return cudaGetLastError();
 }
@@ -74,11 +77,10 @@ QuantizeAppendParams side_params(const QuantizeAppendParams& p, bool second) {
 template <int D>
 cudaError_t launch_path(const QuantizeAppendParams& p, cudaStream_t stream) {
   const bool tile = resolved_path(p) == AppendPath::kTile;
-  if (p.x2 == nullptr) return tile ? launch_tile<D>(p, stream) : launch<D>(p, stream);
-  if (tile && p.cache.layout.bits == p.cache2.layout.bits) return launch_tile<D>(p, stream);
-  for (const bool second : {false, true}) {
-    const QuantizeAppendParams q = side_params(p, second);
-    const cudaError_t e = tile ? launch_tile<D>(q, stream) : launch<D>(q, stream);
+  if (p.x2 == nullptr || !tile) return tile ? launch_tile<D>(p, stream) : launch<D>(p, stream);
+  if (p.cache.layout.bits == p.cache2.layout.bits) return launch_tile<D>(p, stream);
+  for (const bool second : {false, true}) {  // the tile kernel is templated on bits
+    const cudaError_t e = launch_tile<D>(side_params(p, second), stream);
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -141,10 +141,13 @@ template <int D>
 __global__ void __launch_bounds__(kAppendWarps * 32)
     quantize_append_kernel(const __grid_constant__ QuantizeAppendParams p) {
   constexpr int kPerLane = (D + 31) / 32;
-  const int b = blockIdx.z;
+  // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
+  const int side = static_cast<int>(blockIdx.z) / p.batch;
+  const int b = static_cast<int>(blockIdx.z) - side * p.batch;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const quant::CacheView& cache = p.cache;
+  const quant::CacheView& cache = side ? p.cache2 : p.cache;
+  const void* const x_rows = side ? p.x2 : p.x;
   const quant::PageLayout& lay = cache.layout;
   const quant::HeadConstantsView& cst = cache.constants;
   const int bits = lay.bits;
@@ -193,7 +196,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
       if (i < D) {
-        const float xi = load_input(p.x, p.x_dtype, x0 + i);
+        const float xi = load_input(x_rows, p.x_dtype, x0 + i);
         s_x[i] = cst.mean ? __fsub_rn(xi, mu[k]) : xi;
       }
     }

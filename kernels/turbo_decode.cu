@@ -132,6 +132,7 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
 
 int turbo_decode_num_splits(const quant::DecodeParams& p, int num_sms) {
   const int64_t rows = static_cast<int64_t>(p.batch) * p.heads * p.q_len;
+  if (p.num_splits > 0) return std::min(p.num_splits, kMaxSplits);
   if (rows <= 0 || num_sms <= 0) return 1;
   const int64_t capacity = static_cast<int64_t>(p.k.max_pages) * p.k.layout.page_tokens;
   const int smax = static_cast<int>(

@@ -180,7 +180,12 @@ struct ShapeData {
     if (const char* why = tk::turbo_decode_invalid_reason(params))
       throw std::runtime_error(std::string("turbo_decode params: ") + why);
     splits = tk::turbo_decode_num_splits(params, sms);
-    workspace_bytes = tk::turbo_decode_workspace_bytes(params, sms);
+    {  // room for the split sweep too
+      tq::DecodeParams most = params;
+      most.num_splits = tk::kMaxSplits;
+      workspace_bytes = std::max(tk::turbo_decode_workspace_bytes(params, sms),
+                                 tk::turbo_decode_workspace_bytes(most, sms));
+    }
     workspace = at::empty({static_cast<int64_t>(workspace_bytes) + 16},
                           at::TensorOptions().dtype(at::kByte).device(at::kCUDA));
 
@@ -194,8 +199,10 @@ struct ShapeData {
     fp16_bytes = 2.0 * B * H * T * D * 2;
   }
 
-  void run_turbo() {
+  void run_turbo(int num_splits = 0) {
+    params.num_splits = num_splits;
     CUDA_CHECK(tk::turbo_decode(params, workspace.data_ptr(), workspace_bytes, nullptr));
+    params.num_splits = 0;
   }
   void run_sdpa() { (void)at::scaled_dot_product_attention(q16, k16, v16); }
   void run_unfused() {
@@ -277,6 +284,8 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
     auto fn = [&] {
       if (variant == "turbo")
         d.run_turbo();
+      else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
+        d.run_turbo(std::stoi(variant.substr(7)));
       else if (variant == "sdpa_fp16")
         d.run_sdpa();
       else
@@ -292,15 +301,17 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
     }
     std::sort(t.begin(), t.end());
     const double med = t[t.size() / 2];
+    const bool turbo = variant.rfind("turbo", 0) == 0;
     const double bytes = variant == "sdpa_fp16" ? d.fp16_bytes
-                         : variant == "turbo"   ? d.turbo_bytes
+                         : turbo                ? d.turbo_bytes
                                                 : d.turbo_bytes + 2 * d.fp16_bytes;
     state.counters["median_us"] = med;
     state.counters["read_GBps"] = bytes / (med * 1e-6) / 1e9;
     state.counters["hbm_peak_pct"] = 100.0 * bytes / (med * 1e-6) / kHbmPeakBytesPerSecond;
-    state.counters["splits"] = variant == "turbo" ? d.splits : 0;
+    const int splits = variant == "turbo" ? d.splits : turbo ? std::stoi(variant.substr(7)) : 0;
+    state.counters["splits"] = splits;
     if (variant == "turbo") state.counters["append_us_per_seq_K"] = d.append_us;
-    g_harness->rows.push_back({s.name(), variant, med, bytes, variant == "turbo" ? d.splits : 0});
+    g_harness->rows.push_back({s.name(), variant, med, bytes, splits});
   } catch (const std::exception& e) {
     state.SkipWithError(e.what());
   }
@@ -363,6 +374,19 @@ int main(int argc, char** argv) {
     variants.push_back("turbo");
     for (const std::string& v : variants) {
       const Shape s = e.s;
+      benchmark::RegisterBenchmark((s.name() + "/" + v).c_str(),
+                                   [s, v](benchmark::State& st) { run_variant(st, s, v); })
+          ->UseManualTime()
+          ->Iterations(kIterations)
+          ->Unit(benchmark::kMicrosecond);
+    }
+  }
+  // Split-count sweep at the batch-1 shapes (the automatic choice is the "turbo" row above).
+  for (const Shape s : {Shape{1, 20, 1024, 64, 3, NormMode::kNone, QjlMode::kNone},
+                        Shape{1, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}}) {
+    for (const int n : {1, 2, 4, 8, 12, 16, 24, 32, 48, 64}) {
+      if (n * 64 > s.tokens) continue;
+      const std::string v = "turbo_s" + std::to_string(n);
       benchmark::RegisterBenchmark((s.name() + "/" + v).c_str(),
                                    [s, v](benchmark::State& st) { run_variant(st, s, v); })
           ->UseManualTime()

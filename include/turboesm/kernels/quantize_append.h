@@ -71,8 +71,8 @@ struct QuantizeAppendParams {
   quant::CacheView cache{};         ///< target pages + this layer's K or V constants
   int* status = nullptr;            ///< optional: OR of kQuantizeAppend* bits (never cleared)
   /// Optional second side encoded by the same call (V when x/cache are K): its own rows (same
-  /// shape and x_dtype) and cache; batch, heads, starts and counts are shared. With equal bits
-  /// on both sides the tile path encodes both in one launch (twice the CTAs of one side).
+  /// shape and x_dtype) and cache; batch, heads, starts and counts are shared. One launch for
+  /// both (twice the CTAs of one side), except the tile path with unequal bits (two launches).
   const void* x2 = nullptr;
   quant::CacheView cache2{};
 };

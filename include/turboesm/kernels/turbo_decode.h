@@ -38,7 +38,8 @@ inline constexpr int kMinTokensPerSplit = 256;
 /// Upper bound of the number of splits per row.
 inline constexpr int kMaxSplits = 64;
 
-/// \brief Number of token splits turbo_decode uses for `p` on a GPU with `num_sms` SMs.
+/// \brief Number of token splits turbo_decode uses for `p` on a GPU with `num_sms` SMs
+/// (p.num_splits when positive, clamped to [1, kMaxSplits]).
 /// Depends only on batch, heads, q_len, head_dim and the allocated cache capacity
 /// (k.max_pages · page_tokens), never on the device-resident lengths, so the host can size the
 /// workspace and capture the call in a graph.

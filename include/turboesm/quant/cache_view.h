@@ -41,11 +41,11 @@ struct HeadConstantsView {
 
 /// \brief One layer's compressed K or V cache for a batch (see file comment).
 struct CacheView {
-  PageLayout layout{};               ///< format.h page layout (bits, norm, qjl, page_tokens)
-  uint8_t* pages = nullptr;          ///< [batch, heads, max_pages, page_bytes]
-  int64_t seq_stride = 0;            ///< bytes between sequences
-  int64_t head_stride = 0;           ///< bytes between heads of one sequence
-  int max_pages = 0;                 ///< pages allocated per (sequence, head)
+  PageLayout layout{};       ///< format.h page layout (bits, norm, qjl, page_tokens)
+  uint8_t* pages = nullptr;  ///< [batch, heads, max_pages, page_bytes]
+  int64_t seq_stride = 0;    ///< bytes between sequences
+  int64_t head_stride = 0;   ///< bytes between heads of one sequence
+  int max_pages = 0;         ///< pages allocated per (sequence, head)
   HeadConstantsView constants{};
 
   TURBOESM_HOST_DEVICE uint8_t* page(int b, int h, int p) const {
@@ -68,6 +68,7 @@ struct DecodeParams {
   float sm_scale = 1.0f;             ///< score multiplier (1 when q is pre-scaled, as in ESM-2)
   CacheView k{};
   CacheView v{};
+  int num_splits = 0;  ///< CUDA: token splits per row, 0 = automatic (benchmarks, tuning)
 };
 
 }  // namespace turboesm::quant
