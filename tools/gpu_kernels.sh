@@ -3,8 +3,8 @@
 # tests under compute-sanitizer memcheck, and bench_decode_cuda (JSON + table) into ${OUT}.
 # The binaries are built beforehand (cmake --build <dir> --target test_cuda bench_decode_cuda) on
 # an x86-64 machine with the same torch wheel as the GPU machine (2.11.0+cu130) and carried; the
-# GPU machine's own torch libraries are used at run time. `tools/gpu_check.sh` instead builds the
-# whole project on the GPU machine.
+# GPU machine's own torch libraries are used at run time (TURBOESM_GPU_BUILD=1: build them there
+# first, as tools/gpu_model.sh can). `tools/gpu_check.sh` instead builds the whole project there.
 #   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda)
 #   TURBOESM_SKIP       space-separated subset of: test memcheck bench
 #   TURBOESM_AB_LIBS    space-separated directories, each holding a libturboesm.so.0 built from an
@@ -12,19 +12,9 @@
 #                       bench_decode_cuda is re-run with each one first on LD_LIBRARY_PATH, in the
 #                       same session on the same GPU, with --benchmark_filter=${TURBOESM_AB_FILTER}
 set -uo pipefail
-_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_build="${TURBOESM_BUILD_DIR:-${_root}/build-cuda}"
-_out="${OUT:-${_root}/gpu-out}"
-_skip=" ${TURBOESM_SKIP:-} "
-mkdir -p "${_out}"
-_torchlib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-export LD_LIBRARY_PATH="${_build}/lib:${_torchlib}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-  python3 -c 'import torch; print("torch", torch.__version__)'
-  ldd --version | head -1
-  ldd "${_build}/bin/test_cuda" | grep -i "not found" || echo "all shared libraries found"
-} 2>&1 | tee "${_out}/gpu.txt"
+# shellcheck source=tools/gpu_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
+turboesm_gpu_env build-cuda test_cuda test_cuda bench_decode_cuda || exit 1
 _rc=0
 if [[ "${_skip}" != *" test "* ]]; then
   timeout 400 "${_build}/bin/test_cuda" --gtest_output="json:${_out}/test_cuda.json" \

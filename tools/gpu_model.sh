@@ -20,27 +20,11 @@
 # Output in ${OUT:-gpu-out}: gpu.txt, test_model_decode.log, decode.txt, prefill.txt, hf_prefill.txt,
 # big.txt, summary.json (every JSON line of the sections, plus the HF speed-ups).
 set -uo pipefail
-_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-_build="${TURBOESM_BUILD_DIR:-${_root}/build-cuda-m}"
-_out="${OUT:-${_root}/gpu-out}"
-_skip=" ${TURBOESM_SKIP:-} "
-mkdir -p "${_out}"
-if [[ "${TURBOESM_GPU_BUILD:-0}" == 1 ]]; then
-  _prefix="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')"
-  cmake -S "${_root}" -B "${_build}" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTURBOESM_WITH_CUDA=ON \
-    -DCMAKE_PREFIX_PATH="${_prefix}" -DTURBOESM_PYTHON="$(command -v python3)" > /dev/null \
-    && cmake --build "${_build}" -j "$(nproc)" --target test_cuda bench_model_cuda > /dev/null \
-    || { echo "build failed"; exit 1; }
-fi
-_torchlib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
-export LD_LIBRARY_PATH="${_build}/lib:${_torchlib}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+# shellcheck source=tools/gpu_env.sh
+source "$(dirname "${BASH_SOURCE[0]}")/gpu_env.sh"
+turboesm_gpu_env build-cuda-m bench_model_cuda test_cuda bench_model_cuda || exit 1
 export PYTHONUNBUFFERED=1
 _bench="${_build}/bin/bench_model_cuda"
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
-  python3 -c 'import torch, transformers; print("torch", torch.__version__, "transformers", transformers.__version__)'
-  ldd "${_bench}" | grep -i "not found" || echo "all shared libraries found"
-} 2>&1 | tee "${_out}/gpu.txt"
 _rc=0
 if [[ "${_skip}" != *" test "* ]]; then
   timeout 300 "${_build}/bin/test_cuda" --gtest_filter='*ModelDecodeCuda*' \

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "turboesm/calibration/checkpoint.h"
 #include "turboesm/calibration/collector.h"
 #include "turboesm/calibration/fit.h"
@@ -128,13 +129,7 @@ int main(int argc, char** argv) {
                  "model, FASTA and collection options, else collect and write it (sweeps over fit "
                  "options then skip the forward passes)");
   app.add_flag("--overwrite", overwrite, "replace an existing output file");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "%s: error: %s (see --help)\n", kProg, e.what());
-    return 1;
-  }
+  if (const int rc = tools::parse_args(app, argc, argv, kProg); rc >= 0) return rc;
   try {
     const auto t_start = std::chrono::steady_clock::now();
     TURBOESM_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
@@ -230,8 +225,6 @@ int main(int argc, char** argv) {
                  static_cast<long long>(fs::file_size(out)));
     return 0;
   } catch (const std::exception& e) {
-    const std::string msg = e.what();
-    std::fprintf(stderr, "%s: error: %s\n", kProg, msg.substr(0, msg.find('\n')).c_str());
-    return 1;
+    return tools::report_error(kProg, e);
   }
 }

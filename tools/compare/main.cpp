@@ -10,6 +10,7 @@
 #include <sstream>
 #include <string>
 
+#include "cli.h"
 #include "turboesm/calibration/checkpoint.h"
 #include "turboesm/calibration/compare.h"
 #include "turboesm/error.h"
@@ -63,13 +64,7 @@ int main(int argc, char** argv) {
                  "modes; counted in kv_bytes");
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "%s: error: %s (see --help)\n", kProg, e.what());
-    return 1;
-  }
+  if (const int rc = tools::parse_args(app, argc, argv, kProg); rc >= 0) return rc;
   try {
     TURBOESM_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
     TURBOESM_CHECK(max_records >= 0, "--max-records must be >= 0, got ", max_records);
@@ -126,8 +121,6 @@ int main(int argc, char** argv) {
     }
     return 0;
   } catch (const std::exception& e) {
-    const std::string msg = e.what();
-    std::fprintf(stderr, "%s: error: %s\n", kProg, msg.substr(0, msg.find('\n')).c_str());
-    return 1;
+    return tools::report_error(kProg, e);
   }
 }

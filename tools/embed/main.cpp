@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "turboesm/calibration/checkpoint.h"
 #include "turboesm/error.h"
 #include "turboesm/io/fasta.h"
@@ -88,13 +89,7 @@ int main(int argc, char** argv) {
   app.add_flag("--overwrite", overwrite,
                "replace an existing output file (with --shard-records: start again in a "
                "non-empty directory, removing the previous shards and index)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "turboesm-embed: error: %s (see --help)\n", e.what());
-    return 1;
-  }
+  if (const int rc = tools::parse_args(app, argc, argv, "turboesm-embed"); rc >= 0) return rc;
   try {
     TURBOESM_CHECK(threads >= 0, "--threads must be >= 0, got ", threads);
     if (threads > 0) at::set_num_threads(threads);
@@ -159,9 +154,6 @@ int main(int argc, char** argv) {
                  summary.residues / std::max(summary.seconds, 1e-9), out.c_str());
     return 0;
   } catch (const std::exception& e) {
-    // One line: LibTorch (c10::Error) messages carry a multi-line backtrace after the first line.
-    const std::string msg = e.what();
-    std::fprintf(stderr, "turboesm-embed: error: %s\n", msg.substr(0, msg.find('\n')).c_str());
-    return 1;
+    return tools::report_error("turboesm-embed", e);
   }
 }

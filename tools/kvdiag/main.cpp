@@ -25,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "turboesm/calibration/checkpoint.h"
 #include "turboesm/calibration/collector.h"
 #include "turboesm/calibration/compare.h"
@@ -239,13 +240,7 @@ int main(int argc, char** argv) {
   app.add_flag("--per-layer", per_layer, "add one experiment per layer (K+V of that layer, A)");
   app.add_option("--max-records", max_records, "first N records only (0 = all)");
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "%s: error: %s (see --help)\n", kProg, e.what());
-    return 1;
-  }
+  if (const int rc = tools::parse_args(app, argc, argv, kProg); rc >= 0) return rc;
   try {
     if (threads > 0) at::set_num_threads(threads);
     c10::InferenceMode guard;
@@ -305,8 +300,6 @@ int main(int argc, char** argv) {
       std::printf("%-24s %12.5f %8.3f\n", ex[e].label.c_str(), cos_sum[e] / n, top_sum[e] / n);
     return 0;
   } catch (const std::exception& e) {
-    const std::string msg = e.what();
-    std::fprintf(stderr, "%s: error: %s\n", kProg, msg.substr(0, msg.find('\n')).c_str());
-    return 1;
+    return tools::report_error(kProg, e);
   }
 }

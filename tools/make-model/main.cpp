@@ -7,6 +7,7 @@
 #include <exception>
 #include <string>
 
+#include "cli.h"
 #include "turboesm/error.h"
 #include "turboesm/model/config.h"
 #include "turboesm/model/random_init.h"
@@ -34,13 +35,7 @@ int main(int argc, char** argv) {
   app.add_option("--dtype", dtype, "stored dtype: fp32|fp16|bf16");
   app.add_option("--out", out, "output model directory")->required();
   app.add_flag("--overwrite", overwrite, "replace an existing config.json/model.safetensors");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    if (e.get_exit_code() == 0) return app.exit(e);
-    std::fprintf(stderr, "turboesm-make-model: error: %s (see --help)\n", e.what());
-    return 1;
-  }
+  if (const int rc = tools::parse_args(app, argc, argv, "turboesm-make-model"); rc >= 0) return rc;
   try {
     const model::EsmConfig config = model::EsmConfig::preset(preset);
     const auto st = model::parse_scalar_type(dtype);
@@ -64,9 +59,6 @@ int main(int argc, char** argv) {
                  static_cast<unsigned long long>(seed), init_std, s);
     return 0;
   } catch (const std::exception& e) {
-    // One line: LibTorch (c10::Error) messages carry a multi-line backtrace after the first line.
-    const std::string msg = e.what();
-    std::fprintf(stderr, "turboesm-make-model: error: %s\n", msg.substr(0, msg.find('\n')).c_str());
-    return 1;
+    return tools::report_error("turboesm-make-model", e);
   }
 }

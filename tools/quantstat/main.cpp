@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli.h"
 #include "turboesm/error.h"
 #include "turboesm/quant/distortion.h"
 
@@ -49,7 +50,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--qjl-dim", qjl_dim, "m, rows of the QJL projection in prod mode (0: dim)")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  if (const int rc = turboesm::tools::parse_args(app, argc, argv, "turboesm-quantstat"); rc >= 0)
+    return rc;
 
   try {
     TURBOESM_CHECK(tq::is_supported_head_dim(dim), "unsupported dim: ", dim,
@@ -95,12 +97,8 @@ int main(int argc, char** argv) {
     j["bits_per_value"] = r.bits_per_value;
     j["seconds"] = r.seconds;
     std::cout << j.dump() << std::endl;
-  } catch (const turboesm::Error& e) {
-    std::fprintf(stderr, "turboesm-quantstat: error: %s\n", e.what());
-    return 1;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "turboesm-quantstat: error: %s\n", e.what());
-    return 1;
+    return turboesm::tools::report_error("turboesm-quantstat", e);
   }
   return 0;
 }

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "turboesm/calibration/checkpoint.h"
 #include "turboesm/error.h"
 #include "turboesm/io/tokenizer.h"
@@ -76,7 +77,8 @@ int main(int argc, char** argv) {
   app.add_option("--norm", norm, "token | none (--random-rotation)");
   app.add_option("--qjl", qjl, "none | sign | prod (--random-rotation)");
   app.add_option("--threads", threads, "CPU threads (0: LibTorch default)");
-  CLI11_PARSE(app, argc, argv);
+  if (const int rc = tools::parse_args(app, argc, argv, "turboesm-session-demo"); rc >= 0)
+    return rc;
   try {
     c10::InferenceMode guard;
     if (threads > 0) at::set_num_threads(threads);
@@ -153,7 +155,6 @@ int main(int argc, char** argv) {
         human_bytes(turbo.allocated_bytes()).c_str());
     return 0;
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "turboesm-session-demo: error: %s\n", e.what());
-    return 1;
+    return tools::report_error("turboesm-session-demo", e);
   }
 }
