@@ -59,18 +59,22 @@ void report(benchmark::State& state, int64_t tokens, int64_t bytes_per_token_per
   state.counters["cache_MB"] = double(tokens) * kHeads * bytes_per_token_per_head / 1e6;
 }
 
-void BM_Fp32Sdpa(benchmark::State& state) {
+/// The SDPA baselines: exact attention of one query over T cached tokens stored in `dtype`.
+void sdpa_baseline(benchmark::State& state, at::ScalarType dtype) {
   set_threads();
   const int64_t T = state.range(0);
   at::manual_seed(1);
-  at::Tensor q = at::randn({1, kHeads, 1, kHeadDim}) * 0.125;
-  at::Tensor k = at::randn({1, kHeads, T, kHeadDim}), v = at::randn({1, kHeads, T, kHeadDim});
+  at::Tensor q = (at::randn({1, kHeads, 1, kHeadDim}) * 0.125).to(dtype);
+  at::Tensor k = at::randn({1, kHeads, T, kHeadDim}).to(dtype);
+  at::Tensor v = at::randn({1, kHeads, T, kHeadDim}).to(dtype);
   for (auto _ : state) {
     at::Tensor o = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, 1.0);
-    benchmark::DoNotOptimize(o.data_ptr<float>());
+    benchmark::DoNotOptimize(o.data_ptr());
   }
-  report(state, T, 2 * 4 * kHeadDim);
+  report(state, T, 2 * static_cast<int64_t>(c10::elementSize(dtype)) * kHeadDim);
 }
+
+void BM_Fp32Sdpa(benchmark::State& state) { sdpa_baseline(state, at::kFloat); }
 BENCHMARK(BM_Fp32Sdpa)
     ->Arg(1024)
     ->Arg(4096)
@@ -79,19 +83,7 @@ BENCHMARK(BM_Fp32Sdpa)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 
-void BM_Fp16Sdpa(benchmark::State& state) {
-  set_threads();
-  const int64_t T = state.range(0);
-  at::manual_seed(1);
-  at::Tensor q = (at::randn({1, kHeads, 1, kHeadDim}) * 0.125).to(at::kHalf);
-  at::Tensor k = at::randn({1, kHeads, T, kHeadDim}).to(at::kHalf);
-  at::Tensor v = at::randn({1, kHeads, T, kHeadDim}).to(at::kHalf);
-  for (auto _ : state) {
-    at::Tensor o = at::scaled_dot_product_attention(q, k, v, std::nullopt, 0.0, false, 1.0);
-    benchmark::DoNotOptimize(o.data_ptr());
-  }
-  report(state, T, 2 * 2 * kHeadDim);
-}
+void BM_Fp16Sdpa(benchmark::State& state) { sdpa_baseline(state, at::kHalf); }
 BENCHMARK(BM_Fp16Sdpa)
     ->Arg(4096)
     ->MeasureProcessCPUTime()
