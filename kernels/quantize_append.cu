@@ -144,6 +144,8 @@ const char* side_invalid_reason(const QuantizeAppendParams& p) {
   if (c.constants.rotation == nullptr || c.constants.centroids == nullptr ||
       c.constants.boundaries == nullptr)
     return "cache constants: rotation, centroids and boundaries are required";
+  if (reinterpret_cast<uintptr_t>(c.constants.rotation) % 16 != 0)
+    return "cache constants: rotation must be 16-byte aligned (it is staged with 16-byte loads)";
   if (l.qjl == QjlMode::kProd && (c.constants.qjl_proj == nullptr || l.qjl_dim <= 0 ||
                                   l.qjl_dim % 8 != 0 || l.qjl_dim > 8 * p.head_dim))
     return "QJL prod mode needs constants.qjl_proj [heads, m, head_dim], m a multiple of 8 in "

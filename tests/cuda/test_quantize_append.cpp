@@ -516,7 +516,7 @@ TEST(QuantizeAppendArgs, RejectsInvalidParamsWithAReason) {
     return p;
   };
   EXPECT_EQ(tk::quantize_append_invalid_reason(valid()), nullptr);
-  std::vector<tk::QuantizeAppendParams> bad(10, valid());
+  std::vector<tk::QuantizeAppendParams> bad(11, valid());
   bad[0].head_dim = 48;
   bad[1].x = nullptr;
   bad[2].cache.constants.boundaries = nullptr;
@@ -527,8 +527,9 @@ TEST(QuantizeAppendArgs, RejectsInvalidParamsWithAReason) {
   bad[7].path = static_cast<tk::AppendPath>(9);
   bad[8].cache.layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kProd, 64);
   bad[8].cache.constants.qjl_proj = f;
-  bad[8].path = tk::AppendPath::kTile;  // prod QJL has no tile path
-  bad[9].stride_b = 1000;               // strides given without a token stride
+  bad[8].path = tk::AppendPath::kTile;       // prod QJL has no tile path
+  bad[9].stride_b = 1000;                    // strides given without a token stride
+  bad[10].cache.constants.rotation = f + 1;  // not 16-byte aligned
   for (size_t i = 0; i < bad.size(); ++i) {
     EXPECT_NE(tk::quantize_append_invalid_reason(bad[i]), nullptr) << i;
     EXPECT_EQ(tk::quantize_append(bad[i], nullptr), cudaErrorInvalidValue) << i;

@@ -68,8 +68,9 @@ struct QuantizeAppendParams {
   AppendPath path = AppendPath::kAuto;
   const int32_t* starts = nullptr;  ///< [batch] cache position of row 0 (the old length)
   const int32_t* counts = nullptr;  ///< [batch] rows to write (≤ new_tokens), nullptr = all
-  quant::CacheView cache{};         ///< target pages + this layer's K or V constants
-  int* status = nullptr;            ///< optional: OR of kQuantizeAppend* bits (never cleared)
+  quant::CacheView cache{};  ///< target pages + this layer's K or V constants (rotation 16-byte
+                             ///< aligned: it is staged with 16-byte loads)
+  int* status = nullptr;     ///< optional: OR of kQuantizeAppend* bits (never cleared)
   /// Optional second side encoded by the same call (V when x/cache are K): its own rows (same
   /// shape and x_dtype) and cache; batch, heads, starts and counts are shared. One launch for
   /// both (twice the CTAs of one side), except the tile path with unequal bits (two launches).
