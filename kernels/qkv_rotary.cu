@@ -35,6 +35,23 @@ struct Cvt<__nv_bfloat16> {
   __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
 };
 
+/// q and k of one coordinate before their final rounding to T, as the eager ops compute them:
+/// q scaled in T first (ESM scales q before rotary), then x·cos + rot·sin in fp32 with separately
+/// rounded products and sum, rot = −partner in the first half, +partner in the second.
+struct RotatedQk {
+  float q, k;
+};
+template <typename T>
+__device__ __forceinline__ RotatedQk rotate_qk(const T* q_row, const T* k_row, int i, int partner,
+                                               bool first_half, float c, float s, float q_scale) {
+  const float qx = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(q_row[i]), q_scale));
+  const float qy = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(q_row[partner]), q_scale));
+  const float kx = Cvt<T>::to_float(k_row[i]);
+  const float ky = Cvt<T>::to_float(k_row[partner]);
+  return {__fadd_rn(__fmul_rn(qx, c), __fmul_rn(first_half ? -qy : qy, s)),
+          __fadd_rn(__fmul_rn(kx, c), __fmul_rn(first_half ? -ky : ky, s))};
+}
+
 /// One thread per (b, h, j); blockIdx.y = b.
 template <typename T>
 __global__ void qkv_rotary_kernel(QkvRotaryParams p) {
@@ -49,19 +66,9 @@ __global__ void qkv_rotary_kernel(QkvRotaryParams p) {
   const float c = p.cos[static_cast<int64_t>(b) * p.head_dim + j];
   const float s = p.sin[static_cast<int64_t>(b) * p.head_dim + j];
   const int64_t o = static_cast<int64_t>(b) * hd + i;
-  // q: scaled in T, then rotary in fp32, rounded to T.
-  {
-    const float x = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[i]), p.q_scale));
-    const float y = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[partner]), p.q_scale));
-    const float r = j < half ? -y : y;
-    p.q[o] = Cvt<T>::round(__fadd_rn(__fmul_rn(x, c), __fmul_rn(r, s)));
-  }
-  {
-    const float x = Cvt<T>::to_float(row[hd + i]);
-    const float y = Cvt<T>::to_float(row[hd + partner]);
-    const float r = j < half ? -y : y;
-    p.k[o] = Cvt<T>::round(__fadd_rn(__fmul_rn(x, c), __fmul_rn(r, s)));
-  }
+  const RotatedQk qk = rotate_qk(row, row + hd, i, partner, j < half, c, s, p.q_scale);
+  p.q[o] = Cvt<T>::round(qk.q);  // rounded to T, stored as fp32
+  p.k[o] = Cvt<T>::round(qk.k);
   p.v[o] = Cvt<T>::to_float(row[2 * hd + i]);
 }
 
@@ -90,19 +97,9 @@ __global__ void qkv_rotary_split_kernel(QkvRotarySplitParams p) {
     const int h = r / p.head_dim;
     o = ((b * p.heads + h) * p.tokens + t) * p.head_dim + j;
   }
-  // q: scaled in T, then rotary in fp32, rounded to T.
-  {
-    const float x = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[r]), p.q_scale));
-    const float y = Cvt<T>::round(__fmul_rn(Cvt<T>::to_float(row[partner]), p.q_scale));
-    const float rot = j < half ? -y : y;
-    static_cast<T*>(p.q)[o] = Cvt<T>::from_float(__fadd_rn(__fmul_rn(x, c), __fmul_rn(rot, s)));
-  }
-  {
-    const float x = Cvt<T>::to_float(row[hd + r]);
-    const float y = Cvt<T>::to_float(row[hd + partner]);
-    const float rot = j < half ? -y : y;
-    static_cast<T*>(p.k)[o] = Cvt<T>::from_float(__fadd_rn(__fmul_rn(x, c), __fmul_rn(rot, s)));
-  }
+  const RotatedQk qk = rotate_qk(row, row + hd, r, partner, j < half, c, s, p.q_scale);
+  static_cast<T*>(p.q)[o] = Cvt<T>::from_float(qk.q);
+  static_cast<T*>(p.k)[o] = Cvt<T>::from_float(qk.k);
   static_cast<T*>(p.v)[o] = row[2 * hd + r];
 }
 
