@@ -97,21 +97,7 @@ AppendPath resolved_path(const QuantizeAppendParams& p) {
 }
 
 namespace {
-const char* side_invalid_reason(const QuantizeAppendParams& p);
-}  // namespace
-
-const char* quantize_append_invalid_reason(const QuantizeAppendParams& p) {
-  if (const char* why = side_invalid_reason(side_params(p, false))) return why;
-  if (p.x2 == nullptr) return nullptr;
-  if (p.batch > 32767) return "batch must be at most 32767 with a second side (x2)";
-  if (const char* why = side_invalid_reason(side_params(p, true)))
-    return why;  // the same checks for the second side
-  if (p.path == AppendPath::kTile && p.cache2.layout.qjl == quant::QjlMode::kProd)
-    return "the tile path has no prod QJL (use kRows or kAuto)";
-  return nullptr;
-}
-
-namespace {
+/// The checks of one side (x, cache); the messages name the field, the caller names the side.
 const char* side_invalid_reason(const QuantizeAppendParams& p) {
   using quant::QjlMode;
   const quant::CacheView& c = p.cache;
@@ -156,6 +142,13 @@ const char* side_invalid_reason(const QuantizeAppendParams& p) {
 }
 
 }  // namespace
+
+const char* quantize_append_invalid_reason(const QuantizeAppendParams& p) {
+  if (const char* why = side_invalid_reason(side_params(p, false))) return why;
+  if (p.x2 == nullptr) return nullptr;
+  if (p.batch > 32767) return "batch must be at most 32767 with a second side (x2)";
+  return side_invalid_reason(side_params(p, true));  // the same checks for the second side
+}
 
 cudaError_t quantize_append(const QuantizeAppendParams& p, cudaStream_t stream) {
   if (quantize_append_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
