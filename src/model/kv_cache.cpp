@@ -113,6 +113,11 @@ void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
 
 at::ScalarType KvCache::append_dtype(at::ScalarType) const { return at::kFloat; }
 
+at::ScalarType KvCache::model_dtype_on_cuda(at::ScalarType given) const {
+  return shape_.device.is_cuda() && (given == at::kHalf || given == at::kBFloat16) ? given
+                                                                                   : at::kFloat;
+}
+
 at::Tensor KvCache::attend(int layer, const at::Tensor& q) const {
   check_layer(layer);
   TURBOESM_CHECK(q.defined() && q.dim() == 4 && q.size(0) == shape_.batch &&
@@ -162,6 +167,26 @@ at::Tensor KvCache::device_step(int layer, const at::Tensor&, const at::Tensor&,
   TURBOESM_FAIL("KV cache device_step (layer ", layer, "): not supported by the ",
                 to_string(kind()), " cache on ", shape_.device.str(),
                 " (supported: turbo, fp16 and fp32 caches on CUDA)");
+}
+
+void KvCache::check_device_step_args(const char* who, int layer, const at::Tensor& q,
+                                     const at::Tensor& k, const at::Tensor& v,
+                                     const at::Tensor& lengths, const at::Tensor& lengths_after,
+                                     int64_t max_tokens) const {
+  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, who, " device_step: layer ", layer,
+                 " out of range [0, ", shape_.layers, ")");
+  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
+  TURBOESM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
+                     k.size(3) == d && k.sizes() == v.sizes() && q.sizes() == k.sizes(),
+                 who, " device_step: q, k, v must be [", B, ", ", H, ", 1, ", d, "], got q ",
+                 q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
+  TURBOESM_CHECK(lengths.scalar_type() == at::kInt && lengths_after.scalar_type() == at::kInt &&
+                     lengths.numel() == B && lengths_after.numel() == B &&
+                     lengths.device() == shape_.device && lengths_after.device() == shape_.device,
+                 who, " device_step: lengths and lengths_after must be int32 [", B, "] on ",
+                 shape_.device.str());
+  TURBOESM_CHECK(max_tokens > 0 && max_tokens <= capacity(layer), who, " device_step: max_tokens ",
+                 max_tokens, " outside [1, capacity ", capacity(layer), "] (reserve first)");
 }
 
 void KvCache::commit_device_steps(int64_t steps) {
@@ -270,9 +295,7 @@ at::ScalarType DenseKvCache::append_dtype(at::ScalarType given) const {
   // fp16 / fp32 storage: one converting copy from the model dtype (fp16 -> fp32 -> fp16 and
   // bf16 -> fp32 -> fp16 round the same as the direct conversion). INT8 / FP8 scale in fp32.
   const bool plain = kind_ == CacheKind::kFp32 || kind_ == CacheKind::kFp16;
-  return plain && shape_.device.is_cuda() && (given == at::kHalf || given == at::kBFloat16)
-             ? given
-             : at::kFloat;
+  return plain ? model_dtype_on_cuda(given) : at::kFloat;
 }
 
 void DenseKvCache::do_append(int layer, const at::Tensor& k, const at::Tensor& v,
@@ -345,16 +368,8 @@ at::Tensor DenseKvCache::device_step(int layer, const at::Tensor& q, const at::T
                                      const at::Tensor& lengths_after, int64_t max_tokens) {
   if (!supports_device_step())
     return KvCache::device_step(layer, q, k, v, lengths, lengths_after, max_tokens);
-  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "KV cache device_step: layer ", layer,
-                 " out of range [0, ", shape_.layers, ")");
+  check_device_step_args("KV cache", layer, q, k, v, lengths, lengths_after, max_tokens);
   const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
-  TURBOESM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
-                     k.size(3) == d && k.sizes() == v.sizes() && q.sizes() == k.sizes(),
-                 "KV cache device_step: q, k, v must be [", B, ", ", H, ", 1, ", d, "], got q ",
-                 q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
-  TURBOESM_CHECK(max_tokens > 0 && max_tokens <= capacity(layer),
-                 "KV cache device_step: max_tokens ", max_tokens, " outside [1, capacity ",
-                 capacity(layer), "] (reserve first)");
   Layer& l = layers_[static_cast<size_t>(layer)];
   // Scatter with a device index: no host-side position, so the step can be graph-captured.
   const at::Tensor idx = lengths.to(at::kLong).view({B, 1, 1, 1}).expand({B, H, 1, d});

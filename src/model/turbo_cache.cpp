@@ -494,8 +494,7 @@ void TurboKvCache::append_cpu_reference(int layer, const at::Tensor& x, bool key
 }
 
 at::ScalarType TurboKvCache::append_dtype(at::ScalarType given) const {
-  return shape_.device.is_cuda() && (given == at::kHalf || given == at::kBFloat16) ? given
-                                                                                   : at::kFloat;
+  return model_dtype_on_cuda(given);
 }
 
 void TurboKvCache::launch_quantize_append(int layer, const at::Tensor& k, const at::Tensor& v,
@@ -589,21 +588,7 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
                                      const at::Tensor& lengths_after, int64_t max_tokens) {
   if (!supports_device_step())
     return KvCache::device_step(layer, q, k, v, lengths, lengths_after, max_tokens);
-  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "turbo cache device_step: layer ", layer,
-                 " out of range [0, ", shape_.layers, ")");
-  const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
-  TURBOESM_CHECK(k.dim() == 4 && k.size(0) == B && k.size(1) == H && k.size(2) == 1 &&
-                     k.size(3) == d && k.sizes() == v.sizes() && q.sizes() == k.sizes(),
-                 "turbo cache device_step: q, k, v must be [", B, ", ", H, ", 1, ", d, "], got q ",
-                 q.sizes(), ", k ", k.sizes(), ", v ", v.sizes());
-  TURBOESM_CHECK(lengths.scalar_type() == at::kInt && lengths_after.scalar_type() == at::kInt &&
-                     lengths.numel() == B && lengths_after.numel() == B &&
-                     lengths.device() == shape_.device && lengths_after.device() == shape_.device,
-                 "turbo cache device_step: lengths and lengths_after must be int32 [", B, "] on ",
-                 shape_.device.str());
-  TURBOESM_CHECK(max_tokens > 0 && max_tokens <= capacity(layer),
-                 "turbo cache device_step: max_tokens ", max_tokens, " outside [1, capacity ",
-                 capacity(layer), "] (reserve first)");
+  check_device_step_args("turbo cache", layer, q, k, v, lengths, lengths_after, max_tokens);
 #ifdef TURBOESM_WITH_CUDA
   c10::cuda::CUDAGuard guard(shape_.device);
   const at::Tensor kf = k.to(at::kFloat).contiguous();

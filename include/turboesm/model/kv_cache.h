@@ -148,6 +148,9 @@ class KvCache {
   /// fp32 by default; formats that read the model dtype directly (CUDA turbo and fp16/fp32
   /// caches) keep fp16 / bf16 and skip a conversion pass.
   virtual at::ScalarType append_dtype(at::ScalarType given) const;
+  /// `given` when it is fp16 / bf16 and the cache is on CUDA, else fp32: the append_dtype of a
+  /// format whose CUDA path reads the model dtype directly.
+  at::ScalarType model_dtype_on_cuda(at::ScalarType given) const;
   /// Whether do_append takes strided k, v (head_dim dense) as they come: true where the CUDA
   /// kernels or copies read them in place (no contiguous copy first).
   virtual bool append_keeps_strides() const { return false; }
@@ -162,6 +165,12 @@ class KvCache {
   /// Attention over lengths(layer) tokens; q [B, H, Tq, d] contiguous fp32 on the device.
   virtual at::Tensor do_attend(int layer, const at::Tensor& q) const = 0;
 
+  /// The argument checks of a device_step (`who` starts every message, e.g. "turbo cache"):
+  /// layer in range, q, k, v [B, H, 1, d], lengths and lengths_after int32 [B] on the cache's
+  /// device, max_tokens in [1, capacity].
+  void check_device_step_args(const char* who, int layer, const at::Tensor& q, const at::Tensor& k,
+                              const at::Tensor& v, const at::Tensor& lengths,
+                              const at::Tensor& lengths_after, int64_t max_tokens) const;
   /// Capacity after growth: max(needed, 2 × current, kMinCapacity).
   static int64_t grown_capacity(int64_t current, int64_t needed);
   /// Smallest capacity allocated on first use.
