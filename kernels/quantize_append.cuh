@@ -22,6 +22,7 @@
 #include "common.cuh"
 #include "turboesm/kernels/quantize_append.h"
 #include "turboesm/quant/cache_view.h"
+#include "turboesm/quant/codebook.h"
 #include "turboesm/quant/format.h"
 
 namespace turboesm::kernels::detail {
@@ -280,10 +281,16 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tile path (prefill): 3xTF32 tensor-core rotation of 64-row tiles, then 1-2 lanes per row.
+// Tile path (prefill): tensor-core rotation (fp16 or 3xTF32) of 128-row tiles, then 1-2 lanes per
+// row.
 // ---------------------------------------------------------------------------------------------
 
-inline constexpr int kTileWarps = 4;
+// Warps per CTA of the tile path (16 rows each): 8 measured 8% faster than 4 on the 650M prefill
+// (kernels/NOTES.md); a compile-time knob for re-measuring (-DTURBOESM_TILE_WARPS=4).
+#ifndef TURBOESM_TILE_WARPS
+#define TURBOESM_TILE_WARPS 8
+#endif
+inline constexpr int kTileWarps = TURBOESM_TILE_WARPS;
 inline constexpr int kTileRowsPerWarp = 16;  ///< one 16-row MMA tile per warp
 inline constexpr int kTileRows = kTileWarps * kTileRowsPerWarp;
 
@@ -297,9 +304,17 @@ __host__ __device__ constexpr int tile_tail_lanes(int d, int bits) {
 /// (8 rows × 4 columns per instruction) hit 32 distinct banks.
 __host__ __device__ constexpr int tile_stride(int d) { return d + 4; }
 
+/// Row stride (halves) of Π's fp16 parts on the fp16 MMA path: (D + 8) / 2 words ≡ 4 (mod 32)
+/// for D = 64, 128 (and a permutation of the banks for 16, 32): conflict-free B fragments.
+__host__ __device__ constexpr int tile_stride_f16(int d) { return d + 8; }
+
+/// The fp16 MMA path (m16n8k16) applies: fp16 rows (exact fp16 A operands) that are not centered,
+/// D a multiple of 16.
+__host__ __device__ constexpr bool tile_f16_dim(int d) { return d % 16 == 0; }
+
 /// Shared memory (bytes) of quantize_append_tile_kernel<D>: Π split into TF32 high and low parts
-/// [2][D][D+4], the x/y tile [kTileRows][D+4], then 1/σ [D] and the codebook (≤ 15 boundaries,
-/// ≤ 16 centroids).
+/// [2][D][D+4] (the fp16 path's [2][D][D+8] halves fit in it), the x/y tile [kTileRows][D+4],
+/// then 1/σ [D] and the codebook (≤ 15 boundaries, ≤ 16 centroids).
 __host__ __device__ inline size_t append_tile_smem_bytes(int d) {
   return sizeof(float) * (static_cast<size_t>(2 * d + kTileRows) * tile_stride(d) + d + 32);
 }
@@ -325,6 +340,51 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/// 1 iff `v` is not finite (exponent bits all ones), else 0.
+__device__ __forceinline__ uint32_t nonfinite_bit(float v) {
+  return (__float_as_uint(v) & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
+}
+
+/// \brief stage_matrix for the tile kernel: the row-major D×D Π (16-byte aligned) to shared
+/// memory split into TF32 parts, hi[i * stride + j] and lo[i * stride + j] (split in registers
+/// between the 16-byte loads and the stores: one pass, no second sweep over shared memory).
+/// Returns whether this thread saw a nonzero lo part.
+template <int D, int THREADS>
+__device__ __forceinline__ bool stage_rotation_split(const float* __restrict__ src, float* hi,
+                                                     uint32_t* lo, int stride, int tid) {
+  constexpr int kVecs = D * D / 4;
+  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
+  constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
+  const float4* s4 = reinterpret_cast<const float4*>(src);
+  bool lo_any = false;
+#pragma unroll
+  for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+    float4 v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) v[k] = __ldg(s4 + idx);
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) {
+        const int o = ((4 * idx) / D) * stride + (4 * idx) % D;
+        const float e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+        uint32_t h4[4], l4[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          split_tf32(e[c], h4[c], l4[c]);
+          lo_any = lo_any || (l4[c] & 0x7fffffffu) != 0u;
+        }
+        *reinterpret_cast<uint4*>(hi + o) = make_uint4(h4[0], h4[1], h4[2], h4[3]);
+        *reinterpret_cast<uint4*>(lo + o) = make_uint4(l4[0], l4[1], l4[2], l4[3]);
+      }
+    }
+  }
+  return lo_any;
 }
 
 /// Writes N 32-bit words (little-endian byte stream) to `dst`: word stores when `dst` is 4-byte
@@ -412,8 +472,211 @@ __device__ __forceinline__ void load_tile_rows(const void* x, AppendInput dtype,
   }
 }
 
+/// D += A·B, m16n8k16, fp16 inputs, fp32 accumulators (PTX fragment layouts).
+__device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/// Scale of the low fp16 part of Π: lo = fp16((Π − hi) · 2^12), so that the residual stays in the
+/// normal fp16 range (|Π − hi| ≤ 2^-11 |Π|); the products are scaled back by 2^-12 (exact).
+inline constexpr float kF16LoScale = 4096.0f;
+
+/// \brief The row-major D×D Π (16-byte aligned) to shared memory as two fp16 parts, hi[i·stride+j]
+/// = fp16(Π_ij) and lo[i·stride+j] = fp16((Π_ij − hi) · 2^12): Π to ~22 bits, like 3xTF32.
+/// Returns whether this thread saw a nonzero lo part (Π exact in fp16, e.g. a Hadamard rotation
+/// with entries ±2^-k, needs no lo products).
+template <int D, int THREADS>
+__device__ __forceinline__ bool stage_rotation_split_f16(const float* __restrict__ src, __half* hi,
+                                                         __half* lo, int stride, int tid) {
+  constexpr int kVecs = D * D / 4;
+  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
+  constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
+  const float4* s4 = reinterpret_cast<const float4*>(src);
+  bool lo_any = false;
+#pragma unroll
+  for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
+    float4 v[kBatch];
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) v[k] = __ldg(s4 + idx);
+    }
+#pragma unroll
+    for (int k = 0; k < kBatch; ++k) {
+      const int idx = (b0 + k) * THREADS + tid;
+      if (b0 + k < kPerThread && idx < kVecs) {
+        const int o = ((4 * idx) / D) * stride + (4 * idx) % D;
+        const float e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+        __half h4[4], l4[4];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          h4[c] = __float2half_rn(e[c]);
+          l4[c] = __float2half_rn(__fmul_rn(__fsub_rn(e[c], __half2float(h4[c])), kF16LoScale));
+          lo_any = lo_any || __half2float(l4[c]) != 0.0f;
+        }
+        *reinterpret_cast<__half2*>(hi + o) = __halves2half2(h4[0], h4[1]);
+        *reinterpret_cast<__half2*>(hi + o + 2) = __halves2half2(h4[2], h4[3]);
+        *reinterpret_cast<__half2*>(lo + o) = __halves2half2(l4[0], l4[1]);
+        *reinterpret_cast<__half2*>(lo + o + 2) = __halves2half2(l4[2], l4[3]);
+      }
+    }
+  }
+  return lo_any;
+}
+
+/// Two fp32 values that are exact fp16 values, as one fp16x2 register (element 0 in the low half).
+__device__ __forceinline__ uint32_t pack_half2_exact(float a, float b) {
+  const __half2 h = __floats2half2_rn(a, b);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+/// \brief rotate_tile_rows on the fp16 tensor-core path (fp16 rows, exact as fp16 A operands):
+/// per 16-wide k-step, hi·A in a fresh accumulator added (IEEE-rounded) into the running sum, as
+/// the TF32 path does per 8; LO: the lo·A products accumulate across k-steps inside the tensor
+/// core (their sum is 2^-12 of the result) and are added at the end, y = acc + acc_lo · 2^-12.
+template <int D, bool LO>
+__device__ __forceinline__ void rotate_tile_rows_f16(float* w, const __half* s_hi,
+                                                     const __half* s_lo, int lane) {
+  static_assert(tile_f16_dim(D), "fp16 MMA path: head_dim must be a multiple of 16");
+  constexpr int S = tile_stride(D), SH = tile_stride_f16(D);
+  const int g = lane >> 2, t = lane & 3;
+  float acc[D / 8][4], acc_lo[D / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[nt][e] = acc_lo[nt][e] = 0.0f;
+#pragma unroll 2
+  for (int ks = 0; ks < D / 16; ++ks) {
+    const int k0 = ks * 16;
+    const float2 x0 = *reinterpret_cast<const float2*>(w + g * S + k0 + 2 * t);
+    const float2 x1 = *reinterpret_cast<const float2*>(w + (g + 8) * S + k0 + 2 * t);
+    const float2 x2 = *reinterpret_cast<const float2*>(w + g * S + k0 + 2 * t + 8);
+    const float2 x3 = *reinterpret_cast<const float2*>(w + (g + 8) * S + k0 + 2 * t + 8);
+    const uint32_t a[4] = {pack_half2_exact(x0.x, x0.y), pack_half2_exact(x1.x, x1.y),
+                           pack_half2_exact(x2.x, x2.y), pack_half2_exact(x3.x, x3.y)};
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int bo = (nt * 8 + g) * SH + k0 + 2 * t;  // B[k][n] = Π[n][k]: k pairs contiguous
+      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(s_hi + bo);
+      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(s_hi + bo + 8);
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      mma_f16(part, a, b0, b1);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
+      if (LO) {
+        const uint32_t l0 = *reinterpret_cast<const uint32_t*>(s_lo + bo);
+        const uint32_t l1 = *reinterpret_cast<const uint32_t*>(s_lo + bo + 8);
+        mma_f16(acc_lo[nt], a, l0, l1);
+      }
+    }
+  }
+  __syncwarp();  // every lane has read the tile's xc
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    float y[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e)
+      y[e] = LO ? __fmaf_rn(acc_lo[nt][e], 1.0f / kF16LoScale, acc[nt][e]) : acc[nt][e];
+    const int col = nt * 8 + 2 * t;
+    *reinterpret_cast<float2*>(w + g * S + col) = make_float2(y[0], y[1]);
+    *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(y[2], y[3]);
+  }
+}
+
+/// \brief y = xc · Πᵀ for the 16 rows at w (row stride tile_stride(D)) on tensor cores, written
+/// over xc: 3xTF32 (both operands split into TF32 hi + lo; lo·hi + hi·lo + hi·hi per k-step in a
+/// fresh accumulator, then one IEEE-rounded add into the running fp32 sum). A_EXACT: the rows are
+/// exact TF32 values (bf16 / fp16 inputs, not centered), their lo parts are 0 and lo·hi is skipped;
+/// !PI_LO: Π is exact in TF32 (every lo part 0), hi·lo is skipped. Skipped terms are all zeros.
+template <int D, bool A_EXACT, bool PI_LO>
+__device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
+                                                 const uint32_t* s_pi_lo, int lane) {
+  constexpr int S = tile_stride(D);
+  const int g = lane >> 2, t = lane & 3;
+  float acc[D / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
+#pragma unroll 2
+  for (int ks = 0; ks < D / 8; ++ks) {
+    const int k0 = ks * 8;
+    const float a_f[4] = {w[g * S + k0 + t], w[(g + 8) * S + k0 + t], w[g * S + k0 + t + 4],
+                          w[(g + 8) * S + k0 + t + 4]};
+    uint32_t a_hi[4], a_lo[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      if (A_EXACT) {
+        a_hi[e] = __float_as_uint(a_f[e]);
+        a_lo[e] = 0u;
+      } else {
+        split_tf32(a_f[e], a_hi[e], a_lo[e]);
+      }
+    }
+#pragma unroll
+    for (int nt = 0; nt < D / 8; ++nt) {
+      const int bo = (nt * 8 + g) * S + k0 + t;  // B[k][n] = Π[n][k]
+      const uint32_t b0_hi = __float_as_uint(s_pi[bo]), b1_hi = __float_as_uint(s_pi[bo + 4]);
+      // This k-step's products (small terms first) in a fresh accumulator, then one IEEE-rounded
+      // add into the running sum: the tensor core's internal accumulation only spans one k-step.
+      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+      if (!A_EXACT) mma_tf32(part, a_lo, b0_hi, b1_hi);
+      if (PI_LO) mma_tf32(part, a_hi, s_pi_lo[bo], s_pi_lo[bo + 4]);
+      mma_tf32(part, a_hi, b0_hi, b1_hi);
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
+    }
+  }
+  __syncwarp();  // every lane has read the tile's xc
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int col = nt * 8 + 2 * t;
+    *reinterpret_cast<float2*>(w + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
+  }
+}
+
+/// \brief The exact path's per-value steps for SPAN coordinates y[0..SPAN) (16-byte aligned) of
+/// one row: z = y · inv (TOKEN) · 1/σ_j (SCALED), code = #{boundaries < z} (binary search),
+/// packed at bit j·BITS of `codes`; SIGN: bit j of `signs` = (z − C[code] ≥ 0).
+template <int SPAN, int BITS, bool TOKEN, bool SCALED, bool SIGN>
+__device__ __forceinline__ void encode_span(const float* y, float inv, const float* isig,
+                                            const float* cen, const float* bnd,
+                                            uint32_t (&codes)[(SPAN * BITS + 31) / 32],
+                                            uint32_t (&signs)[(SPAN + 31) / 32]) {
+#pragma unroll
+  for (int w = 0; w < (SPAN * BITS + 31) / 32; ++w) codes[w] = 0u;
+#pragma unroll
+  for (int w = 0; w < (SPAN + 31) / 32; ++w) signs[w] = 0u;
+#pragma unroll
+  for (int j4 = 0; j4 < SPAN; j4 += 4) {
+    const float4 y4 = *reinterpret_cast<const float4*>(y + j4);
+    const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int j = j4 + e;
+      float z = yv[e];
+      if (TOKEN) z = __fmul_rn(z, inv);
+      if (SCALED) z = __fmul_rn(z, isig[j]);
+      const uint32_t c = quant::encode_value_tree<BITS>(z, bnd);  // = the compare-count code
+      const int bit = j * BITS;  // value j occupies bits [j·BITS, ...) of the span's record
+      codes[bit / 32] |= c << (bit % 32);
+      if (bit % 32 + BITS > 32) codes[bit / 32 + 1] |= c >> (32 - bit % 32);
+      if (SIGN) signs[j / 32] |= (__fsub_rn(z, cen[c]) >= 0.0f ? 1u : 0u) << (j % 32);
+    }
+  }
+}
+
+/// Minimum CTAs per SM the tile kernel is compiled for: 3 at D ≤ 64 (≤ 85 registers; shared
+/// memory allows 3 there) measured 9–11% faster than the 2 that 116 registers allowed
+/// (kernels/NOTES.md); at D = 128 shared memory allows one CTA whatever the registers.
+__host__ __device__ constexpr int tile_min_blocks(int d) { return d <= 64 ? 3 : 1; }
+
 template <int D, int BITS>
-__global__ void __launch_bounds__(kTileWarps * 32)
+__global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
     quantize_append_tile_kernel(const __grid_constant__ QuantizeAppendParams p) {
   static_assert(D % 8 == 0, "head_dim must be a multiple of 8 (MMA k and n steps)");
   constexpr int S = tile_stride(D);
@@ -430,13 +693,24 @@ __global__ void __launch_bounds__(kTileWarps * 32)
   if (first >= count) return;  // uniform over the CTA
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* s_pi = reinterpret_cast<float*>(smem_raw);  // [D][S]: s_pi[i*S + j] = Π_ij, then hi
+  float* s_pi = reinterpret_cast<float*>(smem_raw);  // [D][S]: TF32 high part of Π_ij at i*S + j
   uint32_t* s_pi_lo = reinterpret_cast<uint32_t*>(s_pi + D * S);  // [D][S]: TF32 low parts
   float* s_x = s_pi + 2 * D * S;                                  // [kTileRows][S]: xc, then y
   float* s_isig = s_x + kTileRows * S;                            // [D]
   float* s_bnd = s_isig + D;                                      // [kLevels - 1]
   float* s_cen = s_bnd + 16;                                      // [kLevels]
-  stage_matrix<D, kTileWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pi, S, 1, tid);
+  // fp16 rows that are not centered take the fp16 MMA path (exact fp16 A operands, k = 16); other
+  // rows the 3xTF32 path. Either way a Π exact in the operand type needs no lo products.
+  const bool f16_path =
+      tile_f16_dim(D) && p.x_dtype == AppendInput::kFloat16 && cst.mean == nullptr;
+  const bool a_exact = p.x_dtype != AppendInput::kFloat32 && cst.mean == nullptr;
+  __half* s_hi16 = reinterpret_cast<__half*>(smem_raw);  // fp16 path: [D][SH] hi, then [D][SH] lo
+  __half* s_lo16 = s_hi16 + D * tile_stride_f16(D);
+  const float* rot = cst.rotation + static_cast<int64_t>(h) * D * D;
+  const bool lo_mine = f16_path
+                           ? stage_rotation_split_f16<D, kTileWarps * 32>(rot, s_hi16, s_lo16,
+                                                                          tile_stride_f16(D), tid)
+                           : stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
   {
     for (int i = tid; i < D; i += kTileWarps * 32) {
       s_isig[i] = cst.scale ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
@@ -448,79 +722,66 @@ __global__ void __launch_bounds__(kTileWarps * 32)
   load_tile_rows<D, kTileRows, kTileWarps * 32>(
       side ? p.x2 : p.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
       count - first, cst.mean ? cst.mean + h * D : nullptr, s_x, S, tid);
-  __syncthreads();
-  // Split Π once per CTA (every warp reads every element): s_pi keeps hi, s_pi_lo gets lo.
-  for (int idx = tid; idx < D * D; idx += kTileWarps * 32) {
-    const int o = (idx / D) * S + idx % D;
-    uint32_t hi, lo;
-    split_tf32(s_pi[o], hi, lo);
-    s_pi[o] = __uint_as_float(hi);
-    s_pi_lo[o] = lo;
-  }
-  __syncthreads();
+  const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
 
   // Each warp owns the 16 rows [16 warp, 16 warp + 16) (one MMA tile).
   float* w_x = s_x + warp * kTileRowsPerWarp * S;
-  // n² in double, increasing j (TurboQuantizer::encode's order), from xc before it is replaced:
-  // lane r < 16 for row r.
+  // Token norm: n² in double, increasing j (TurboQuantizer::encode's order), from xc before it is
+  // replaced: lane r < 16 for row r. Without a norm, n² only flags non-finite rows (n² is finite
+  // iff every xc is): the tail lanes check their own span instead, and n² stands for the flag.
+  constexpr int kTailLanes = tile_tail_lanes(D, BITS);
+  constexpr int kSpan = D / kTailLanes;
+  const int r = lane / kTailLanes, part = lane % kTailLanes;
   double n2 = 0.0;
-  if (lane < kTileRowsPerWarp) {
+  if (lay.norm == quant::NormMode::kToken) {
+    if (lane < kTileRowsPerWarp) {
 #pragma unroll 8
-    for (int j = 0; j < D; ++j) {
-      const double v = static_cast<double>(w_x[lane * S + j]);
-      n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      for (int j = 0; j < D; ++j) {
+        const double v = static_cast<double>(w_x[lane * S + j]);
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      }
     }
+    n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
+  } else {
+    uint32_t nonfinite = 0u;
+    if (r < kTileRowsPerWarp) {
+#pragma unroll
+      for (int j = 0; j < kSpan; j += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(w_x + r * S + part * kSpan + j);
+        nonfinite |=
+            nonfinite_bit(v.x) | nonfinite_bit(v.y) | nonfinite_bit(v.z) | nonfinite_bit(v.w);
+      }
+    }
+    if (kTailLanes == 2) nonfinite |= __shfl_xor_sync(kFullMask, nonfinite, 1);
+    n2 = nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;  // NaN flags the row
   }
   __syncwarp();
 
   // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
-  {
-    const int g = lane >> 2, t = lane & 3;
-    float acc[D / 8][4];
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-#pragma unroll 2
-    for (int ks = 0; ks < D / 8; ++ks) {
-      const int k0 = ks * 8;
-      uint32_t a_hi[4], a_lo[4];
-      split_tf32(w_x[g * S + k0 + t], a_hi[0], a_lo[0]);
-      split_tf32(w_x[(g + 8) * S + k0 + t], a_hi[1], a_lo[1]);
-      split_tf32(w_x[g * S + k0 + t + 4], a_hi[2], a_lo[2]);
-      split_tf32(w_x[(g + 8) * S + k0 + t + 4], a_hi[3], a_lo[3]);
-#pragma unroll
-      for (int nt = 0; nt < D / 8; ++nt) {
-        const int bo = (nt * 8 + g) * S + k0 + t;  // B[k][n] = Π[n][k]
-        const uint32_t b0_hi = __float_as_uint(s_pi[bo]), b1_hi = __float_as_uint(s_pi[bo + 4]);
-        const uint32_t b0_lo = s_pi_lo[bo], b1_lo = s_pi_lo[bo + 4];
-        // This k-step's 8 products (small terms first) in a fresh accumulator, then one
-        // IEEE-rounded add into the running sum: the tensor core's internal accumulation only
-        // ever spans one k-step.
-        float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-        mma_tf32(part, a_lo, b0_hi, b1_hi);
-        mma_tf32(part, a_hi, b0_lo, b1_lo);
-        mma_tf32(part, a_hi, b0_hi, b1_hi);
-#pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
-      }
+  if constexpr (tile_f16_dim(D)) {
+    if (f16_path) {
+      if (pi_lo)
+        rotate_tile_rows_f16<D, true>(w_x, s_hi16, s_lo16, lane);
+      else
+        rotate_tile_rows_f16<D, false>(w_x, s_hi16, s_lo16, lane);
     }
-    __syncwarp();  // every lane has read the tile's xc
-#pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int col = nt * 8 + 2 * t;
-      *reinterpret_cast<float2*>(w_x + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
-      *reinterpret_cast<float2*>(w_x + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
-    }
+  }
+  if (!f16_path) {
+    if (a_exact && pi_lo)
+      rotate_tile_rows<D, true, true>(w_x, s_pi, s_pi_lo, lane);
+    else if (a_exact)
+      rotate_tile_rows<D, true, false>(w_x, s_pi, s_pi_lo, lane);
+    else if (pi_lo)
+      rotate_tile_rows<D, false, true>(w_x, s_pi, s_pi_lo, lane);
+    else
+      rotate_tile_rows<D, false, false>(w_x, s_pi, s_pi_lo, lane);
   }
   __syncwarp();
 
   // Encode: kTailLanes lanes per row, each a contiguous span of kSpan coordinates whose codes
   // and sign bits fill whole 32-bit words (the exact path's arithmetic per value).
-  constexpr int kTailLanes = tile_tail_lanes(D, BITS);
-  constexpr int kSpan = D / kTailLanes;
   constexpr int kCodeWords = (kSpan * BITS + 31) / 32;
   constexpr int kSignWords = (kSpan + 31) / 32;
-  const int r = lane / kTailLanes, part = lane % kTailLanes;
-  n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
   const int tok = first + warp * kTileRowsPerWarp + r;
   if (r >= kTileRowsPerWarp || tok >= count) return;
   const int64_t pos = static_cast<int64_t>(p.starts[b]) + tok;
@@ -532,29 +793,41 @@ __global__ void __launch_bounds__(kTileWarps * 32)
   uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
   const int slot = static_cast<int>(pos % lay.page_tokens);
   const float inv = row_norm_factor(n2, lay, page, slot, part == 0, p.status);
-  const bool scaled = cst.scale != nullptr;
-  const bool sign = lay.qjl == quant::QjlMode::kSign;
   const int j0 = part * kSpan;
-  const float* y = w_x + r * S + j0;
   float bnd[kLevels - 1];
 #pragma unroll
   for (int q = 0; q < kLevels - 1; ++q) bnd[q] = s_bnd[q];
   uint32_t codes[kCodeWords], signs[kSignWords];
-#pragma unroll
-  for (int w = 0; w < kCodeWords; ++w) codes[w] = 0u;
-#pragma unroll
-  for (int w = 0; w < kSignWords; ++w) signs[w] = 0u;
-#pragma unroll
-  for (int j = 0; j < kSpan; ++j) {
-    float z = __fmul_rn(y[j], inv);
-    if (scaled) z = __fmul_rn(z, s_isig[j0 + j]);
-    uint32_t c = 0;
-#pragma unroll
-    for (int q = 0; q < kLevels - 1; ++q) c += z > bnd[q] ? 1u : 0u;
-    const int bit = j * BITS;  // value j0 + j occupies bits [(j0 + j)·BITS, ...) of the record
-    codes[bit / 32] |= c << (bit % 32);
-    if (bit % 32 + BITS > 32) codes[bit / 32 + 1] |= c >> (32 - bit % 32);
-    if (sign) signs[j / 32] |= (__fsub_rn(z, s_cen[c]) >= 0.0f ? 1u : 0u) << (j % 32);
+  // One loop per (token norm, σ, sign QJL) combination: the steps a mode does not have cost no
+  // issue slots (a multiply by 1 and the sign bit would be exact no-ops, yet predicated slots).
+  const bool token = lay.norm == quant::NormMode::kToken, scaled = cst.scale != nullptr;
+  const bool sign = lay.qjl == quant::QjlMode::kSign;
+  const float* y = w_x + r * S + j0;
+  const float* isig = s_isig + j0;
+  if (token) {
+    if (scaled) {
+      if (sign)
+        encode_span<kSpan, BITS, true, true, true>(y, inv, isig, s_cen, bnd, codes, signs);
+      else
+        encode_span<kSpan, BITS, true, true, false>(y, inv, isig, s_cen, bnd, codes, signs);
+    } else {
+      if (sign)
+        encode_span<kSpan, BITS, true, false, true>(y, inv, isig, s_cen, bnd, codes, signs);
+      else
+        encode_span<kSpan, BITS, true, false, false>(y, inv, isig, s_cen, bnd, codes, signs);
+    }
+  } else {
+    if (scaled) {
+      if (sign)
+        encode_span<kSpan, BITS, false, true, true>(y, inv, isig, s_cen, bnd, codes, signs);
+      else
+        encode_span<kSpan, BITS, false, true, false>(y, inv, isig, s_cen, bnd, codes, signs);
+    } else {
+      if (sign)
+        encode_span<kSpan, BITS, false, false, true>(y, inv, isig, s_cen, bnd, codes, signs);
+      else
+        encode_span<kSpan, BITS, false, false, false>(y, inv, isig, s_cen, bnd, codes, signs);
+    }
   }
   const int code_off = part * (kSpan * BITS / 8), sign_off = part * (kSpan / 8);
   store_words(quant::token_codes(page, lay, slot) + code_off, codes, kSpan * BITS / 8);

@@ -591,8 +591,11 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   check_device_step_args("turbo cache", layer, q, k, v, lengths, lengths_after, max_tokens);
 #ifdef TURBOESM_WITH_CUDA
   c10::cuda::CUDAGuard guard(shape_.device);
-  const at::Tensor kf = k.to(at::kFloat).contiguous();
-  const at::Tensor vf = v.to(at::kFloat).contiguous();
+  // The kernel reads fp16 / bf16 / fp32 rows through their strides (no conversion launches);
+  // widening is exact, so the codes equal those of fp32 copies.
+  const at::ScalarType kt = append_dtype(k.scalar_type()), vt = append_dtype(v.scalar_type());
+  const at::Tensor kf = k.scalar_type() == kt ? k : k.to(kt);
+  const at::Tensor vf = v.scalar_type() == vt ? v : v.to(vt);
   const int32_t* starts = lengths.data_ptr<int32_t>();
   launch_quantize_append(layer, kf, vf, starts, nullptr);
   // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count

@@ -1,19 +1,20 @@
 // SPDX-License-Identifier: MIT
 // Whole-model GPU timings (issue 6), a benchmark program (not ctest, not Google Benchmark: each
 // section builds a model of hundreds of MB to 30 GB once). Random FP16 weights drawn directly on
-// the GPU (Esm2Model::random_on_device), batch 1. CUDA events around each measured call on the
-// caller's stream, synchronised, warm-ups first, medians reported. tools/gpu_model.sh runs every
-// section and the HF comparison (bench_prefill_hf.py) in one go.
+// the GPU (Esm2Model::random_on_device), batch 1 unless given. CUDA events around each measured
+// call on the caller's stream, synchronised, warm-ups first, medians reported. tools/gpu_model.sh
+// runs every section and the HF comparison (bench_prefill_hf.py) in one go.
 //
 //   bench_model_cuda config <preset>           the preset's HF config.json (for the HF script)
 //   bench_model_cuda decode [preset] [tokens]  per appended token, `tokens` cached (default
 //                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
 //                                              none) eager / CUDA graph, fp16 cache eager / graph
-//   bench_model_cuda prefill [preset] [res]    prefill of `res` residues (default 1024): plain
-//                                              forward vs Session::prefill writing the turbo cache
-//                                              (quantize-on-append: tile path, and the row
-//                                              path for comparison) and the fp16 cache; SDPA
-//                                              backend
+//   bench_model_cuda prefill [preset] [res] [batch]
+//                                              prefill of `batch` (1) sequences of `res` residues
+//                                              (default 1024): plain forward vs Session::prefill
+//                                              writing the turbo cache (quantize-on-append: tile
+//                                              path, and the row path for comparison) and the
+//                                              fp16 cache; SDPA backend
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
@@ -104,8 +105,8 @@ tm::TurboCacheSpec turbo3(const tm::EsmConfig& c) {
 }
 
 std::unique_ptr<tm::KvCache> make_cache(const tm::Esm2Model& m, tm::CacheKind kind,
-                                        const tm::TurboCacheSpec* spec) {
-  return tm::make_kv_cache(kind, m.config(), 1, kCuda, spec);
+                                        const tm::TurboCacheSpec* spec, int64_t batch = 1) {
+  return tm::make_kv_cache(kind, m.config(), batch, kCuda, spec);
 }
 
 struct Json {
@@ -251,17 +252,20 @@ int section_decode(const std::string& preset, int64_t cached) {
   return 0;
 }
 
-int section_prefill(const std::string& preset, int64_t residues) {
+int section_prefill(const std::string& preset, int64_t residues, int64_t batch) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
   const tm::TurboCacheSpec spec = turbo3(m->config());
   const tm::TurboCacheSpec spec_sign = tm::TurboCacheSpec::random(
       m->config(), 3, 3, tq::RotationKind::kHadamard, tq::NormMode::kToken, tq::QjlMode::kSign, 1);
-  const at::Tensor tokens = protein_tokens(residues, 5).to(kCuda);
+  std::vector<at::Tensor> rows;
+  for (int64_t b = 0; b < batch; ++b) rows.push_back(protein_tokens(residues, 5 + b));
+  const at::Tensor tokens = at::cat(rows, 0).to(kCuda);  // [batch, residues + 2]
   constexpr int kWarmup = 3, kIters = 20;
   Json j;
   j.add("preset", preset);
   j.add("residues", static_cast<double>(residues));
+  j.add("batch", static_cast<double>(batch));
   j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
   {
     // Which fused attention backend the exact prefill attention gets (SDPBackend enum:
@@ -279,10 +283,10 @@ int section_prefill(const std::string& preset, int64_t residues) {
   }
   // The modes are interleaved (one call of each per round) so that clock or host drift hits all
   // alike; medians over the rounds. Host time = until the call returned.
-  tm::Session st(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
-  tm::Session ss(m, make_cache(*m, tm::CacheKind::kTurbo, &spec_sign));
-  tm::Session sf(m, make_cache(*m, tm::CacheKind::kFp16, nullptr));
-  tm::Session sr(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));  // the row kernel (before)
+  tm::Session st(m, make_cache(*m, tm::CacheKind::kTurbo, &spec, batch));
+  tm::Session ss(m, make_cache(*m, tm::CacheKind::kTurbo, &spec_sign, batch));
+  tm::Session sf(m, make_cache(*m, tm::CacheKind::kFp16, nullptr, batch));
+  tm::Session sr(m, make_cache(*m, tm::CacheKind::kTurbo, &spec, batch));  // the row kernel
   dynamic_cast<tm::TurboKvCache&>(sr.cache())
       .set_cuda_append_path(tm::TurboKvCache::CudaAppendPath::kRows);
   const std::vector<std::pair<std::string, std::function<void()>>> modes = {
@@ -361,24 +365,42 @@ int section_prefill(const std::string& preset, int64_t residues) {
     at::globalContext().setSDPUseCuDNN(was);
   }
   // Cache writing alone: every layer's append of prefill-shaped K/V (fp16, as the model makes
-  // them), turbo (quantize-on-append kernel) and fp16.
+  // them, unless named), turbo (quantize-on-append kernel: the tile path's variants, the row
+  // path) and fp16. The tile path's rotation runs on fp16 tensor cores for fp16 rows and in
+  // 3xTF32 otherwise; a Hadamard Π (entries ±2^-3 at d 64) is exact in both, a random Π is not.
   {
     const int64_t T = tokens.size(1), H = m->config().num_attention_heads;
     const int64_t d = m->config().head_dim();
     const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
-    const at::Tensor k = at::randn({1, H, T, d}, o), v = at::randn({1, H, T, d}, o);
-    for (int c = 0; c < 3; ++c) {  // turbo (auto: tile path), turbo (row path), fp16
-      tm::KvCache& cache = c < 2 ? st.cache() : sf.cache();
-      if (auto* tc = dynamic_cast<tm::TurboKvCache*>(&cache))
-        tc->set_cuda_append_path(c == 1 ? tm::TurboKvCache::CudaAppendPath::kRows
-                                        : tm::TurboKvCache::CudaAppendPath::kAuto);
+    const at::Tensor k = at::randn({batch, H, T, d}, o), v = at::randn({batch, H, T, d}, o);
+    const tm::TurboCacheSpec spec_random =
+        tm::TurboCacheSpec::random(m->config(), 3, 3, tq::RotationKind::kRandom,
+                                   tq::NormMode::kNone, tq::QjlMode::kNone, 1, 0, 4.0);
+    auto random_cache = make_cache(*m, tm::CacheKind::kTurbo, &spec_random, batch);
+    struct WriteCase {
+      std::string name;
+      tm::KvCache* cache;
+      at::ScalarType dtype;
+      tm::TurboKvCache::CudaAppendPath path;
+    };
+    using Path = tm::TurboKvCache::CudaAppendPath;
+    const std::vector<WriteCase> cases = {
+        {"cache_write_turbo3", &st.cache(), at::kHalf, Path::kAuto},
+        {"cache_write_turbo3_random", random_cache.get(), at::kHalf, Path::kAuto},
+        {"cache_write_turbo3_bf16", &st.cache(), at::kBFloat16, Path::kAuto},
+        {"cache_write_turbo3_fp32_random", random_cache.get(), at::kFloat, Path::kAuto},
+        {"cache_write_turbo3_rows", &st.cache(), at::kHalf, Path::kRows},
+        {"cache_write_fp16", &sf.cache(), at::kHalf, Path::kAuto}};
+    for (const WriteCase& wc : cases) {
+      if (auto* tc = dynamic_cast<tm::TurboKvCache*>(wc.cache)) tc->set_cuda_append_path(wc.path);
+      const at::Tensor kx = k.to(wc.dtype), vx = v.to(wc.dtype);
       std::vector<double> g, h;
       for (int i = 0; i < kWarmup + kIters; ++i) {
-        cache.clear();
+        wc.cache->clear();
         double hh = 0.0;
         const double x = time_ms(
             [&] {
-              for (int l = 0; l < m->num_layers(); ++l) cache.append(l, k, v, at::Tensor());
+              for (int l = 0; l < m->num_layers(); ++l) wc.cache->append(l, kx, vx, at::Tensor());
             },
             &hh);
         if (i >= kWarmup) {
@@ -386,17 +408,14 @@ int section_prefill(const std::string& preset, int64_t residues) {
           h.push_back(hh);
         }
       }
-      const std::string name = c == 0   ? "cache_write_turbo3"
-                               : c == 1 ? "cache_write_turbo3_rows"
-                                        : "cache_write_fp16";
-      std::printf("%-24s %12.3f %14.3f   (%d layers' K/V appends alone)\n", name.c_str(), median(g),
-                  median(h), m->num_layers());
-      j.add(name + "_ms", median(g));
-      j.add(name + "_host_ms", median(h));
+      std::printf("%-30s %12.3f %14.3f   (%d layers' K/V appends alone)\n", wc.name.c_str(),
+                  median(g), median(h), m->num_layers());
+      j.add(wc.name + "_ms", median(g));
+      j.add(wc.name + "_host_ms", median(h));
+      wc.cache->check_device_status();
+      if (auto* tc = dynamic_cast<tm::TurboKvCache*>(wc.cache))
+        tc->set_cuda_append_path(Path::kAuto);
     }
-    st.cache().check_device_status();
-    dynamic_cast<tm::TurboKvCache&>(st.cache())
-        .set_cuda_append_path(tm::TurboKvCache::CudaAppendPath::kAuto);
   }
   std::printf("JSON %s\n", j.str().c_str());
   return 0;
@@ -477,12 +496,14 @@ int main(int argc, char** argv) {
     if (section == "decode")
       return section_decode(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
     if (section == "prefill")
-      return section_prefill(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
+      return section_prefill(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
+                             std::stoll(arg(4, "1")));
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
     std::fprintf(stderr,
-                 "usage: bench_model_cuda config|decode|prefill|big [preset] [tokens] [steps]\n");
+                 "usage: bench_model_cuda config|decode|prefill|big [preset] [tokens] "
+                 "[steps (big) | batch (prefill)]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_model_cuda: error: %s\n", e.what());

@@ -61,13 +61,31 @@ TEST_P(AnalyticCodebookTest, EncodeEqualsNearestCentroid) {
     int best = 0;
     for (int c = 1; c < cb.levels(); ++c)
       if (std::abs(v - cb.centroids[c]) < std::abs(v - cb.centroids[best])) best = c;
-    uint32_t fast = 0;
-    TURBOESM_DISPATCH_BITS(bits, BITS, { fast = tq::encode_value<BITS>(v, cb.boundaries.data()); });
+    uint32_t fast = 0, tree = 0;
+    TURBOESM_DISPATCH_BITS(bits, BITS, {
+      fast = tq::encode_value<BITS>(v, cb.boundaries.data());
+      tree = tq::encode_value_tree<BITS>(v, cb.boundaries.data());
+    });
     const uint32_t ref = tq::encode_value_ref(v, cb.boundaries.data(), bits);
     ASSERT_EQ(fast, ref) << v;
+    ASSERT_EQ(tree, ref) << v;
     // Nearest centroid, up to exact ties (where encode picks the lower level).
     ASSERT_LE(std::abs(std::abs(v - cb.centroids[ref]) - std::abs(v - cb.centroids[best])), 1e-7f)
         << v;
+  }
+  // Every boundary exactly, just above it, NaN and ±inf: the binary search = the linear one.
+  std::vector<float> edge = {std::nanf(""), std::numeric_limits<float>::infinity(),
+                             -std::numeric_limits<float>::infinity()};
+  for (float b : cb.boundaries) {
+    edge.push_back(b);
+    edge.push_back(std::nextafter(b, 2.0f));
+    edge.push_back(std::nextafter(b, -2.0f));
+  }
+  for (float v : edge) {
+    uint32_t tree = 0;
+    TURBOESM_DISPATCH_BITS(bits, BITS,
+                           { tree = tq::encode_value_tree<BITS>(v, cb.boundaries.data()); });
+    EXPECT_EQ(tree, tq::encode_value_ref(v, cb.boundaries.data(), bits)) << v;
   }
   // Beyond the extreme boundaries and at a boundary exactly.
   EXPECT_EQ(tq::encode_value_ref(-1.0f, cb.boundaries.data(), bits), 0u);

@@ -108,10 +108,12 @@ struct SideConfig {
   int qjl_dim = 0;          ///< prod: m (0 → d)
   bool scale_mean = false;  ///< per-coordinate σ and μ
   int page_tokens = tq::kPageTokens;
+  bool hadamard = false;  ///< randomized Hadamard rotations (entries ±d^-1/2) instead of dense ones
 };
 
 /// H TurboQuantizers (one per head, different seeds) with their constants flattened
-/// [H, ...] as in HeadConstantsView, on host and device. Dense random rotations.
+/// [H, ...] as in HeadConstantsView, on host and device. Dense random rotations unless
+/// SideConfig::hadamard.
 class HeadSet {
  public:
   HeadSet(int heads, int dim, const SideConfig& c, uint64_t seed) : heads_(heads), dim_(dim) {
@@ -125,7 +127,8 @@ class HeadSet {
       cfg.page_tokens = c.page_tokens;
       tq::QuantizerParams p;
       const uint64_t s = seed + 101 * h;
-      p.rotation = tq::make_random_rotation(dim, s);
+      p.rotation =
+          c.hadamard ? tq::make_hadamard_rotation(dim, s) : tq::make_random_rotation(dim, s);
       tq::Rng rng(s + 1);
       if (c.norm == tq::NormMode::kToken) {
         p.codebook = tq::analytic_codebook(dim, c.bits);

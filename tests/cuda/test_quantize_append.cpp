@@ -297,7 +297,10 @@ TEST(QuantizeAppend, ManyTokensCountsMismatches) {
 }
 
 // The prefill path on prefill-sized inputs, in every input dtype, with and without σ/μ and sign
-// QJL: mismatches (near-ties only) at most 1e-6 of values, as for the rows path.
+// QJL, dense and Hadamard rotations: mismatches (near-ties only) at most 1e-6 of values, as for
+// the rows path. This covers each MMA variant: fp16 rows not centered → fp16 MMA (with lo parts
+// for a dense Π, without for a Hadamard Π, exact in fp16); otherwise 3xTF32 (bf16 rows: exact A
+// operands; fp32 or centered rows: split A; Hadamard Π: no lo parts).
 TEST(QuantizeAppend, TilePathPrefillMatchesHostEncoder) {
   TURBOESM_REQUIRE_GPU();
   int64_t values = 0, mismatches = 0;
@@ -305,28 +308,34 @@ TEST(QuantizeAppend, TilePathPrefillMatchesHostEncoder) {
        {tk::AppendInput::kFloat32, tk::AppendInput::kFloat16, tk::AppendInput::kBFloat16}) {
     for (const bool scaled_sign : {false, true}) {
       for (const int dim : {64, 128}) {
-        AppendCase c;
-        c.batch = 2;
-        c.heads = 4;
-        c.dim = dim;
-        c.new_tokens = 1500;
-        c.starts = {0, 100};
-        c.counts = {1500, 1400};
-        c.input = in;
-        c.path = tk::AppendPath::kAuto;  // resolves to the tile path for 1500 tokens
-        c.side.norm = scaled_sign ? tq::NormMode::kNone : tq::NormMode::kToken;
-        c.side.qjl = scaled_sign ? tq::QjlMode::kSign : tq::QjlMode::kNone;
-        c.side.scale_mean = scaled_sign;
-        c.seed = 11 + dim + 3 * static_cast<int>(in) + (scaled_sign ? 1 : 0);
-        const AppendOutcome o = run_append_case(c);
-        const std::string what = "tile in=" + std::to_string(static_cast<int>(in)) + " d" +
-                                 std::to_string(dim) +
-                                 (scaled_sign ? " none+sign+scaled" : " token");
-        EXPECT_EQ(o.not_near_tie, 0) << what;
-        EXPECT_EQ(o.other_byte_mismatch, 0) << what;
-        EXPECT_EQ(o.status, 0) << what;
-        values += o.values;
-        mismatches += o.code_mismatch + o.qjl_mismatch;
+        for (const bool hadamard : {false, true}) {
+          AppendCase c;
+          c.batch = 2;
+          c.heads = 4;
+          c.dim = dim;
+          c.new_tokens = 1500;
+          c.starts = {0, 100};
+          c.counts = {1500, 1400};
+          c.input = in;
+          c.path = tk::AppendPath::kAuto;  // resolves to the tile path for 1500 tokens
+          c.side.norm = scaled_sign ? tq::NormMode::kNone : tq::NormMode::kToken;
+          c.side.qjl = scaled_sign ? tq::QjlMode::kSign : tq::QjlMode::kNone;
+          c.side.scale_mean = scaled_sign;
+          c.side.hadamard = hadamard;
+          c.seed = 11 + dim + 3 * static_cast<int>(in) + (scaled_sign ? 1 : 0);
+          const AppendOutcome o = run_append_case(c);
+          const std::string what =
+              "tile in=" + std::to_string(static_cast<int>(in)) + " d" + std::to_string(dim) +
+              (scaled_sign ? " none+sign+scaled" : " token") + (hadamard ? " hadamard" : " dense");
+          EXPECT_EQ(o.not_near_tie, 0) << what;
+          EXPECT_EQ(o.other_byte_mismatch, 0) << what;
+          EXPECT_EQ(o.status, 0) << what;
+          std::printf("[ info ] %s: %lld code/sign mismatches of %lld values\n", what.c_str(),
+                      static_cast<long long>(o.code_mismatch + o.qjl_mismatch),
+                      static_cast<long long>(o.values));
+          values += o.values;
+          mismatches += o.code_mismatch + o.qjl_mismatch;
+        }
       }
     }
   }
@@ -491,6 +500,57 @@ TEST(QuantizeAppend, FlagsOutOfCapacityAndBadRows) {
       EXPECT_EQ(status, tk::kQuantizeAppendBadRow);
     } else {
       EXPECT_EQ(status, tk::kQuantizeAppendBadRow | tk::kQuantizeAppendOutOfCapacity);
+    }
+  }
+}
+
+// Non-finite rows are flagged on both paths, with and without a token norm (without one, the
+// tile path checks finiteness per half row instead of summing n²), for fp32 and fp16 rows (fp16:
+// the tile path's exact-operand MMA branch), and finite rows flag nothing.
+TEST(QuantizeAppend, FlagsNonFiniteRowsOnBothPathsAndNorms) {
+  TURBOESM_REQUIRE_GPU();
+  constexpr int kD = 64, kT = 40;
+  for (const tq::NormMode norm : {tq::NormMode::kNone, tq::NormMode::kToken}) {
+    SideConfig sc;
+    sc.norm = norm;
+    HeadSet hs(1, kD, sc, 11);
+    const tq::PageLayout& l = hs.layout();
+    for (const tk::AppendPath path : {tk::AppendPath::kRows, tk::AppendPath::kTile}) {
+      for (const bool fp16 : {false, true}) {
+        for (const bool poison : {false, true}) {
+          std::vector<float> x(static_cast<size_t>(kT) * kD);
+          tq::Rng rng(5);
+          for (float& v : x) v = static_cast<float>(rng.normal());
+          if (poison) {
+            x[7 * kD + 40] = std::numeric_limits<float>::infinity();   // second half of row 7
+            x[20 * kD + 3] = std::numeric_limits<float>::quiet_NaN();  // first half of row 20
+          }
+          std::vector<uint16_t> xh(x.size());
+          for (size_t i = 0; i < x.size(); ++i) xh[i] = tq::float_to_half_bits(x[i]);
+          HostPages host(l, 1, 1, (kT + l.page_tokens - 1) / l.page_tokens, 0);
+          DeviceBuffer d_pages = DeviceBuffer::from(host.bytes);
+          DeviceBuffer d_x = fp16 ? DeviceBuffer::from(xh) : DeviceBuffer::from(x);
+          DeviceBuffer d_status = DeviceBuffer::from(std::vector<int>{0});
+          DeviceBuffer d_starts = DeviceBuffer::from(std::vector<int32_t>{0});
+          tk::QuantizeAppendParams p;
+          p.batch = 1;
+          p.heads = 1;
+          p.head_dim = kD;
+          p.new_tokens = kT;
+          p.x = d_x.get<uint8_t>();
+          p.x_dtype = fp16 ? tk::AppendInput::kFloat16 : tk::AppendInput::kFloat32;
+          p.starts = d_starts.get<int32_t>();
+          p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants());
+          p.status = d_status.get<int>();
+          p.path = path;
+          ASSERT_EQ(tk::quantize_append(p, nullptr), cudaSuccess);
+          ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+          EXPECT_EQ(d_status.to_host<int>()[0], poison ? tk::kQuantizeAppendBadRow : 0)
+              << (path == tk::AppendPath::kTile ? "tile" : "rows") << (fp16 ? " fp16" : " fp32")
+              << (norm == tq::NormMode::kToken ? " token norm" : " no norm")
+              << (poison ? ", rows 7 and 20 not finite" : ", finite rows");
+        }
+      }
     }
   }
 }

@@ -16,14 +16,17 @@
 /// Two paths compute this (QuantizeAppendParams::path):
 /// - kRows, "exact": one warp per row, the d×d rotation as separately rounded multiplies and adds
 ///   in the host's order (above). Used for decode steps (few rows) and as the reference.
-/// - kTile, "prefill": a CTA encodes a tile of 64 rows of one (sequence, head); the rotation
-///   Y = Xc·Πᵀ runs on tensor cores in 3xTF32 (each fp32 operand split into a TF32 high and low
-///   part, hi·hi + hi·lo + lo·hi per k-step, IEEE-rounded adds across k-steps: relative error of
-///   the order of an fp32 GEMM's, ~1e-7), the rest (centering, double-precision norm in
-///   increasing j, scaling, codes, packing, sign bits) is the exact path's arithmetic, one or two
-///   lanes per row. A code can differ from the exact path's by one level only for a value within
-///   that error of a decision boundary (tests count them: ≤ 1e-6 of values). No `prod` QJL (its
-///   S·r projection stays on kRows).
+/// - kTile, "prefill": a CTA encodes a tile of 128 rows of one (sequence, head); the rotation
+///   Y = Xc·Πᵀ runs on tensor cores: fp16 rows that are not centered go through fp16 MMAs (the
+///   rows are exact fp16 operands; Π split into fp16 hi + lo·2^-12 parts, ~22 bits), all other
+///   rows through 3xTF32 (each fp32 operand split into a TF32 high and low part, hi·hi + hi·lo +
+///   lo·hi); a part that is zero everywhere (an exact operand: fp16/bf16 rows, a Hadamard Π) is
+///   skipped. Per k-step one fresh accumulator, IEEE-rounded adds across k-steps: relative error
+///   of the order of an fp32 GEMM's, ~1e-7. The rest (centering, double-precision norm in
+///   increasing j for token norms, scaling, codes, packing, sign bits) is the exact path's
+///   arithmetic, one or two lanes per row. A code can differ from the exact path's by one level
+///   only for a value within that error of a decision boundary (tests count them: ≤ 1e-6 of
+///   values). No `prod` QJL (its S·r projection stays on kRows).
 /// kAuto takes kTile for new_tokens ≥ kQuantizeAppendTileMinTokens without prod QJL, else kRows.
 ///
 /// Bad rows cannot throw on the device: a row with a non-finite value (or, with NormMode::kToken,
