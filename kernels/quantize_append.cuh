@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "common.cuh"
 #include "turboesm/kernels/quantize_append.h"
@@ -43,12 +44,12 @@ __device__ __forceinline__ float load_input(const void* x, AppendInput dtype, in
   }
 }
 
-/// \brief Copies the row-major D×D matrix `src` (16-byte aligned) to shared memory, element
-/// (i, j) to dst[i * row_stride + j * col_stride], with 16-byte loads issued in batches of 8 per
-/// thread before any store (a CTA has few warps: one load latency per batch, not per element).
-template <int D, int THREADS>
-__device__ __forceinline__ void stage_matrix(const float* __restrict__ src, float* dst,
-                                             int row_stride, int col_stride, int tid) {
+/// \brief Reads the row-major D×D matrix `src` (16-byte aligned) with 16-byte loads, issued in
+/// batches of 8 per thread before any use (a CTA has few warps: one load latency per batch, not
+/// per element), and calls put(i, j, v) with elements (i, j…j+3) of each vector v.
+template <int D, int THREADS, class Put>
+__device__ __forceinline__ void for_each_matrix_vec4(const float* __restrict__ src, int tid,
+                                                     Put&& put) {
   constexpr int kVecs = D * D / 4;
   constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
   constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
@@ -64,16 +65,23 @@ __device__ __forceinline__ void stage_matrix(const float* __restrict__ src, floa
 #pragma unroll
     for (int k = 0; k < kBatch; ++k) {
       const int idx = (b0 + k) * THREADS + tid;
-      if (b0 + k < kPerThread && idx < kVecs) {
-        const int i = (4 * idx) / D, j = (4 * idx) % D;
-        float* d = dst + i * row_stride + j * col_stride;
-        d[0] = v[k].x;
-        d[col_stride] = v[k].y;
-        d[2 * col_stride] = v[k].z;
-        d[3 * col_stride] = v[k].w;
-      }
+      if (b0 + k < kPerThread && idx < kVecs) put((4 * idx) / D, (4 * idx) % D, v[k]);
     }
   }
+}
+
+/// \brief Copies the row-major D×D matrix `src` (16-byte aligned) to shared memory, element
+/// (i, j) to dst[i * row_stride + j * col_stride].
+template <int D, int THREADS>
+__device__ __forceinline__ void stage_matrix(const float* __restrict__ src, float* dst,
+                                             int row_stride, int col_stride, int tid) {
+  for_each_matrix_vec4<D, THREADS>(src, tid, [&](int i, int j, const float4& v) {
+    float* d = dst + i * row_stride + j * col_stride;
+    d[0] = v.x;
+    d[col_stride] = v.y;
+    d[2 * col_stride] = v.z;
+    d[3 * col_stride] = v.w;
+  });
 }
 
 /// Element offset of row (b, h, t) of x: the strides when given, else contiguous [B, H, T, D].
@@ -354,36 +362,18 @@ __device__ __forceinline__ uint32_t nonfinite_bit(float v) {
 template <int D, int THREADS>
 __device__ __forceinline__ bool stage_rotation_split(const float* __restrict__ src, float* hi,
                                                      uint32_t* lo, int stride, int tid) {
-  constexpr int kVecs = D * D / 4;
-  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
-  constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
-  const float4* s4 = reinterpret_cast<const float4*>(src);
   bool lo_any = false;
+  for_each_matrix_vec4<D, THREADS>(src, tid, [&](int i, int j, const float4& v) {
+    const float e[4] = {v.x, v.y, v.z, v.w};
+    uint32_t h4[4], l4[4];
 #pragma unroll
-  for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
-    float4 v[kBatch];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = (b0 + k) * THREADS + tid;
-      if (b0 + k < kPerThread && idx < kVecs) v[k] = __ldg(s4 + idx);
+    for (int c = 0; c < 4; ++c) {
+      split_tf32(e[c], h4[c], l4[c]);
+      lo_any = lo_any || (l4[c] & 0x7fffffffu) != 0u;
     }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = (b0 + k) * THREADS + tid;
-      if (b0 + k < kPerThread && idx < kVecs) {
-        const int o = ((4 * idx) / D) * stride + (4 * idx) % D;
-        const float e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
-        uint32_t h4[4], l4[4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          split_tf32(e[c], h4[c], l4[c]);
-          lo_any = lo_any || (l4[c] & 0x7fffffffu) != 0u;
-        }
-        *reinterpret_cast<uint4*>(hi + o) = make_uint4(h4[0], h4[1], h4[2], h4[3]);
-        *reinterpret_cast<uint4*>(lo + o) = make_uint4(l4[0], l4[1], l4[2], l4[3]);
-      }
-    }
-  }
+    *reinterpret_cast<uint4*>(hi + i * stride + j) = make_uint4(h4[0], h4[1], h4[2], h4[3]);
+    *reinterpret_cast<uint4*>(lo + i * stride + j) = make_uint4(l4[0], l4[1], l4[2], l4[3]);
+  });
   return lo_any;
 }
 
@@ -403,72 +393,83 @@ __device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[N]
 
 /// \brief Loads rows [0, ROWS) of x (row r at element first_elem + r · row_stride), widened to
 /// fp32 and centered (xc = x − μ, μ may be null), into dst[r * stride + j]; rows past `valid` are
-/// zero. 16-byte loads in batches of 8 per thread issued before the stores when every row is
-/// 16-byte aligned.
+/// zero. 16-byte loads, all of a thread's issued before its stores, when every row is 16-byte
+/// aligned. The vector width is a template parameter (WIDE: 8 fp16/bf16 elements per 16 bytes,
+/// else 4 fp32), so that row and column indices are shifts, not runtime divisions.
+template <int D, int ROWS, int THREADS, bool WIDE>
+__device__ __forceinline__ void load_tile_rows_vec(const void* x, AppendInput dtype,
+                                                   int64_t first_elem, int64_t row_stride,
+                                                   int valid, const float* __restrict__ mu,
+                                                   float* dst, int stride, int tid) {
+  constexpr int kPerVec = WIDE ? 8 : 4, kElemBytes = WIDE ? 2 : 4;
+  constexpr int kVecsPerRow = D / kPerVec, kVecs = ROWS * kVecsPerRow;
+  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
+  const uint8_t* base = static_cast<const uint8_t*>(x) + first_elem * kElemBytes;
+  uint4 v[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int idx = k * THREADS + tid;
+    const int r = idx / kVecsPerRow, c = idx % kVecsPerRow;
+    v[k] = (idx < kVecs && r < valid)
+               ? __ldg(reinterpret_cast<const uint4*>(base + r * row_stride * kElemBytes) + c)
+               : make_uint4(0u, 0u, 0u, 0u);
+  }
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int idx = k * THREADS + tid;
+    if (idx >= kVecs) continue;
+    const int r = idx / kVecsPerRow, j0 = (idx % kVecsPerRow) * kPerVec;
+    float f[kPerVec];
+    const uint32_t w[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
+    if constexpr (!WIDE) {
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f[e] = __uint_as_float(w[e]);
+    } else if (dtype == AppendInput::kFloat16) {
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        f[e] = half_bits_to_float_dev(static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2))));
+    } else {  // bf16: the high half of an fp32
+#pragma unroll
+      for (int e = 0; e < 8; ++e)
+        f[e] = __uint_as_float(e % 2 ? (w[e / 2] & 0xffff0000u) : (w[e / 2] << 16));
+    }
+    float* d = dst + r * stride + j0;
+#pragma unroll
+    for (int e = 0; e < kPerVec; ++e) {
+      float xv = r < valid ? f[e] : 0.0f;
+      if (mu && r < valid) xv = __fsub_rn(xv, __ldg(mu + j0 + e));
+      d[e] = xv;
+    }
+  }
+}
+
+/// load_tile_rows_vec when the rows are 16-byte aligned, else element by element.
 template <int D, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile_rows(const void* x, AppendInput dtype, int64_t first_elem,
                                                int64_t row_stride, int valid,
                                                const float* __restrict__ mu, float* dst, int stride,
                                                int tid) {
-  const bool wide = dtype != AppendInput::kFloat32;  // 8 elements per 16 bytes, else 4
-  const int per_vec = wide ? 8 : 4;
+  const bool wide = dtype != AppendInput::kFloat32;
   const int esize = wide ? 2 : 4;
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) &&
                        ((first_elem * esize) % 16 == 0) && ((row_stride * esize) % 16 == 0);
-  if (!aligned) {
-    for (int idx = tid; idx < ROWS * D; idx += THREADS) {
-      const int r = idx / D, j = idx % D;
-      float v = 0.0f;
-      if (r < valid) {
-        v = load_input(x, dtype, first_elem + r * row_stride + j);
-        if (mu) v = __fsub_rn(v, __ldg(mu + j));
-      }
-      dst[r * stride + j] = v;
-    }
+  if (aligned && D % 8 == 0) {
+    if (wide)
+      load_tile_rows_vec<D, ROWS, THREADS, true>(x, dtype, first_elem, row_stride, valid, mu, dst,
+                                                 stride, tid);
+    else
+      load_tile_rows_vec<D, ROWS, THREADS, false>(x, dtype, first_elem, row_stride, valid, mu, dst,
+                                                  stride, tid);
     return;
   }
-  const uint8_t* base = static_cast<const uint8_t*>(x) + first_elem * esize;
-  const int vecs_per_row = D / per_vec;
-  const int vecs = ROWS * vecs_per_row;
-  constexpr int kBatch = 8;
-  for (int b0 = 0; b0 < vecs; b0 += kBatch * THREADS) {
-    uint4 v[kBatch];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = b0 + k * THREADS + tid;
-      const int r = idx / vecs_per_row, c = idx - r * vecs_per_row;
-      v[k] = (idx < vecs && r < valid)
-                 ? __ldg(reinterpret_cast<const uint4*>(base + r * row_stride * esize) + c)
-                 : make_uint4(0u, 0u, 0u, 0u);
+  for (int idx = tid; idx < ROWS * D; idx += THREADS) {
+    const int r = idx / D, j = idx % D;
+    float v = 0.0f;
+    if (r < valid) {
+      v = load_input(x, dtype, first_elem + r * row_stride + j);
+      if (mu) v = __fsub_rn(v, __ldg(mu + j));
     }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = b0 + k * THREADS + tid;
-      if (idx >= vecs) continue;
-      const int r = idx / vecs_per_row, j0 = (idx - r * vecs_per_row) * per_vec;
-      float f[8];
-      const uint32_t w[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
-      if (!wide) {
-#pragma unroll
-        for (int e = 0; e < 4; ++e) f[e] = __uint_as_float(w[e]);
-      } else if (dtype == AppendInput::kFloat16) {
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          f[e] = half_bits_to_float_dev(static_cast<uint16_t>(w[e / 2] >> (16 * (e % 2))));
-      } else {  // bf16: the high half of an fp32
-#pragma unroll
-        for (int e = 0; e < 8; ++e)
-          f[e] = __uint_as_float(e % 2 ? (w[e / 2] & 0xffff0000u) : (w[e / 2] << 16));
-      }
-      float* d = dst + r * stride + j0;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        if (e >= per_vec) break;
-        float xv = r < valid ? f[e] : 0.0f;
-        if (mu && r < valid) xv = __fsub_rn(xv, __ldg(mu + j0 + e));
-        d[e] = xv;
-      }
-    }
+    dst[r * stride + j] = v;
   }
 }
 
@@ -493,39 +494,22 @@ inline constexpr float kF16LoScale = 4096.0f;
 template <int D, int THREADS>
 __device__ __forceinline__ bool stage_rotation_split_f16(const float* __restrict__ src, __half* hi,
                                                          __half* lo, int stride, int tid) {
-  constexpr int kVecs = D * D / 4;
-  constexpr int kPerThread = (kVecs + THREADS - 1) / THREADS;
-  constexpr int kBatch = kPerThread < 8 ? kPerThread : 8;
-  const float4* s4 = reinterpret_cast<const float4*>(src);
   bool lo_any = false;
+  for_each_matrix_vec4<D, THREADS>(src, tid, [&](int i, int j, const float4& v) {
+    const float e[4] = {v.x, v.y, v.z, v.w};
+    __half h4[4], l4[4];
 #pragma unroll
-  for (int b0 = 0; b0 < kPerThread; b0 += kBatch) {
-    float4 v[kBatch];
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = (b0 + k) * THREADS + tid;
-      if (b0 + k < kPerThread && idx < kVecs) v[k] = __ldg(s4 + idx);
+    for (int c = 0; c < 4; ++c) {
+      h4[c] = __float2half_rn(e[c]);
+      l4[c] = __float2half_rn(__fmul_rn(__fsub_rn(e[c], __half2float(h4[c])), kF16LoScale));
+      lo_any = lo_any || __half2float(l4[c]) != 0.0f;
     }
-#pragma unroll
-    for (int k = 0; k < kBatch; ++k) {
-      const int idx = (b0 + k) * THREADS + tid;
-      if (b0 + k < kPerThread && idx < kVecs) {
-        const int o = ((4 * idx) / D) * stride + (4 * idx) % D;
-        const float e[4] = {v[k].x, v[k].y, v[k].z, v[k].w};
-        __half h4[4], l4[4];
-#pragma unroll
-        for (int c = 0; c < 4; ++c) {
-          h4[c] = __float2half_rn(e[c]);
-          l4[c] = __float2half_rn(__fmul_rn(__fsub_rn(e[c], __half2float(h4[c])), kF16LoScale));
-          lo_any = lo_any || __half2float(l4[c]) != 0.0f;
-        }
-        *reinterpret_cast<__half2*>(hi + o) = __halves2half2(h4[0], h4[1]);
-        *reinterpret_cast<__half2*>(hi + o + 2) = __halves2half2(h4[2], h4[3]);
-        *reinterpret_cast<__half2*>(lo + o) = __halves2half2(l4[0], l4[1]);
-        *reinterpret_cast<__half2*>(lo + o + 2) = __halves2half2(l4[2], l4[3]);
-      }
-    }
-  }
+    const int o = i * stride + j;
+    *reinterpret_cast<__half2*>(hi + o) = __halves2half2(h4[0], h4[1]);
+    *reinterpret_cast<__half2*>(hi + o + 2) = __halves2half2(h4[2], h4[3]);
+    *reinterpret_cast<__half2*>(lo + o) = __halves2half2(l4[0], l4[1]);
+    *reinterpret_cast<__half2*>(lo + o + 2) = __halves2half2(l4[2], l4[3]);
+  });
   return lo_any;
 }
 
@@ -637,6 +621,16 @@ __device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
     *reinterpret_cast<float2*>(w + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
     *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
   }
+}
+
+/// Calls f(std::true_type{}) or f(std::false_type{}): a uniform runtime flag as a template
+/// argument (`decltype(flag)::value`), one instantiation per value.
+template <class F>
+__device__ __forceinline__ void with_bool(bool b, F&& f) {
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
 }
 
 /// \brief The exact path's per-value steps for SPAN coordinates y[0..SPAN) (16-byte aligned) of
@@ -804,31 +798,14 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   const bool sign = lay.qjl == quant::QjlMode::kSign;
   const float* y = w_x + r * S + j0;
   const float* isig = s_isig + j0;
-  if (token) {
-    if (scaled) {
-      if (sign)
-        encode_span<kSpan, BITS, true, true, true>(y, inv, isig, s_cen, bnd, codes, signs);
-      else
-        encode_span<kSpan, BITS, true, true, false>(y, inv, isig, s_cen, bnd, codes, signs);
-    } else {
-      if (sign)
-        encode_span<kSpan, BITS, true, false, true>(y, inv, isig, s_cen, bnd, codes, signs);
-      else
-        encode_span<kSpan, BITS, true, false, false>(y, inv, isig, s_cen, bnd, codes, signs);
-    }
-  } else {
-    if (scaled) {
-      if (sign)
-        encode_span<kSpan, BITS, false, true, true>(y, inv, isig, s_cen, bnd, codes, signs);
-      else
-        encode_span<kSpan, BITS, false, true, false>(y, inv, isig, s_cen, bnd, codes, signs);
-    } else {
-      if (sign)
-        encode_span<kSpan, BITS, false, false, true>(y, inv, isig, s_cen, bnd, codes, signs);
-      else
-        encode_span<kSpan, BITS, false, false, false>(y, inv, isig, s_cen, bnd, codes, signs);
-    }
-  }
+  with_bool(token, [&](auto kToken) {
+    with_bool(scaled, [&](auto kScaled) {
+      with_bool(sign, [&](auto kSign) {
+        encode_span<kSpan, BITS, decltype(kToken)::value, decltype(kScaled)::value,
+                    decltype(kSign)::value>(y, inv, isig, s_cen, bnd, codes, signs);
+      });
+    });
+  });
   const int code_off = part * (kSpan * BITS / 8), sign_off = part * (kSpan / 8);
   store_words(quant::token_codes(page, lay, slot) + code_off, codes, kSpan * BITS / 8);
   if (sign) store_words(quant::token_qjl(page, lay, slot) + sign_off, signs, kSpan / 8);
