@@ -16,6 +16,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kernel_element_type.h"
 #include "turboesm/kernels/qkv_rotary.h"
 #endif
 
@@ -33,22 +34,6 @@ at::Tensor shared_rotary_table(const at::Tensor& table, int64_t T, int64_t d,
       table.size(2) != d || table.scalar_type() != at::kFloat || table.device() != device)
     return {};
   return table.view({T, d}).contiguous();
-}
-
-bool qkv_dtype(at::ScalarType t, kernels::QkvDtype* out) {
-  switch (t) {
-    case at::kFloat:
-      *out = kernels::QkvDtype::kFloat32;
-      return true;
-    case at::kHalf:
-      *out = kernels::QkvDtype::kFloat16;
-      return true;
-    case at::kBFloat16:
-      *out = kernels::QkvDtype::kBFloat16;
-      return true;
-    default:
-      return false;
-  }
 }
 
 }  // namespace
@@ -175,7 +160,7 @@ Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& 
   // One launch instead of ~18 elementwise ones (the forward on a GPU is host-bound on them).
   kernels::QkvDtype kdtype;
   if (fused_qkv_ && lin.is_cuda() && !lin.requires_grad() && B > 0 && T > 0 && B <= 65535 &&
-      T <= std::numeric_limits<int>::max() && qkv_dtype(lin.scalar_type(), &kdtype)) {
+      T <= std::numeric_limits<int>::max() && kernel_element_type(lin.scalar_type(), &kdtype)) {
     const at::Tensor c = shared_rotary_table(cos, T, d, lin.device());
     const at::Tensor s = shared_rotary_table(sin, T, d, lin.device());
     if (c.defined() && s.defined()) {

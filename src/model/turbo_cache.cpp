@@ -20,6 +20,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
 
+#include "kernel_element_type.h"
 #include "turboesm/kernels/quantize_append.h"
 #endif
 
@@ -501,13 +502,11 @@ void TurboKvCache::launch_quantize_append(int layer, const at::Tensor& k, const 
                                           const int32_t* starts, const int32_t* counts) {
 #ifdef TURBOESM_WITH_CUDA
   auto input = [](const at::Tensor& x) {
-    TURBOESM_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
-                       x.scalar_type() == at::kBFloat16,
+    kernels::ElementType t;
+    TURBOESM_CHECK(kernel_element_type(x.scalar_type(), &t),
                    "turbo cache append (CUDA): rows must be fp32, fp16 or bf16, got ",
                    c10::toString(x.scalar_type()));
-    return x.scalar_type() == at::kHalf       ? kernels::AppendInput::kFloat16
-           : x.scalar_type() == at::kBFloat16 ? kernels::AppendInput::kBFloat16
-                                              : kernels::AppendInput::kFloat32;
+    return t;
   };
   TURBOESM_CHECK(k.sizes() == v.sizes() && k.scalar_type() == v.scalar_type(),
                  "turbo cache append (CUDA): K ", k.sizes(), " ", c10::toString(k.scalar_type()),

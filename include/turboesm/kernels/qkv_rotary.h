@@ -21,10 +21,12 @@
 
 #include <cstdint>
 
+#include "turboesm/kernels/element_type.h"
+
 namespace turboesm::kernels {
 
 /// Element type of the projection output.
-enum class QkvDtype : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using QkvDtype = ElementType;
 
 struct QkvRotaryParams {
   int batch = 0;

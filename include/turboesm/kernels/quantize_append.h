@@ -39,6 +39,7 @@
 
 #include <cstdint>
 
+#include "turboesm/kernels/element_type.h"
 #include "turboesm/quant/cache_view.h"
 
 namespace turboesm::kernels {
@@ -48,7 +49,7 @@ inline constexpr int kQuantizeAppendBadRow = 1;         ///< non-finite row or n
 inline constexpr int kQuantizeAppendOutOfCapacity = 2;  ///< position ≥ max_pages · page_tokens
 
 /// Element type of the input rows (the model dtype: no conversion pass is needed before the call).
-enum class AppendInput : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+using AppendInput = ElementType;
 
 /// Which kernel encodes the rows (see the file comment).
 enum class AppendPath : int { kAuto = 0, kRows = 1, kTile = 2 };
