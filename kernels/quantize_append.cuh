@@ -453,7 +453,7 @@ __device__ __forceinline__ void load_tile_rows(const void* x, AppendInput dtype,
   const int esize = wide ? 2 : 4;
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) &&
                        ((first_elem * esize) % 16 == 0) && ((row_stride * esize) % 16 == 0);
-  if (aligned && D % 8 == 0) {
+  if (aligned) {  // D % 8 == 0 (the kernel's static_assert): whole vectors per row
     if (wide)
       load_tile_rows_vec<D, ROWS, THREADS, true>(x, dtype, first_elem, row_stride, valid, mu, dst,
                                                  stride, tid);
@@ -519,6 +519,33 @@ __device__ __forceinline__ uint32_t pack_half2_exact(float a, float b) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+/// Calls f(std::true_type{}) or f(std::false_type{}): a uniform runtime flag as a template
+/// argument (`decltype(flag)::value`), one instantiation per value.
+template <class F>
+__device__ __forceinline__ void with_bool(bool b, F&& f) {
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
+/// \brief Writes the warp's m16n8 accumulator fragments acc[n-tile][4] (rows g, g + 8; columns
+/// 8·n-tile + 2t, + 1) over its 16 rows at w (row stride tile_stride(D)), after every lane has read
+/// those rows (the MMA's A operands).
+template <int D>
+__device__ __forceinline__ void store_tile_fragments(float* w, const float (&acc)[D / 8][4],
+                                                     int lane) {
+  constexpr int S = tile_stride(D);
+  const int g = lane >> 2, t = lane & 3;
+  __syncwarp();  // every lane has read the tile's xc
+#pragma unroll
+  for (int nt = 0; nt < D / 8; ++nt) {
+    const int col = nt * 8 + 2 * t;
+    *reinterpret_cast<float2*>(w + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
+    *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
+  }
+}
+
 /// \brief rotate_tile_rows on the fp16 tensor-core path (fp16 rows, exact as fp16 A operands):
 /// per 16-wide k-step, hi·A in a fresh accumulator added (IEEE-rounded) into the running sum, as
 /// the TF32 path does per 8; LO: the lo·A products accumulate across k-steps inside the tensor
@@ -559,17 +586,14 @@ __device__ __forceinline__ void rotate_tile_rows_f16(float* w, const __half* s_h
       }
     }
   }
-  __syncwarp();  // every lane has read the tile's xc
+  if (LO) {
 #pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt) {
-    float y[4];
+    for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e)
-      y[e] = LO ? __fmaf_rn(acc_lo[nt][e], 1.0f / kF16LoScale, acc[nt][e]) : acc[nt][e];
-    const int col = nt * 8 + 2 * t;
-    *reinterpret_cast<float2*>(w + g * S + col) = make_float2(y[0], y[1]);
-    *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(y[2], y[3]);
+      for (int e = 0; e < 4; ++e)
+        acc[nt][e] = __fmaf_rn(acc_lo[nt][e], 1.0f / kF16LoScale, acc[nt][e]);
   }
+  store_tile_fragments<D>(w, acc, lane);
 }
 
 /// \brief y = xc · Πᵀ for the 16 rows at w (row stride tile_stride(D)) on tensor cores, written
@@ -614,23 +638,7 @@ __device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
       for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
     }
   }
-  __syncwarp();  // every lane has read the tile's xc
-#pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt) {
-    const int col = nt * 8 + 2 * t;
-    *reinterpret_cast<float2*>(w + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
-    *reinterpret_cast<float2*>(w + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
-  }
-}
-
-/// Calls f(std::true_type{}) or f(std::false_type{}): a uniform runtime flag as a template
-/// argument (`decltype(flag)::value`), one instantiation per value.
-template <class F>
-__device__ __forceinline__ void with_bool(bool b, F&& f) {
-  if (b)
-    f(std::true_type{});
-  else
-    f(std::false_type{});
+  store_tile_fragments<D>(w, acc, lane);
 }
 
 /// \brief The exact path's per-value steps for SPAN coordinates y[0..SPAN) (16-byte aligned) of
@@ -754,21 +762,18 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
   if constexpr (tile_f16_dim(D)) {
     if (f16_path) {
-      if (pi_lo)
-        rotate_tile_rows_f16<D, true>(w_x, s_hi16, s_lo16, lane);
-      else
-        rotate_tile_rows_f16<D, false>(w_x, s_hi16, s_lo16, lane);
+      with_bool(pi_lo, [&](auto kPiLo) {
+        rotate_tile_rows_f16<D, decltype(kPiLo)::value>(w_x, s_hi16, s_lo16, lane);
+      });
     }
   }
   if (!f16_path) {
-    if (a_exact && pi_lo)
-      rotate_tile_rows<D, true, true>(w_x, s_pi, s_pi_lo, lane);
-    else if (a_exact)
-      rotate_tile_rows<D, true, false>(w_x, s_pi, s_pi_lo, lane);
-    else if (pi_lo)
-      rotate_tile_rows<D, false, true>(w_x, s_pi, s_pi_lo, lane);
-    else
-      rotate_tile_rows<D, false, false>(w_x, s_pi, s_pi_lo, lane);
+    with_bool(a_exact, [&](auto kAExact) {
+      with_bool(pi_lo, [&](auto kPiLo) {
+        rotate_tile_rows<D, decltype(kAExact)::value, decltype(kPiLo)::value>(w_x, s_pi, s_pi_lo,
+                                                                              lane);
+      });
+    });
   }
   __syncwarp();
 

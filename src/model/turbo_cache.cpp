@@ -592,9 +592,8 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   c10::cuda::CUDAGuard guard(shape_.device);
   // The kernel reads fp16 / bf16 / fp32 rows through their strides (no conversion launches);
   // widening is exact, so the codes equal those of fp32 copies.
-  const at::ScalarType kt = append_dtype(k.scalar_type()), vt = append_dtype(v.scalar_type());
-  const at::Tensor kf = k.scalar_type() == kt ? k : k.to(kt);
-  const at::Tensor vf = v.scalar_type() == vt ? v : v.to(vt);
+  const at::Tensor kf = k.to(append_dtype(k.scalar_type()));  // no-op in the model dtype
+  const at::Tensor vf = v.to(append_dtype(v.scalar_type()));
   const int32_t* starts = lengths.data_ptr<int32_t>();
   launch_quantize_append(layer, kf, vf, starts, nullptr);
   // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count
