@@ -9,31 +9,12 @@
 
 #include <cstdint>
 
+#include "convert.cuh"
+#include "pdl.cuh"
 #include "turboesm/kernels/qkv_rotary.h"
 
 namespace turboesm::kernels {
 namespace {
-
-template <typename T>
-struct Cvt;
-template <>
-struct Cvt<float> {
-  __device__ static float to_float(float x) { return x; }
-  __device__ static float round(float x) { return x; }
-  __device__ static float from_float(float x) { return x; }
-};
-template <>
-struct Cvt<__half> {
-  __device__ static float to_float(__half x) { return __half2float(x); }
-  __device__ static float round(float x) { return __half2float(__float2half_rn(x)); }
-  __device__ static __half from_float(float x) { return __float2half_rn(x); }
-};
-template <>
-struct Cvt<__nv_bfloat16> {
-  __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
-  __device__ static float round(float x) { return __bfloat162float(__float2bfloat16_rn(x)); }
-  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
-};
 
 /// q and k of one coordinate before their final rounding to T, as the eager ops compute them:
 /// q scaled in T first (ESM scales q before rotary), then x·cos + rot·sin in fp32 with separately
@@ -55,6 +36,8 @@ __device__ __forceinline__ RotatedQk rotate_qk(const T* q_row, const T* k_row, i
 /// One thread per (b, h, j); blockIdx.y = b.
 template <typename T>
 __global__ void qkv_rotary_kernel(QkvRotaryParams p) {
+  detail::pdl_launch_dependents();
+  detail::pdl_wait();  // the projection comes from the preceding kernel
   const int hd = p.heads * p.head_dim;
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= hd) return;
@@ -126,14 +109,11 @@ cudaError_t qkv_rotary_to_float(const QkvRotaryParams& p, cudaStream_t stream) {
   const dim3 grid((hd + kThreads - 1) / kThreads, p.batch);
   switch (p.dtype) {
     case QkvDtype::kFloat32:
-      qkv_rotary_kernel<float><<<grid, kThreads, 0, stream>>>(p);
-      break;
+      return detail::launch_pdl(qkv_rotary_kernel<float>, grid, dim3(kThreads), 0, stream, p);
     case QkvDtype::kFloat16:
-      qkv_rotary_kernel<__half><<<grid, kThreads, 0, stream>>>(p);
-      break;
+      return detail::launch_pdl(qkv_rotary_kernel<__half>, grid, dim3(kThreads), 0, stream, p);
     case QkvDtype::kBFloat16:
-      qkv_rotary_kernel<__nv_bfloat16><<<grid, kThreads, 0, stream>>>(p);
-      break;
+      return detail::launch_pdl(qkv_rotary_kernel<__nv_bfloat16>, grid, dim3(kThreads), 0, stream, p);
     default:
       return cudaErrorInvalidValue;
   }

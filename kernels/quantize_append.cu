@@ -26,8 +26,8 @@ cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
   }
   const dim3 grid((p.new_tokens + detail::kAppendTokensPerCta - 1) / detail::kAppendTokensPerCta,
                   p.heads, p.batch * sides);
-  detail::quantize_append_kernel<D><<<grid, detail::kAppendWarps * 32, smem, stream>>>(p);
-  return cudaGetLastError();
+  return detail::launch_pdl(detail::quantize_append_kernel<D>, grid,
+                           dim3(detail::kAppendWarps * 32), smem, stream, p);
 }
 
 template <int D, int BITS>

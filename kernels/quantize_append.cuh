@@ -21,6 +21,7 @@
 #include <type_traits>
 
 #include "common.cuh"
+#include "pdl.cuh"
 #include "turboesm/kernels/quantize_append.h"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/codebook.h"
@@ -161,32 +162,53 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
   const quant::HeadConstantsView& cst = cache.constants;
   const int bits = lay.bits;
   const int m = lay.qjl_dim;
-  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
-  const int first = blockIdx.x * kAppendTokensPerCta;
-  if (first >= count) return;  // uniform over the CTA
-
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* s_pit = reinterpret_cast<float*>(smem_raw);  // [D][D+1]: s_pit[j*(D+1)+i] = Π_ij
   float* s_x = s_pit + D * (D + 1) + warp * D;        // this warp's xc, later r
   uint8_t* s_codes = reinterpret_cast<uint8_t*>(s_pit + D * (D + 1) + kAppendWarps * D) +
                      warp * (((D > m ? D : m) + 15) / 16 * 16);
-  // Πᵀ: s_pit[j * (D + 1) + i] = Π_ij.
-  stage_matrix<D, kAppendWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pit, 1,
-                                     D + 1, tid);
-  __syncthreads();
-
-  // Per-lane constants (1/σ as the host computes it: a correctly rounded division).
-  float mu[kPerLane], inv_sigma[kPerLane];
+  __shared__ float s_bnd[16], s_cen[16];  // this head's codebook (≤ 15 boundaries, ≤ 16 levels)
+  const int levels = 1 << bits;
+  // A decode step appends one token per sequence: the kernel is a chain of dependent latencies.
+  // The constants (codebook, μ, σ, Π) are requested first, before the wait for the kernel that
+  // produced the rows (programmatic dependent launch, pdl.h); then the counts, starts and this
+  // warp's first row.
+  detail::pdl_launch_dependents();
+  const float bnd_r = tid < levels - 1 ? cst.boundaries[h * (levels - 1) + tid] : 0.0f;
+  const float cen_r = tid < levels ? cst.centroids[h * levels + tid] : 0.0f;
+  float mu[kPerLane], inv_sigma[kPerLane], x_first[kPerLane];
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
     const int i = lane + 32 * k;
     mu[k] = (cst.mean && i < D) ? cst.mean[h * D + i] : 0.0f;
-    inv_sigma[k] = (cst.scale && i < D) ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
+    inv_sigma[k] = (cst.scale && i < D) ? cst.scale[h * D + i] : 1.0f;
   }
-  const float* bnd = cst.boundaries + h * ((1 << bits) - 1);
-  const float* cen = cst.centroids + h * (1 << bits);
-  const int64_t capacity = static_cast<int64_t>(cache.max_pages) * lay.page_tokens;
+  // Πᵀ: s_pit[j * (D + 1) + i] = Π_ij.
+  stage_matrix<D, kAppendWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pit, 1,
+                                     D + 1, tid);
+  detail::pdl_wait();
+  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
+  const int first = blockIdx.x * kAppendTokensPerCta;
+  if (first >= count) return;  // uniform over the CTA
   const int start = p.starts[b];
+  const int tok_first = first + warp * kAppendTokensPerWarp;
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int i = lane + 32 * k;
+    x_first[k] = tok_first < count && i < D
+                     ? load_input(x_rows, p.x_dtype, row_offset(p, b, h, tok_first, D) + i)
+                     : 0.0f;
+  }
+  if (tid < levels - 1) s_bnd[tid] = bnd_r;
+  if (tid < levels) s_cen[tid] = cen_r;
+  __syncthreads();
+  // 1/σ as the host computes it: a correctly rounded division.
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k)
+    if (cst.scale) inv_sigma[k] = __fdiv_rn(1.0f, inv_sigma[k]);
+  const float* bnd = s_bnd;
+  const float* cen = s_cen;
+  const int64_t capacity = static_cast<int64_t>(cache.max_pages) * lay.page_tokens;
 
   for (int tw = 0; tw < kAppendTokensPerWarp; ++tw) {
     const int tok = first + warp * kAppendTokensPerWarp + tw;
@@ -200,30 +222,28 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
     const int slot = static_cast<int>(pos % lay.page_tokens);
 
-    // Center; n² in double, in increasing j (every lane computes the same sequential sum).
+    // Center.
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
       if (i < D) {
-        const float xi = load_input(x_rows, p.x_dtype, x0 + i);
+        const float xi = tw == 0 ? x_first[k] : load_input(x_rows, p.x_dtype, x0 + i);
         s_x[i] = cst.mean ? __fsub_rn(xi, mu[k]) : xi;
       }
     }
     __syncwarp();
+    // n² in double and the rotation in fp32, both in increasing j with every operation rounded
+    // separately (as TurboQuantizer::encode); every lane computes the same sequential n². One
+    // loop for both: their dependent chains interleave instead of running one after the other.
     double n2 = 0.0;
-    for (int j = 0; j < D; ++j) {
-      const double v = static_cast<double>(s_x[j]);
-      n2 = __dadd_rn(n2, __dmul_rn(v, v));
-    }
-    const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, p.status);
-
-    // Rotate (sequential j, separately rounded), scale, encode.
     float z[kPerLane];
     uint8_t code[kPerLane];
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
     for (int j = 0; j < D; ++j) {
       const float xj = s_x[j];
+      const double v = static_cast<double>(xj);
+      n2 = __dadd_rn(n2, __dmul_rn(v, v));
       const float* col = s_pit + j * (D + 1);
 #pragma unroll
       for (int k = 0; k < kPerLane; ++k) {
@@ -231,6 +251,8 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
         if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(col[i], xj));
       }
     }
+    const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, p.status);
+    // Scale, encode.
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       z[k] = __fmul_rn(z[k], inv);

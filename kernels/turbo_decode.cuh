@@ -44,6 +44,7 @@
 #include <cstdint>
 
 #include "common.cuh"
+#include "pdl.cuh"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/format.h"
 
@@ -215,6 +216,28 @@ inline DecodeVariant decode_variant(const quant::DecodeParams& p) {
   return DecodeVariant::kGeneral;
 }
 
+/// Loads per batch of inverse_rotate (all issued before their products).
+inline constexpr int kInverseRotateBatch = 32;
+
+/// o + Σ_{j ≥ j0} Π[j][i] · y[j] in increasing j (one fused multiply-add per term, as the loop
+/// `o += rot[j * D + i] * y[j]` compiles), with the loads of Π in batches of kInverseRotateBatch
+/// issued before their products: a few load latencies per output instead of one per unrolled
+/// group. The output coordinate i of out = Πᵀ y.
+template <int D>
+__device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot,
+                                                const float* y, int i, int j0 = 0,
+                                                float o = 0.0f) {
+  constexpr int kB = D < kInverseRotateBatch ? D : kInverseRotateBatch;
+  for (int jb = j0; jb < D; jb += kB) {
+    float r[kB];
+#pragma unroll
+    for (int k = 0; k < kB; ++k) r[k] = __ldg(rot + (jb + k) * D + i);
+#pragma unroll
+    for (int k = 0; k < kB; ++k) o = fmaf(r[k], y[jb + k], o);
+  }
+  return o;
+}
+
 /// \brief Kernel 1: one CTA per (row, split); see the file comment.
 template <int BITS, int D, DecodeVariant VARIANT>
 __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
@@ -245,6 +268,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   __shared__ float s_q[D];
   __shared__ __align__(256) float s_klut[kLpt * T::kLutStride];
   __shared__ __align__(64) float s_sign[kLpt * T::kSignStride];
+  __shared__ float s_ck[16];
   __shared__ float s_cv[16];
   __shared__ __align__(128) float s_vpair[T::kVPairWords];
   __shared__ float s_red[kDecodeWarps * (D + 2)];
@@ -254,92 +278,31 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   float* s_sq = s_dyn + dl.sq;
   float* s_prod = s_dyn + dl.table;
 
-  // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ...; all loads issued before the sums --
-  {
-    constexpr int kRowsPerWarp = (D + kDecodeWarps - 1) / kDecodeWarps;
-    constexpr int kCols = (D + 31) / 32;
-    const float* q = p.q + static_cast<int64_t>(row) * D;
-    const float* rot = p.k.constants.rotation + static_cast<int64_t>(h) * D * D;
-    const float* sc = p.k.constants.scale;
-    float qv[kCols];
-#pragma unroll
-    for (int c = 0; c < kCols; ++c) qv[c] = lane + 32 * c < D ? q[lane + 32 * c] : 0.0f;
-    float part[kRowsPerWarp];
+  // Constants first (programmatic dependent launch, pdl.h): the codebooks and this warp's rows
+  // of Π_K are requested before the wait for the kernels that wrote q, the lengths and the pages.
+  pdl_launch_dependents();
+  const float ck_reg = tid < kL ? p.k.constants.centroids[h * kL + tid] : 0.0f;
+  const float cv_reg = tid < kL ? p.v.constants.centroids[h * kL + tid] : 0.0f;
+  constexpr int kRowsPerWarp = (D + kDecodeWarps - 1) / kDecodeWarps;
+  constexpr int kCols = (D + 31) / 32;
+  // D ≤ 64: this warp's rows of Π_K in registers (32 per lane); D = 128 would need 128, so the
+  // matrix is only prefetched into the L2 there (one 128-byte line per request).
+  constexpr bool kHoldRot = kRowsPerWarp * kCols <= 32;
+  const float* rot_k = p.k.constants.rotation + static_cast<int64_t>(h) * D * D;
+  float rot_r[kHoldRot ? kRowsPerWarp : 1][kHoldRot ? kCols : 1];
+  if constexpr (kHoldRot) {
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp + rr * kDecodeWarps;
-      float s = 0.0f;
 #pragma unroll
       for (int c = 0; c < kCols; ++c)
-        if (r < D && lane + 32 * c < D) s += rot[r * D + lane + 32 * c] * qv[c];
-      part[rr] = s;
+        rot_r[rr][c] = r < D && lane + 32 * c < D ? __ldg(rot_k + r * D + lane + 32 * c) : 0.0f;
     }
-#pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp + rr * kDecodeWarps;
-      const float s = warp_sum(part[rr]);
-      if (lane == 0 && r < D) s_q[r] = sc ? s * sc[h * D + r] : s;
-    }
+  } else {
+    for (int line = tid; line < D * D / 32; line += kDecodeThreads)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_k + line * 32));
   }
-  __syncthreads();
-  if (prod) {  // S q' [m]
-    const float* proj = p.k.constants.qjl_proj + static_cast<int64_t>(h) * qjl_m * D;
-    for (int r = warp; r < qjl_m; r += kDecodeWarps) {
-      float s = 0.0f;
-      for (int j = lane; j < D; j += 32) s += proj[static_cast<int64_t>(r) * D + j] * s_q[j];
-      s = warp_sum(s);
-      if (lane == 0) s_sq[r] = s;
-    }
-    __syncthreads();
-  }
-
-  // ---- tables -------------------------------------------------------------------------------
-  const float alpha = p.sm_scale * kLog2e;  // scores in the log2 domain
-  {
-    const float* ck = p.k.constants.centroids + h * kL;
-    for (int idx = tid; idx < kLpt * T::kLutRows * kE; idx += kDecodeThreads) {
-      const int half = idx / (T::kLutRows * kE);
-      const int rem = idx - half * (T::kLutRows * kE);
-      const int r = rem / kE, e = rem - (rem / kE) * kE;
-      float v;
-      if constexpr (T::kPairLut) {
-        const int j = half * kSub + 2 * r;
-        v = alpha * (s_q[j] * ck[e & (kL - 1)] + s_q[j + 1] * ck[e >> BITS]);
-      } else {
-        v = alpha * s_q[half * kSub + r] * ck[e];
-      }
-      s_klut[half * T::kLutStride + r * kE + e] = v;
-    }
-    if (qjl == quant::QjlMode::kSign) {
-      const float coef = alpha * p.k.constants.qjl_scale[h];
-      for (int idx = tid; idx < (D / 4) * 16; idx += kDecodeThreads) {
-        const int n = idx >> 4, v = idx & 15;
-        float s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_q[4 * n + k] : -s_q[4 * n + k];
-        const int half = n / T::kSignNibbles, nn = n - half * T::kSignNibbles;
-        s_sign[half * T::kSignStride + nn * 16 + v] = coef * s;
-      }
-    } else if (prod) {
-      for (int idx = tid; idx < (qjl_m / 4) * 16; idx += kDecodeThreads) {
-        const int n = idx >> 4, v = idx & 15;
-        float s = 0.0f;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_sq[4 * n + k] : -s_sq[4 * n + k];
-        s_prod[n * 16 + v + (n >= dl.half_nibbles ? 16 : 0)] = alpha * s;
-      }
-    }
-    if (tid < kL) s_cv[tid] = p.v.constants.centroids[h * kL + tid];
-    if constexpr (T::kVPairLut) {
-      const float* cv = p.v.constants.centroids + h * kL;
-      for (int idx = tid; idx < T::kVPairEntries * 16; idx += kDecodeThreads) {
-        const int e = idx >> 4, copy = idx & 15;
-        s_vpair[e * 32 + 2 * copy] = cv[e & (kL - 1)];
-        s_vpair[e * 32 + 2 * copy + 1] = cv[e >> BITS];
-      }
-    }
-  }
-  __syncthreads();
+  pdl_wait();
 
   // ---- stream this split's tokens -----------------------------------------------------------
   const quant::PageLayout& kl = p.k.layout;
@@ -428,6 +391,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // (the rare lazy-rescale branch comes before it), so their shared-memory look-ups overlap.
   // The loop is warp-uniform (the D = 128 pair exchange needs both lanes of a pair): a thread
   // whose token is past t1 loads nothing and contributes weight 0.
+  // The first records (K of this thread's first two tokens, V of its first) are requested before
+  // the prologue: their HBM latency overlaps the loads of Π_K, q and the codebooks.
   constexpr int kS = T::kTokensPerIter;
   const int my_off = tid / kLpt;
   int tv = t0 + my_off;
@@ -439,13 +404,106 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     load_k(kcur, pcur, scur);
     load_v(vcur, pcur, scur);
   }
-  float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
   int tk = tv + kS;
   int pk = pcur;
   int sk = scur;
   advance(pk, sk);
   KeyRegs<BITS, D> knxt{};
   if (tk < t1) load_k(knxt, pk, sk);
+  // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K already in registers) ---------
+  {
+    const float* q = p.q + static_cast<int64_t>(row) * D;
+    const float* sc = p.k.constants.scale;
+    float qv[kCols];
+#pragma unroll
+    for (int c = 0; c < kCols; ++c) qv[c] = lane + 32 * c < D ? q[lane + 32 * c] : 0.0f;
+    float part[kRowsPerWarp];
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp + rr * kDecodeWarps;
+      float s = 0.0f;
+#pragma unroll
+      for (int c = 0; c < kCols; ++c)
+        if (r < D && lane + 32 * c < D) {
+          if constexpr (kHoldRot) {
+            s += rot_r[rr][c] * qv[c];
+          } else {
+            s += rot_k[r * D + lane + 32 * c] * qv[c];
+          }
+        }
+      part[rr] = s;
+    }
+#pragma unroll
+    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+      const int r = warp + rr * kDecodeWarps;
+      const float s = warp_sum(part[rr]);
+      if (lane == 0 && r < D) s_q[r] = sc ? s * sc[h * D + r] : s;
+    }
+  }
+  if (tid < kL) {
+    s_ck[tid] = ck_reg;
+    s_cv[tid] = cv_reg;
+  }
+  __syncthreads();
+  if (prod) {  // S q' [m]
+    const float* proj = p.k.constants.qjl_proj + static_cast<int64_t>(h) * qjl_m * D;
+    for (int r = warp; r < qjl_m; r += kDecodeWarps) {
+      float s = 0.0f;
+      for (int j = lane; j < D; j += 32) s += proj[static_cast<int64_t>(r) * D + j] * s_q[j];
+      s = warp_sum(s);
+      if (lane == 0) s_sq[r] = s;
+    }
+    __syncthreads();
+  }
+
+  // ---- tables -------------------------------------------------------------------------------
+  const float alpha = p.sm_scale * kLog2e;  // scores in the log2 domain
+  {
+    const float* ck = s_ck;
+    for (int idx = tid; idx < kLpt * T::kLutRows * kE; idx += kDecodeThreads) {
+      const int half = idx / (T::kLutRows * kE);
+      const int rem = idx - half * (T::kLutRows * kE);
+      const int r = rem / kE, e = rem - (rem / kE) * kE;
+      float v;
+      if constexpr (T::kPairLut) {
+        const int j = half * kSub + 2 * r;
+        v = alpha * (s_q[j] * ck[e & (kL - 1)] + s_q[j + 1] * ck[e >> BITS]);
+      } else {
+        v = alpha * s_q[half * kSub + r] * ck[e];
+      }
+      s_klut[half * T::kLutStride + r * kE + e] = v;
+    }
+    if (qjl == quant::QjlMode::kSign) {
+      const float coef = alpha * p.k.constants.qjl_scale[h];
+      for (int idx = tid; idx < (D / 4) * 16; idx += kDecodeThreads) {
+        const int n = idx >> 4, v = idx & 15;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_q[4 * n + k] : -s_q[4 * n + k];
+        const int half = n / T::kSignNibbles, nn = n - half * T::kSignNibbles;
+        s_sign[half * T::kSignStride + nn * 16 + v] = coef * s;
+      }
+    } else if (prod) {
+      for (int idx = tid; idx < (qjl_m / 4) * 16; idx += kDecodeThreads) {
+        const int n = idx >> 4, v = idx & 15;
+        float s = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) s += ((v >> k) & 1) ? s_sq[4 * n + k] : -s_sq[4 * n + k];
+        s_prod[n * 16 + v + (n >= dl.half_nibbles ? 16 : 0)] = alpha * s;
+      }
+    }
+    if constexpr (T::kVPairLut) {
+      const float* cv = s_cv;
+      for (int idx = tid; idx < T::kVPairEntries * 16; idx += kDecodeThreads) {
+        const int e = idx >> 4, copy = idx & 15;
+        s_vpair[e * 32 + 2 * copy] = cv[e & (kL - 1)];
+        s_vpair[e * 32 + 2 * copy + 1] = cv[e >> BITS];
+      }
+    }
+  }
+  __syncthreads();
+
+  float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
   // The L2 page prefetch (below) is compiled into the fixed-mode variants only: measured, it
   // slowed the general kernel's D = 64 shapes by 5–10 % (kernels/NOTES.md, v7).
   constexpr bool kPrefetch = kPrefetchIters > 0 && !kGeneral;
@@ -584,9 +642,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
   const float* mu = p.v.constants.mean;
   for (int i = tid; i < D; i += kDecodeThreads) {
-    float o = 0.0f;
-#pragma unroll 8
-    for (int j = 0; j < D; ++j) o += rot[j * D + i] * s_y[j];
+    float o = inverse_rotate<D>(rot, s_y, i);
     if (mu && cta_l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }
@@ -604,7 +660,17 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const float* pm = launch.ws_m + static_cast<int64_t>(row) * ns;
   const float* pl = launch.ws_l + static_cast<int64_t>(row) * ns;
   const float* pa = launch.ws_acc + static_cast<int64_t>(row) * ns * D;
+  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
   __shared__ float s_y[D];
+  // Column i = threadIdx.x of Π_V, requested first: its HBM latency overlaps the partials' loads.
+  constexpr int kHeld = D < 64 ? D : 64;
+  float col[kHeld];
+  pdl_launch_dependents();
+  if (threadIdx.x < D) {
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
+  }
+  pdl_wait();  // the partials come from kernel 1
   float m = -INFINITY;
   for (int s = 0; s < ns; ++s) m = fmaxf(m, pm[s]);
   float l = 0.0f;
@@ -617,11 +683,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
     s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
   }
   __syncthreads();
-  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
   const float* mu = p.v.constants.mean;
-  for (int i = threadIdx.x; i < D; i += blockDim.x) {
+  if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
+    const int i = threadIdx.x;
     float o = 0.0f;
-    for (int j = 0; j < D; ++j) o += rot[j * D + i] * s_y[j];
+#pragma unroll
+    for (int j = 0; j < kHeld; ++j) o += col[j] * s_y[j];
+    o = inverse_rotate<D>(rot, s_y, i, kHeld, o);
     if (mu && l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }
@@ -640,13 +708,15 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   DecodeVariant variant = DecodeVariant::kGeneral;
   if constexpr (kDecodeModeVariants<BITS, D>) {
     variant = decode_variant(p);
+    cudaError_t e = cudaSuccess;
     if (variant == DecodeVariant::kPlain) {
-      turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>
-          <<<dim3(rows, launch.num_splits), kDecodeThreads, 0, stream>>>(launch);
+      e = launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>,
+                     dim3(rows, launch.num_splits), dim3(kDecodeThreads), 0, stream, launch);
     } else if (variant == DecodeVariant::kSignPlain) {
-      turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>
-          <<<dim3(rows, launch.num_splits), kDecodeThreads, 0, stream>>>(launch);
+      e = launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>,
+                     dim3(rows, launch.num_splits), dim3(kDecodeThreads), 0, stream, launch);
     }
+    if (e != cudaSuccess) return e;
   }
   if (variant == DecodeVariant::kGeneral) {
     if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
@@ -655,13 +725,14 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
           cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
-    turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>
-        <<<dim3(rows, launch.num_splits), kDecodeThreads, smem, stream>>>(launch);
+    const cudaError_t e =
+        launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
+                   dim3(rows, launch.num_splits), dim3(kDecodeThreads), smem, stream, launch);
+    if (e != cudaSuccess) return e;
   }
-  cudaError_t e = cudaGetLastError();
-  if (e != cudaSuccess || launch.num_splits == 1) return e;
-  turbo_decode_merge_kernel<D><<<rows, kDecodeThreads, 0, stream>>>(launch);
-  return cudaGetLastError();
+  if (launch.num_splits == 1) return cudaSuccess;
+  return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,
+                    launch);
 }
 
 /// Declares (extern) or defines the instantiation of launch_turbo_decode<BITS, D>.

@@ -15,10 +15,27 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include "turboesm/kernels/pdl.h"
 #include "turboesm/kernels/qkv_rotary.h"
 #endif
 
 namespace turboesm::model {
+
+void set_programmatic_dependent_launch(bool enabled) {
+#ifdef TURBOESM_WITH_CUDA
+  kernels::set_programmatic_dependent_launch(enabled);
+#else
+  (void)enabled;
+#endif
+}
+
+bool programmatic_dependent_launch() {
+#ifdef TURBOESM_WITH_CUDA
+  return kernels::programmatic_dependent_launch();
+#else
+  return false;
+#endif
+}
 
 #ifdef TURBOESM_WITH_CUDA
 
@@ -90,7 +107,7 @@ struct CudaDecodeGraph::Impl {
     for (int i = 0; i < model.num_layers(); ++i) {
       const Qkv qkv = fused ? fused_layer_qkv(i, h, cos, sin) : model.layer_qkv(i, h, cos, sin);
       at::Tensor attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
-      h = model.layer_finish(i, h, attn.to(model.dtype()));
+      h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
     }
     at::Tensor o = model.final_norm(h);
     if (advance) {

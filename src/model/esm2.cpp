@@ -17,6 +17,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernel_element_type.h"
+#include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/qkv_rotary.h"
 #endif
 
@@ -134,10 +135,73 @@ at::Tensor Esm2Model::embed_with_ratio(const at::Tensor& tokens, const at::Tenso
   return x * mask.unsqueeze(-1).to(x.scalar_type());
 }
 
+bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
+#ifdef TURBOESM_WITH_CUDA
+  return fused_decode_gemv_ && hidden.is_cuda() && hidden.dim() == 3 && hidden.size(1) == 1 &&
+         hidden.size(0) >= 1 && hidden.size(0) <= kernels::kDecodeGemvMaxRows &&
+         (dtype_ == at::kHalf || dtype_ == at::kBFloat16) && hidden.scalar_type() == dtype_ &&
+         !hidden.requires_grad();
+#else
+  (void)hidden;
+  return false;
+#endif
+}
+
+at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* ln,
+                                  const at::Tensor& weight, const at::Tensor& bias, bool gelu,
+                                  const at::Tensor& residual) const {
+#ifdef TURBOESM_WITH_CUDA
+  kernels::ElementType t, xt;
+  if (!kernel_element_type(dtype_, &t) || !kernel_element_type(x.scalar_type(), &xt))
+    return {};
+  const auto same = [&](const at::Tensor& a) {
+    return !a.defined() || (a.is_contiguous() && a.scalar_type() == dtype_ &&
+                            a.device() == x.device());
+  };
+  if (!same(weight) || !same(bias) || !same(residual) ||
+      (ln != nullptr && (!same(ln->weight) || !same(ln->bias))) || weight.dim() != 2)
+    return {};
+  const int64_t B = x.size(0), K = weight.size(1), N = weight.size(0);
+  const at::Tensor xc = x.contiguous();
+  if (xc.numel() != B * K || (residual.defined() && residual.numel() != B * N)) return {};
+  at::Tensor out = at::empty({B, 1, N}, x.options().dtype(dtype_));
+  kernels::DecodeGemvParams p;
+  p.rows = static_cast<int>(B);
+  p.in_features = static_cast<int>(K);
+  p.out_features = static_cast<int>(N);
+  p.dtype = t;
+  p.x_dtype = xt;
+  p.x = xc.data_ptr();
+  if (ln != nullptr) {
+    p.ln_weight = ln->weight.data_ptr();
+    p.ln_bias = ln->bias.data_ptr();
+    p.ln_eps = static_cast<float>(config_.layer_norm_eps);
+  }
+  p.weight = weight.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.gelu = gelu;
+  p.residual = residual.defined() ? residual.data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  if (kernels::decode_gemv_invalid_reason(p) != nullptr) return {};
+  const c10::cuda::CUDAGuard device_guard(x.device());
+  const cudaError_t e = kernels::decode_gemv(p, at::cuda::getCurrentCUDAStream());
+  TURBOESM_CHECK(e == cudaSuccess, "CUDA kernel decode_gemv failed (", B, " x ", K, " -> ", N,
+                 ", dtype ", c10::toString(dtype_), "): ", cudaGetErrorString(e));
+  return out;
+#else
+  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual;
+  return {};
+#endif
+}
+
 at::Tensor Esm2Model::layer_qkv_projection(int layer, const at::Tensor& hidden) const {
   TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
                  num_layers(), ")");
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+  if (use_decode_gemv(hidden)) {
+    at::Tensor lin = decode_gemv(hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {});
+    if (lin.defined()) return lin;
+  }
   return at::linear(layer_norm(hidden, w.attn_ln), w.qkv_weight, w.qkv_bias);
 }
 
@@ -151,11 +215,9 @@ Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& 
                          const at::Tensor& sin) const {
   TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
                  num_layers(), ")");
-  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   const int64_t B = hidden.size(0), T = hidden.size(1);
   const int64_t nh = config_.num_attention_heads, d = config_.head_dim();
-  at::Tensor ln = layer_norm(hidden, w.attn_ln);
-  at::Tensor lin = at::linear(ln, w.qkv_weight, w.qkv_bias);  // [B, T, 3H]
+  at::Tensor lin = layer_qkv_projection(layer, hidden);  // [B, T, 3H]
 #ifdef TURBOESM_WITH_CUDA
   // One launch instead of ~18 elementwise ones (the forward on a GPU is host-bound on them).
   kernels::QkvDtype kdtype;
@@ -206,6 +268,16 @@ at::Tensor Esm2Model::layer_finish(int layer, const at::Tensor& hidden,
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   const int64_t B = hidden.size(0), T = hidden.size(1);
   at::Tensor o = attn_out.transpose(1, 2).reshape({B, T, config_.hidden_size});
+  if (use_decode_gemv(hidden)) {
+    // Output projection + residual, LN + FC1 + GELU, FC2 + residual: three launches.
+    const at::Tensor h = decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden);
+    const at::Tensor x =
+        h.defined() ? decode_gemv(h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {}) : at::Tensor();
+    const at::Tensor y =
+        x.defined() ? decode_gemv(x, nullptr, w.fc2_weight, w.fc2_bias, false, h) : at::Tensor();
+    if (y.defined()) return y;
+  }
+  o = o.to(hidden.scalar_type());
   at::Tensor h = at::linear(o, w.o_weight, w.o_bias) + hidden;
   at::Tensor x = at::gelu(at::linear(layer_norm(h, w.ffn_ln), w.fc1_weight, w.fc1_bias));
   return at::linear(x, w.fc2_weight, w.fc2_bias) + h;

@@ -15,6 +15,10 @@
 //                                              writing the turbo cache (quantize-on-append: tile
 //                                              path, and the row path for comparison) and the
 //                                              fp16 cache; SDPA backend
+//   bench_model_cuda profile_step [preset] [tokens] [turbo|fp16]
+//                                              one CUDA-graph decode step between
+//                                              cudaProfilerStart/Stop (for `ncu
+//                                              --profile-from-start off`: every kernel's time)
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
@@ -28,6 +32,8 @@
 #include <c10/cuda/CUDACachingAllocator.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <cuda_profiler_api.h>
 
 #include <algorithm>
 #include <chrono>
@@ -162,7 +168,7 @@ double graph_ms(const std::function<void()>& work, int iters = 50) {
 
 /// What a graph step is made of: the layers' GEMMs alone (the weight-streaming floor), the
 /// attention through the cache alone (device_step of every layer), each as one CUDA graph.
-void decode_breakdown(const tm::Esm2Model& m, tm::KvCache& cache, const std::string& name,
+void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& name,
                       Json& j) {
   const auto& c = m.config();
   const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
@@ -202,6 +208,27 @@ void decode_breakdown(const tm::Esm2Model& m, tm::KvCache& cache, const std::str
     for (int i = 0; i < m.num_layers(); ++i)
       (void)cache.device_step(i, q, k, v, len, after, bucket);
   });
+  // The dense part of every layer as a step runs it (pre-LN + QKV projection; O projection +
+  // residual, LN + FC1 + GELU, FC2 + residual), through decode_gemv and through the eager ops.
+  const at::Tensor h1 = at::randn({1, 1, c.hidden_size}, o);
+  const at::Tensor attn32 = at::randn({1, H, 1, d}, o.dtype(at::kFloat));
+  double dense[2];
+  for (int fused = 1; fused >= 0; --fused) {
+    m.set_fused_decode_gemv(fused == 1);
+    dense[fused] = graph_ms([&] {
+      for (int i = 0; i < m.num_layers(); ++i) {
+        (void)m.layer_qkv_projection(i, h1);
+        (void)m.layer_finish(i, h1, attn32);
+      }
+    });
+  }
+  m.set_fused_decode_gemv(true);
+  std::printf(
+      "  breakdown %s: dense layers (LN, QKV, O + residual, LN + FC1 + GELU, FC2 + residual) "
+      "through decode_gemv %.4f ms (%.0f GB/s), through the eager ops %.4f ms\n",
+      name.c_str(), dense[1], weight_bytes / 1e6 / dense[1], dense[0]);
+  j.add(name + "_dense_decode_gemv_ms", dense[1]);
+  j.add(name + "_dense_eager_ops_ms", dense[0]);
   std::printf(
       "  breakdown %s: %d layers' GEMMs alone %.4f ms (%.2f GB weights, %.0f GB/s); "
       "attention via device_step alone %.4f ms (%lld cached, bucket %lld)\n",
@@ -213,6 +240,31 @@ void decode_breakdown(const tm::Esm2Model& m, tm::KvCache& cache, const std::str
   j.add(name + "_gemv_only_ms", gemv);
   j.add(name + "_gemm_gbps", weight_bytes / 1e6 / gemm);
   j.add(name + "_attention_only_ms", attn);
+}
+
+/// One graph replay between cudaProfilerStart and cudaProfilerStop, after the capture and a few
+/// replays: run under `ncu --profile-from-start off` to time every kernel of a decode step.
+int section_profile_step(const std::string& preset, int64_t cached, const std::string& kind) {
+  c10::InferenceMode guard;
+  TURBOESM_CHECK(kind == "turbo" || kind == "fp16", "profile_step: cache kind must be turbo or "
+                 "fp16, got '", kind, "'");
+  auto m = fp16_model(preset);
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  const bool turbo = kind == "turbo";
+  tm::Session s(m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
+                              turbo ? &spec : nullptr));
+  s.enable_cuda_graph(cached + 16, 256);
+  s.prefill(protein_tokens(cached - 2, 7));
+  const at::Tensor toks = protein_tokens(8, 11);
+  for (int i = 0; i < 4; ++i) (void)s.append(toks.narrow(1, 1 + i, 1).contiguous());
+  c10::cuda::device_synchronize();
+  TURBOESM_CHECK(cudaProfilerStart() == cudaSuccess, "cudaProfilerStart failed");
+  const double ms = time_ms([&] { (void)s.append(toks.narrow(1, 5, 1).contiguous()); });
+  c10::cuda::device_synchronize();
+  TURBOESM_CHECK(cudaProfilerStop() == cudaSuccess, "cudaProfilerStop failed");
+  std::printf("profiled one %s graph step: %.4f ms (captures %lld)\n", kind.c_str(), ms,
+              static_cast<long long>(s.cuda_graph()->captures()));
+  return 0;
 }
 
 int section_decode(const std::string& preset, int64_t cached) {
@@ -247,6 +299,29 @@ int section_decode(const std::string& preset, int64_t cached) {
       if (!turbo && !graph) j.add("fp16_kv_bytes", static_cast<double>(s.kv_bytes()));
       if (graph) decode_breakdown(*m, s.cache(), turbo ? "turbo3" : "fp16", j);
     }
+  }
+  {
+    // The turbo graph step again with the dense layers on the eager ops (cuBLAS, LayerNorm,
+    // GELU, add launches) instead of decode_gemv: what the kernel buys in the same run.
+    m->set_fused_decode_gemv(false);
+    tm::Session s(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+    s.enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
+    s.prefill(prefix);
+    const double ms = median(time_appends(s, kWarmup, kSteps, 11));
+    m->set_fused_decode_gemv(true);
+    std::printf("%-28s %12.4f\n", "turbo3_graph_eager_dense", ms);
+    j.add("turbo3_graph_eager_dense_ms_per_token", ms);
+  }
+  {
+    // And with every kernel launched the plain way (no programmatic dependent launch).
+    tm::set_programmatic_dependent_launch(false);
+    tm::Session s(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+    s.enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
+    s.prefill(prefix);
+    const double ms = median(time_appends(s, kWarmup, kSteps, 11));
+    tm::set_programmatic_dependent_launch(true);
+    std::printf("%-28s %12.4f\n", "turbo3_graph_no_pdl", ms);
+    j.add("turbo3_graph_no_pdl_ms_per_token", ms);
   }
   std::printf("JSON %s\n", j.str().c_str());
   return 0;
@@ -498,11 +573,14 @@ int main(int argc, char** argv) {
     if (section == "prefill")
       return section_prefill(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
                              std::stoll(arg(4, "1")));
+    if (section == "profile_step")
+      return section_profile_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
+                                  arg(4, "turbo"));
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
     std::fprintf(stderr,
-                 "usage: bench_model_cuda config|decode|prefill|big [preset] [tokens] "
+                 "usage: bench_model_cuda config|decode|prefill|profile_step|big [preset] [tokens] "
                  "[steps (big) | batch (prefill)]\n");
     return 2;
   } catch (const std::exception& e) {

@@ -33,6 +33,14 @@
 
 namespace turboesm::model {
 
+/// \brief Whether the decode-step kernels (decode_gemv, the Q/K/V glue, quantize-on-append,
+/// turbo_decode) use programmatic dependent launch on CUDA (include/turboesm/kernels/pdl.h): on
+/// by default; off launches them the plain way (for measurements). Process-wide; set it before
+/// capturing graphs (captured graphs keep the launches they were captured with). No-op without
+/// CUDA.
+void set_programmatic_dependent_launch(bool enabled);
+bool programmatic_dependent_launch();
+
 class CudaDecodeGraph {
  public:
   /// \param model, cache on the same CUDA device; both must outlive this object. The cache must

@@ -95,7 +95,11 @@ class Esm2Model {
   Qkv layer_qkv(int layer, const at::Tensor& hidden, const at::Tensor& cos,
                 const at::Tensor& sin) const;
   /// \brief Output projection + residual, then pre-LN FFN (GELU erf) + residual.
-  /// \param hidden [B, T, hidden] layer input; \param attn_out [B, H, T, d]. \return [B, T, hidden]
+  /// \param hidden [B, T, hidden] layer input; \param attn_out [B, H, T, d], in the model dtype
+  /// or fp32 (rounded to the model dtype first, as attn_out.to(dtype())). \return [B, T, hidden]
+  /// On CUDA with one token per sequence (T = 1, B ≤ 8, fp16/bf16), layer_finish and the
+  /// pre-LN projection of layer_qkv run as decode_gemv launches (kernels/decode_gemv.h): three
+  /// launches here instead of ~8. See set_fused_decode_gemv().
   at::Tensor layer_finish(int layer, const at::Tensor& hidden, const at::Tensor& attn_out) const;
   /// \brief emb_layer_norm_after: [B, T, hidden] → [B, T, hidden].
   at::Tensor final_norm(const at::Tensor& hidden) const;
@@ -114,6 +118,12 @@ class Esm2Model {
   /// synchronised: do not toggle while another thread runs this model.
   void set_fused_qkv(bool enabled) { fused_qkv_ = enabled; }
   bool fused_qkv() const { return fused_qkv_; }
+  /// \brief Enables (default) or disables the single-token dense layers through decode_gemv on
+  /// CUDA (layer_finish, layer_qkv_projection, layer_qkv); disabled, they run the eager ATen ops
+  /// (LayerNorm, cuBLAS linear, GELU, add: the reference the kernel is tested against). Outputs
+  /// differ from the eager ones by the order of the fp32 sums only. Not synchronised.
+  void set_fused_decode_gemv(bool enabled) { fused_decode_gemv_ = enabled; }
+  bool fused_decode_gemv() const { return fused_decode_gemv_; }
 
   /// \brief Maps a fair-esm style layer index (negative from the end) to 0..layers.
   /// \throws turboesm::Error naming the index and the valid range.
@@ -121,6 +131,13 @@ class Esm2Model {
 
  private:
   at::Tensor layer_norm(const at::Tensor& x, const LayerNormWeights& w) const;
+  /// Whether the dense layers of a step on `hidden` [B, T, hidden] take decode_gemv.
+  bool use_decode_gemv(const at::Tensor& hidden) const;
+  /// epilogue(W · LN(x) + b) through decode_gemv (`ln` null: no LayerNorm; see
+  /// kernels/decode_gemv.h), or an undefined tensor when the kernel does not take these tensors
+  /// (the caller then runs the eager ops).
+  at::Tensor decode_gemv(const at::Tensor& x, const LayerNormWeights* ln, const at::Tensor& weight,
+                         const at::Tensor& bias, bool gelu, const at::Tensor& residual) const;
 
   EsmConfig config_;
   EsmWeights weights_;
@@ -128,6 +145,7 @@ class Esm2Model {
   c10::Device device_;
   at::ScalarType dtype_;
   bool fused_qkv_ = true;
+  bool fused_decode_gemv_ = true;
 };
 
 }  // namespace turboesm::model

@@ -1,0 +1,65 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file decode_gemv.h
+/// \brief The dense layers of a decode step (CUDA): y = epilogue(W · prologue(x) + b) for a few
+/// rows x (one token per sequence), streaming the weight matrix once at close to HBM speed.
+///
+/// At M = 1 to 8 rows a transformer layer's products are matrix-vector products bound by reading
+/// W; cuBLAS runs them as GEMM tiles (plus a split-K reduction) and every LayerNorm, bias, GELU
+/// and residual add around them is a launch of its own. decode_gemv is one launch per product
+/// with those ops folded in, with the arithmetic of the eager ops (model dtype T = fp16 or bf16,
+/// fp32 inside, rounding to T where the eager ops store a T tensor):
+///   x'  = T(x)                                       (x in T, or fp32 rounded as x.to(T))
+///   x'' = LayerNorm(x') = T((x' − μ) · rsqrt(σ² + ε) · γ + β)   if ln_weight (μ, σ² over K, fp32)
+///   z   = T(Σ_k W[n, k] · x''[k] + b[n])            (fp32 sum, one rounding: cuBLAS's bias epilogue)
+///   out = T(gelu(z))                                 if gelu (erf form, as at::gelu)
+///   out = T(z + residual[m, n])                      if residual (as at::add)
+/// Only the order of the k-sum differs from cuBLAS (fp32 either way), so outputs agree with the
+/// eager ops to about one unit in the last place of T. src/model/esm2.cpp uses it for
+/// single-token layers on CUDA (Esm2Model::set_fused_decode_gemv), with the eager ops as its
+/// reference (Esm2Model::layer_finish_ref, tests/cuda/test_decode_gemv.cpp).
+///
+/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps, each warp owns 2 output features for
+/// all rows and streams their weight rows with 16-byte non-caching loads, 4 per row in flight and
+/// the next 4 prefetched (issued before the prologue, so the LayerNorm's latency hides under the
+/// first weight loads); the prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes).
+/// No allocation, no synchronisation: capturable in a CUDA graph.
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
+#include "turboesm/kernels/element_type.h"
+
+namespace turboesm::kernels {
+
+/// Most rows (sequences) one decode_gemv launch takes.
+inline constexpr int kDecodeGemvMaxRows = 8;
+/// Most shared memory the staged x'' may take (bytes): rows · K · sizeof(T) must fit.
+inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
+
+struct DecodeGemvParams {
+  int rows = 0;          ///< M, 1..kDecodeGemvMaxRows
+  int in_features = 0;   ///< K, a positive multiple of 8
+  int out_features = 0;  ///< N ≥ 1
+  ElementType dtype = ElementType::kFloat16;    ///< T of weight, bias, LN, residual, out: fp16/bf16
+  ElementType x_dtype = ElementType::kFloat16;  ///< dtype, or fp32 (rounded to T first)
+  const void* x = nullptr;          ///< [rows, K] contiguous, 16-byte aligned
+  const void* ln_weight = nullptr;  ///< [K] γ of the pre-LayerNorm, or null (no LayerNorm)
+  const void* ln_bias = nullptr;    ///< [K] β, required with ln_weight
+  float ln_eps = 1e-5f;
+  const void* weight = nullptr;    ///< [N, K] row-major (nn.Linear layout), 16-byte aligned
+  const void* bias = nullptr;      ///< [N], or null
+  bool gelu = false;               ///< apply GELU (erf) to z
+  const void* residual = nullptr;  ///< [rows, N] added to z, or null; not with gelu
+  void* out = nullptr;             ///< [rows, N]
+};
+
+/// \brief Why `p` cannot run (a static message naming the first violated condition), or null.
+const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);
+
+/// \brief Launches the product on `stream`. \return cudaErrorInvalidValue when
+/// decode_gemv_invalid_reason(p) is not null, else the launch error.
+cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream);
+
+}  // namespace turboesm::kernels

@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file pdl.h
+/// \brief Programmatic dependent launch (Hopper) for the kernels of a decode step.
+///
+/// A decode step is a chain of small dependent kernels (per layer: decode_gemv ×4, the Q/K/V glue,
+/// quantize-on-append, turbo_decode and its merge), each latency-bound: its launch, then the
+/// loads of constants (weights, Π, codebooks) before any arithmetic. Launched with programmatic
+/// stream serialization, a kernel's CTAs start while its predecessor is still finishing; each
+/// kernel first lets its own successor launch (`griddepcontrol.launch_dependents`), loads what
+/// does not depend on the predecessor (weights, Π, codebooks), then waits for it to complete
+/// (`griddepcontrol.wait`: completion and memory flush of the whole predecessor grid) before
+/// reading its outputs. Every such kernel waits on every path, so completion is transitive: data
+/// written two or more kernels back is also visible after the wait. CUDA graphs keep the
+/// programmatic edges when they capture these launches.
+///
+/// On by default; set_programmatic_dependent_launch(false) launches the same kernels the plain
+/// way (griddepcontrol.wait is then a no-op), e.g. to measure what it buys
+/// (tests/bench/bench_model_cuda.cpp). Process-wide, not synchronised: set it before launching.
+
+namespace turboesm::kernels {
+
+void set_programmatic_dependent_launch(bool enabled);
+bool programmatic_dependent_launch();
+
+}  // namespace turboesm::kernels

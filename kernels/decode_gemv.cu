@@ -1,0 +1,331 @@
+// SPDX-License-Identifier: MIT
+/// \file decode_gemv.cu
+/// \brief The dense layers of a decode step: LayerNorm → W·x + b → GELU / residual in one launch
+/// (see include/turboesm/kernels/decode_gemv.h for the arithmetic and the work layout).
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "common.cuh"
+#include "convert.cuh"
+#include "pdl.cuh"
+#include "turboesm/kernels/decode_gemv.h"
+
+namespace turboesm::kernels {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = 32 * kWarps;
+constexpr int kFeaturesPerWarp = 2;  // output features (rows of W) per warp
+constexpr int kChunks = 6;           // 16-byte loads per weight row per lane and pass
+constexpr int kPassVecs = 32 * kChunks;  // 16-byte vectors of a row one warp reads per pass
+
+/// 16 bytes of W that are read once: no L1 allocation.
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+/// The 8 elements of T in `v`, widened.
+template <typename T>
+__device__ __forceinline__ void widen8(const uint4& v, float (&f)[8]) {
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    float2 t;
+    if constexpr (std::is_same_v<T, __half>) {
+      t = __half22float2(*reinterpret_cast<const __half2*>(&w[i]));
+    } else {
+      t = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(&w[i]));
+    }
+    f[2 * i] = t.x;
+    f[2 * i + 1] = t.y;
+  }
+}
+
+/// 8 floats rounded to T, packed.
+template <typename T>
+__device__ __forceinline__ uint4 narrow8(const float (&f)[8]) {
+  uint32_t w[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    if constexpr (std::is_same_v<T, __half>) {
+      const __half2 h = __floats2half2_rn(f[2 * i], f[2 * i + 1]);
+      w[i] = *reinterpret_cast<const uint32_t*>(&h);
+    } else {
+      const __nv_bfloat162 h = __floats2bfloat162_rn(f[2 * i], f[2 * i + 1]);
+      w[i] = *reinterpret_cast<const uint32_t*>(&h);
+    }
+  }
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+/// Σ over the CTA of one value per thread (every thread gets the sum); `red` holds kWarps floats.
+__device__ __forceinline__ float cta_sum(float v, float* red) {
+  v = detail::warp_sum(v);
+  const int warp = threadIdx.x >> 5;
+  __syncthreads();  // `red` may still be read from the previous call
+  if ((threadIdx.x & 31) == 0) red[warp] = v;
+  __syncthreads();
+  float s = 0.0f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) s += red[w];
+  return s;
+}
+
+/// Prologue: xs[m][k] = x'' (rows ≥ p.rows are zeros), as 16-byte vectors of T. With a
+/// LayerNorm, γ and β are staged alongside x in the same pass (one load latency for all three).
+template <typename T, int MM>
+__device__ void stage_x(const DecodeGemvParams& p, uint4* xs, uint4* ln, float* red) {
+  const int kvec = p.in_features / 8;
+  const bool has_ln = p.ln_weight != nullptr;
+#pragma unroll 2
+  for (int v = threadIdx.x; v < kvec; v += kThreads) {
+    if (has_ln) {
+      ln[v] = static_cast<const uint4*>(p.ln_weight)[v];
+      ln[kvec + v] = static_cast<const uint4*>(p.ln_bias)[v];
+    }
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      uint4 packed = make_uint4(0u, 0u, 0u, 0u);
+      if (m < p.rows) {
+        if (p.x_dtype == ElementType::kFloat32) {  // x.to(T)
+          const float4* src = static_cast<const float4*>(p.x) + (int64_t(m) * kvec + v) * 2;
+          const float4 a = src[0], b = src[1];
+          const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+          packed = narrow8<T>(f);
+        } else {
+          packed = static_cast<const uint4*>(p.x)[int64_t(m) * kvec + v];
+        }
+      }
+      xs[m * kvec + v] = packed;
+    }
+  }
+  if (!has_ln) return;
+  const float inv_k = 1.0f / static_cast<float>(p.in_features);
+  for (int m = 0; m < p.rows && m < MM; ++m) {  // CTA-uniform
+    uint4* row = xs + m * kvec;
+    float s = 0.0f;
+    for (int v = threadIdx.x; v < kvec; v += kThreads) {  // each thread reads what it wrote
+      float f[8];
+      widen8<T>(row[v], f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += f[i];
+    }
+    const float mean = cta_sum(s, red) * inv_k;
+    float q = 0.0f;
+    for (int v = threadIdx.x; v < kvec; v += kThreads) {
+      float f[8];
+      widen8<T>(row[v], f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q += (f[i] - mean) * (f[i] - mean);
+    }
+    const float rstd = rsqrtf(cta_sum(q, red) * inv_k + p.ln_eps);
+    for (int v = threadIdx.x; v < kvec; v += kThreads) {
+      float f[8], g[8], b[8];
+      widen8<T>(row[v], f);
+      widen8<T>(ln[v], g);
+      widen8<T>(ln[kvec + v], b);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean) * rstd * g[i] + b[i];
+      row[v] = narrow8<T>(f);
+    }
+  }
+}
+
+/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A warp streams its two
+/// weight rows' slice in passes of kChunks 16-byte loads per lane, the first pass issued before
+/// the prologue (for the 650M model every slice is one pass: the whole product is requested at
+/// once). MM = rows rounded up to 1, 2, 4 or 8.
+template <typename T, int MM, int KSPLIT>
+__global__ void __launch_bounds__(kThreads)
+    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p) {
+  extern __shared__ uint4 xs[];  // [MM][K / 8], then γ [K / 8] and β [K / 8] with a LayerNorm
+  __shared__ float red[kWarps];
+  __shared__ float part[kWarps][kFeaturesPerWarp * MM];
+  constexpr int kGroups = kWarps / KSPLIT;
+  const int K = p.in_features, N = p.out_features;
+  const int kvec = K / 8;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = warp % kGroups, slice = warp / kGroups;
+  const int n0 = (blockIdx.x * kGroups + group) * kFeaturesPerWarp;
+  const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
+  const int v_begin = min(kvec, slice * slice_vecs);
+  const int v_end = min(kvec, v_begin + slice_vecs);
+  const uint4* wrow[kFeaturesPerWarp];
+#pragma unroll
+  for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
+    wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r, N - 1)) * kvec;
+
+  uint4 w[kFeaturesPerWarp][kChunks];
+  auto load = [&](int v0) {
+#pragma unroll
+    for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+      for (int u = 0; u < kChunks; ++u) {
+        const int v = v0 + u * 32 + lane;
+        w[r][u] = v < v_end ? load_stream(wrow[r] + v) : make_uint4(0u, 0u, 0u, 0u);
+      }
+  };
+  detail::pdl_launch_dependents();
+  load(v_begin);  // in flight during the wait for the producer of x and the prologue
+  detail::pdl_wait();
+  stage_x<T, MM>(p, xs, xs + MM * kvec, red);
+  __syncthreads();
+
+  float acc[kFeaturesPerWarp][MM];
+#pragma unroll
+  for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+    for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
+  for (int v0 = v_begin; v0 < v_end; v0 += kPassVecs) {
+    if (v0 != v_begin) load(v0);  // passes after the first (K beyond 2048 · KSPLIT)
+#pragma unroll
+    for (int u = 0; u < kChunks; ++u) {
+      const int v = v0 + u * 32 + lane;
+      if (v < v_end) {
+        float wf[kFeaturesPerWarp][8];
+#pragma unroll
+        for (int r = 0; r < kFeaturesPerWarp; ++r) widen8<T>(w[r][u], wf[r]);
+#pragma unroll
+        for (int m = 0; m < MM; ++m) {
+          float xf[8];
+          widen8<T>(xs[m * kvec + v], xf);
+#pragma unroll
+          for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[r][i], xf[i], acc[r][m]);
+        }
+      }
+    }
+  }
+
+  // Warp sums; with KSPLIT > 1 the slices' sums meet in shared memory (in slice order). Lane
+  // r · MM + m of slice 0 finishes (feature n0 + r, row m).
+  float mine = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      const float s = detail::warp_sum(acc[r][m]);
+      if (lane == r * MM + m) mine = s;
+    }
+  if constexpr (KSPLIT > 1) {
+    if (lane < kFeaturesPerWarp * MM) part[warp][lane] = mine;
+    __syncthreads();
+    if (slice != 0) return;
+    if (lane < kFeaturesPerWarp * MM) {
+      mine = 0.0f;
+#pragma unroll
+      for (int k = 0; k < KSPLIT; ++k) mine += part[k * kGroups + group][lane];
+    }
+  }
+  const int r = lane / MM, m = lane % MM, n = n0 + r;
+  if (r >= kFeaturesPerWarp || m >= p.rows || n >= N) return;
+  const T* bias = static_cast<const T*>(p.bias);
+  float z = Cvt<T>::round(bias ? mine + Cvt<T>::to_float(bias[n]) : mine);
+  if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
+  if (p.residual)
+    z = Cvt<T>::round(z + Cvt<T>::to_float(static_cast<const T*>(p.residual)[int64_t(m) * N + n]));
+  static_cast<T*>(p.out)[int64_t(m) * N + n] = Cvt<T>::from_float(z);
+}
+
+int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
+
+size_t smem_bytes(const DecodeGemvParams& p) {
+  const size_t k = static_cast<size_t>(p.in_features);
+  return (static_cast<size_t>(padded_rows(p.rows)) + (p.ln_weight ? 2u : 0u)) * k * 2u;
+}
+
+bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
+
+/// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
+/// while fewer than ~2 CTAs per SM would run (132 SMs on the H100/H200).
+int ksplit_for(const DecodeGemvParams& p) {
+  const int kvec = p.in_features / 8;
+  int ks = 1;
+  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs ||
+                         (p.out_features + (kWarps / ks) * kFeaturesPerWarp - 1) /
+                                 ((kWarps / ks) * kFeaturesPerWarp) < 264))
+    ks *= 2;
+  return ks;
+}
+
+template <typename T, int MM, int KSPLIT>
+cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
+  const size_t smem = smem_bytes(p);
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
+  constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
+  const int ctas = (p.out_features + kPerCta - 1) / kPerCta;
+  return detail::launch_pdl(decode_gemv_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads), smem,
+                           stream, p);
+}
+
+template <typename T, int MM>
+cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
+  switch (ksplit_for(p)) {
+    case 1:
+      return launch<T, MM, 1>(p, stream);
+    case 2:
+      return launch<T, MM, 2>(p, stream);
+    default:
+      return launch<T, MM, 4>(p, stream);
+  }
+}
+
+template <typename T>
+cudaError_t launch_rows(const DecodeGemvParams& p, cudaStream_t stream) {
+  switch (padded_rows(p.rows)) {
+    case 1:
+      return launch_split<T, 1>(p, stream);
+    case 2:
+      return launch_split<T, 2>(p, stream);
+    case 4:
+      return launch_split<T, 4>(p, stream);
+    default:
+      return launch_split<T, 8>(p, stream);
+  }
+}
+
+}  // namespace
+
+const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
+  if (p.rows < 1 || p.rows > kDecodeGemvMaxRows) return "rows must be in [1, 8]";
+  if (p.in_features <= 0 || p.in_features % 8 != 0)
+    return "in_features must be a positive multiple of 8";
+  if (p.out_features <= 0) return "out_features must be positive";
+  if (p.dtype != ElementType::kFloat16 && p.dtype != ElementType::kBFloat16)
+    return "dtype must be fp16 or bf16";
+  if (p.x_dtype != p.dtype && p.x_dtype != ElementType::kFloat32)
+    return "x_dtype must be dtype or fp32";
+  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr)
+    return "x, weight and out must not be null";
+  if (!aligned16(p.x) || !aligned16(p.weight)) return "x and weight must be 16-byte aligned";
+  if ((p.ln_weight == nullptr) != (p.ln_bias == nullptr))
+    return "ln_weight and ln_bias go together";
+  if (p.ln_weight != nullptr && (!aligned16(p.ln_weight) || !aligned16(p.ln_bias)))
+    return "ln_weight and ln_bias must be 16-byte aligned";
+  if (p.gelu && p.residual != nullptr) return "gelu and residual are exclusive";
+  if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)
+    return "(rows rounded up to a power of two, + 2 with a LayerNorm) x in_features x 2 bytes "
+           "exceed the shared memory budget";
+  return nullptr;
+}
+
+cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {
+  if (decode_gemv_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
+  return p.dtype == ElementType::kFloat16 ? launch_rows<__half>(p, stream)
+                                          : launch_rows<__nv_bfloat16>(p, stream);
+}
+
+}  // namespace turboesm::kernels

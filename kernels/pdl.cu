@@ -1,0 +1,17 @@
+// SPDX-License-Identifier: MIT
+/// \file pdl.cu
+/// \brief The process-wide switch of programmatic dependent launch (include/turboesm/kernels/pdl.h).
+
+#include <atomic>
+
+#include "turboesm/kernels/pdl.h"
+
+namespace turboesm::kernels {
+namespace {
+std::atomic<bool> g_enabled{true};
+}  // namespace
+
+void set_programmatic_dependent_launch(bool enabled) { g_enabled.store(enabled); }
+bool programmatic_dependent_launch() { return g_enabled.load(); }
+
+}  // namespace turboesm::kernels

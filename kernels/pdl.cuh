@@ -1,0 +1,47 @@
+// SPDX-License-Identifier: MIT
+#pragma once
+/// \file pdl.cuh
+/// \brief Device and launch side of programmatic dependent launch (include/turboesm/kernels/pdl.h).
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+#include "turboesm/kernels/pdl.h"
+
+namespace turboesm::kernels::detail {
+
+/// Lets the next kernel in the stream (if launched with launch_pdl) start its CTAs.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/// Waits until the preceding kernel in the stream has completed and its writes are visible
+/// (immediately true when this kernel was not launched programmatically).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// `kernel<<<grid, block, smem, stream>>>(args...)`, with programmatic stream serialization
+/// when programmatic_dependent_launch() is on. \return the launch error.
+template <typename... KernelArgs, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
+                       cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = programmatic_dependent_launch() ? 1 : 0;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace turboesm::kernels::detail

@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: MIT
+// decode_gemv (kernels/decode_gemv.cu): the single-token dense layers of a decode step, against
+// their reference, the eager ATen ops they replace (layer_norm, cuBLAS linear with bias, gelu,
+// add) on the same GPU tensors; its parameter checks; and the fp16 model with the kernel on
+// (Esm2Model::set_fused_decode_gemv) against the same model with it off, eager and in a CUDA
+// graph. GPU tests skip without a CUDA device.
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "cuda/cuda_test_util.h"
+#include "turboesm/io/tokenizer.h"
+#include "turboesm/kernels/decode_gemv.h"
+#include "turboesm/model/decode_graph.h"
+#include "turboesm/model/esm2.h"
+#include "turboesm/model/session.h"
+#include "turboesm/model/turbo_cache.h"
+
+namespace turboesm {
+namespace {
+
+namespace tk = turboesm::kernels;
+namespace tm = turboesm::model;
+namespace tq = turboesm::quant;
+
+const c10::Device kGpu(c10::kCUDA, 0);
+
+/// Unit roundoff of the model dtype (half the spacing of numbers in [1, 2)).
+double unit_roundoff(at::ScalarType t) { return t == at::kHalf ? 0x1p-11 : 0x1p-8; }
+
+struct Case {
+  int rows, k, n;
+  bool ln, bias, gelu, residual, x_fp32;
+};
+
+/// Eager reference: the ATen ops of Esm2Model's eager path, in the same roundings.
+at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
+                 const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
+                 at::ScalarType t) {
+  at::Tensor h = x.to(t);
+  if (g.defined()) h = at::layer_norm(h, {h.size(-1)}, g, b, 1e-5);
+  at::Tensor z = at::linear(h, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
+  if (gelu) z = at::gelu(z);
+  if (res.defined()) z = z + res;
+  return z;
+}
+
+at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
+                      const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
+                      at::ScalarType t) {
+  at::Tensor out = at::empty({x.size(0), w.size(0)}, w.options());
+  tk::DecodeGemvParams p;
+  p.rows = static_cast<int>(x.size(0));
+  p.in_features = static_cast<int>(w.size(1));
+  p.out_features = static_cast<int>(w.size(0));
+  p.dtype = t == at::kHalf ? tk::ElementType::kFloat16 : tk::ElementType::kBFloat16;
+  p.x_dtype = x.scalar_type() == at::kFloat ? tk::ElementType::kFloat32 : p.dtype;
+  p.x = x.data_ptr();
+  p.ln_weight = g.defined() ? g.data_ptr() : nullptr;
+  p.ln_bias = b.defined() ? b.data_ptr() : nullptr;
+  p.ln_eps = 1e-5f;
+  p.weight = w.data_ptr();
+  p.bias = bias.defined() ? bias.data_ptr() : nullptr;
+  p.gelu = gelu;
+  p.residual = res.defined() ? res.data_ptr() : nullptr;
+  p.out = out.data_ptr();
+  EXPECT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
+  const cudaError_t e = tk::decode_gemv(p, at::cuda::getCurrentCUDAStream());
+  EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+  return out;
+}
+
+class DecodeGemv : public ::testing::TestWithParam<at::ScalarType> {};
+
+// Both sides sum in fp32 (other orders) and round to T once per op, so an output differs by at
+// most a rounding of T per op (a sum within fp32 noise of a rounding midpoint flips it), plus the
+// fp32 noise of the sum itself (≤ K · 2^-24 · Σ|w x|, far below one unit of T here), plus, with
+// a LayerNorm, the effect of x'' elements that flipped one unit (each moves z by ~u·|w x|).
+// Bound: 3 units of T at the output's magnitude + 3 u · (Σ_k |w x''|)/√K. (How many outputs
+// differ at all is printed, not bounded: PyTorch's LayerNorm kernels compute μ and rstd in other
+// orders, so with a LayerNorm many x'' differ by one unit, e.g. ~30% of the outputs at K = 2056.)
+TEST_P(DecodeGemv, MatchesEagerOps) {
+  TURBOESM_REQUIRE_GPU();
+  const at::ScalarType t = GetParam();
+  const double u = unit_roundoff(t);
+  const std::vector<Case> cases = {
+      {1, 1280, 3840, true, true, false, false, false},   // 650M pre-LN + QKV
+      {1, 1280, 1280, false, true, false, true, true},    // O projection of fp32 attention
+      {1, 1280, 5120, true, true, true, false, false},    // pre-LN + FC1 + GELU
+      {1, 5120, 1280, false, true, false, true, false},   // FC2 + residual
+      {3, 1280, 1000, true, true, true, false, false},    // rows padded to 4, N not a multiple
+      {8, 512, 77, false, false, false, true, true},      // 8 rows, no bias, fp32 x
+      {5, 8, 1, true, true, false, false, false},         // smallest K and N
+      {2, 2056, 300, true, false, true, false, true},     // K not a multiple of the 1024 step
+  };
+  at::manual_seed(3);
+  for (const Case& c : cases) {
+    const auto o = at::TensorOptions().device(kGpu);
+    const at::Tensor x = (at::randn({c.rows, c.k}, o) * 2 + 0.5).to(c.x_fp32 ? at::kFloat : t);
+    const at::Tensor w = (at::randn({c.n, c.k}, o) / std::sqrt(double(c.k))).to(t);
+    const at::Tensor g = c.ln ? (1 + 0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
+    const at::Tensor b = c.ln ? (0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
+    const at::Tensor bias = c.bias ? (0.1 * at::randn({c.n}, o)).to(t) : at::Tensor();
+    const at::Tensor res = c.residual ? at::randn({c.rows, c.n}, o).to(t) : at::Tensor();
+    const at::Tensor want = eager(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    ASSERT_TRUE(at::isfinite(got).all().item<bool>());
+    // Σ_k |w x''| per output (x'' of the eager side), for the sum-noise part of the bound.
+    at::Tensor h = x.to(t);
+    if (c.ln) h = at::layer_norm(h, {c.k}, g, b, 1e-5);
+    const at::Tensor mag = at::matmul(h.to(at::kDouble).abs(), w.to(at::kDouble).abs().t());
+    const at::Tensor bound =
+        3 * u * want.abs() + 3 * u * mag / std::sqrt(double(c.k)) + 1e-30;
+    const at::Tensor diff = (got - want).abs();
+    const double worst = (diff / bound).max().item<double>();
+    const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
+    EXPECT_LE(worst, 1.0) << "rows " << c.rows << " K " << c.k << " N " << c.n << " ln " << c.ln
+                          << " gelu " << c.gelu << " residual " << c.residual;
+    std::printf("[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
+                c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
+                100 * differing);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, DecodeGemv, ::testing::Values(at::kHalf, at::kBFloat16),
+                         [](const ::testing::TestParamInfo<at::ScalarType>& i) {
+                           return std::string(i.param == at::kHalf ? "fp16" : "bf16");
+                         });
+
+TEST(DecodeGemvParams, RejectsBadParameters) {
+  // Host-side checks only: no launch, no GPU needed.
+  alignas(16) static uint8_t buf[256];
+  tk::DecodeGemvParams good;
+  good.rows = 1;
+  good.in_features = 16;
+  good.out_features = 4;
+  good.x = buf;
+  good.weight = buf;
+  good.out = buf;
+  ASSERT_EQ(tk::decode_gemv_invalid_reason(good), nullptr);
+  struct Bad {
+    const char* what;
+    void (*mutate)(tk::DecodeGemvParams&);
+  };
+  const Bad bad[] = {
+      {"rows 0", [](tk::DecodeGemvParams& p) { p.rows = 0; }},
+      {"rows 9", [](tk::DecodeGemvParams& p) { p.rows = 9; }},
+      {"K 12", [](tk::DecodeGemvParams& p) { p.in_features = 12; }},
+      {"K 0", [](tk::DecodeGemvParams& p) { p.in_features = 0; }},
+      {"N 0", [](tk::DecodeGemvParams& p) { p.out_features = 0; }},
+      {"fp32 weights", [](tk::DecodeGemvParams& p) { p.dtype = tk::ElementType::kFloat32; }},
+      {"bf16 x, fp16 weights", [](tk::DecodeGemvParams& p) {
+         p.x_dtype = tk::ElementType::kBFloat16;
+       }},
+      {"null x", [](tk::DecodeGemvParams& p) { p.x = nullptr; }},
+      {"null weight", [](tk::DecodeGemvParams& p) { p.weight = nullptr; }},
+      {"null out", [](tk::DecodeGemvParams& p) { p.out = nullptr; }},
+      {"misaligned x", [](tk::DecodeGemvParams& p) { p.x = buf + 2; }},
+      {"misaligned weight", [](tk::DecodeGemvParams& p) { p.weight = buf + 8; }},
+      {"ln weight without bias", [](tk::DecodeGemvParams& p) { p.ln_weight = buf; }},
+      {"misaligned ln", [](tk::DecodeGemvParams& p) {
+         p.ln_weight = buf;
+         p.ln_bias = buf + 4;
+       }},
+      {"gelu and residual", [](tk::DecodeGemvParams& p) {
+         p.gelu = true;
+         p.residual = buf;
+       }},
+      {"x beyond shared memory", [](tk::DecodeGemvParams& p) {
+         p.rows = 5;
+         p.in_features = 8 * 1024;
+       }},
+  };
+  for (const Bad& b : bad) {
+    tk::DecodeGemvParams p = good;
+    b.mutate(p);
+    const char* why = tk::decode_gemv_invalid_reason(p);
+    EXPECT_NE(why, nullptr) << b.what;
+    EXPECT_EQ(tk::decode_gemv(p, nullptr), cudaErrorInvalidValue) << b.what;
+  }
+}
+
+// ---- the fp16 model with and without the kernel --------------------------------------------
+
+std::shared_ptr<tm::Esm2Model> tiny_fp16() {
+  tm::LoadOptions lo;
+  lo.device = kGpu;
+  lo.dtype = at::kHalf;
+  return tm::Esm2Model::random(tm::EsmConfig::preset("tiny"), 5, 0.08, lo);
+}
+
+at::Tensor row(const std::string& s) {
+  return at::tensor(io::EsmTokenizer::instance().encode(s), at::kLong).unsqueeze(0);
+}
+
+const std::string kSeq =
+    "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVVHSLAKWKRQTLGQHD";
+
+// The single-token layers of the fp16 model with the kernel vs the eager ops: per layer, and
+// through 40 decode steps of a turbo-cache session (final-LayerNorm states, O(1)). Each layer
+// adds a few fp16 roundings of difference; the tiny model's 2 layers stay within 3e-2.
+TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
+  TURBOESM_REQUIRE_GPU();
+  auto m = tiny_fp16();
+  ASSERT_TRUE(m->fused_decode_gemv()) << "the kernel is the default";
+  const auto& c = m->config();
+  at::manual_seed(7);
+  const auto o = at::TensorOptions().device(kGpu);
+  for (int64_t batch : {1, 3, 8}) {
+    const at::Tensor h = at::randn({batch, 1, c.hidden_size}, o).to(at::kHalf);
+    const at::Tensor attn =
+        at::randn({batch, c.num_attention_heads, 1, c.head_dim()}, o);  // fp32, as the decode op
+    for (int layer = 0; layer < m->num_layers(); ++layer) {
+      m->set_fused_decode_gemv(true);
+      const at::Tensor f = m->layer_finish(layer, h, attn);
+      const at::Tensor fq = m->layer_qkv_projection(layer, h);
+      m->set_fused_decode_gemv(false);
+      const at::Tensor e = m->layer_finish(layer, h, attn);
+      const at::Tensor eq = m->layer_qkv_projection(layer, h);
+      m->set_fused_decode_gemv(true);
+      ASSERT_EQ(f.sizes(), e.sizes());
+      ASSERT_EQ(f.scalar_type(), at::kHalf);
+      const double d = (f.to(at::kDouble) - e.to(at::kDouble)).abs().max().item<double>();
+      const double dq = (fq.to(at::kDouble) - eq.to(at::kDouble)).abs().max().item<double>();
+      const double scale = e.to(at::kDouble).abs().max().item<double>();
+      const double scale_q = eq.to(at::kDouble).abs().max().item<double>();
+      EXPECT_LE(d, 8 * 0x1p-11 * scale) << "layer_finish, batch " << batch << " layer " << layer;
+      EXPECT_LE(dq, 8 * 0x1p-11 * scale_q) << "qkv, batch " << batch << " layer " << layer;
+    }
+  }
+  // Whole decode: eager sessions with and without the kernel, and a graph session (kernel on),
+  // which must equal the eager kernel session (same kernels, same inputs).
+  const tm::TurboCacheSpec spec = tm::TurboCacheSpec::random(
+      c, 3, 3, tq::RotationKind::kHadamard, tq::NormMode::kNone, tq::QjlMode::kNone, 11, 0, 5.0);
+  auto session = [&] { return tm::Session(m, tm::make_kv_cache(tm::CacheKind::kTurbo, c, 1, kGpu, &spec)); };
+  tm::Session fused = session(), plain = session(), graph = session();
+  graph.enable_cuda_graph(128, 32);
+  const at::Tensor toks = row(kSeq);
+  const at::Tensor prefix = toks.narrow(1, 0, 30);
+  fused.prefill(prefix);
+  plain.prefill(prefix);
+  graph.prefill(prefix);
+  double worst_plain = 0.0, worst_graph = 0.0;
+  for (int64_t j = 30; j < 70; ++j) {
+    const at::Tensor t = toks.narrow(1, j, 1).contiguous();
+    const at::Tensor hf = fused.append(t).to(at::kDouble);
+    m->set_fused_decode_gemv(false);
+    const at::Tensor hp = plain.append(t).to(at::kDouble);
+    m->set_fused_decode_gemv(true);
+    const at::Tensor hg = graph.append(t).to(at::kDouble);
+    ASSERT_TRUE(at::isfinite(hg).all().item<bool>());
+    worst_plain = std::max(worst_plain, (hf - hp).abs().max().item<double>());
+    worst_graph = std::max(worst_graph, (hf - hg).abs().max().item<double>());
+  }
+  EXPECT_LE(worst_plain, 3e-2);
+  // Graph replays run the same kernels on the same inputs as the eager kernel session.
+  EXPECT_LE(worst_graph, 1e-5);
+  EXPECT_EQ(graph.cuda_graph()->replays(), 40);
+  std::printf("[decode_gemv model] 40 fp16 steps: kernel vs eager ops max|d| %.3g, graph vs eager "
+              "%.3g\n",
+              worst_plain, worst_graph);
+}
+
+}  // namespace
+}  // namespace turboesm
