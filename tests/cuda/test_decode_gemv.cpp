@@ -258,6 +258,31 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
     worst_graph = std::max(worst_graph, (hf - hg).abs().max().item<double>());
   }
   EXPECT_LE(worst_plain, 3e-2);
+  // The same steps with the kernels launched the plain way (no programmatic dependent launch):
+  // the waits only order the kernels, so the values are identical.
+  {
+    tm::set_programmatic_dependent_launch(false);
+    tm::Session again = session(), again_graph = session();
+    again_graph.enable_cuda_graph(128, 32);
+    again.prefill(prefix);
+    again_graph.prefill(prefix);
+    tm::Session reference = session();
+    tm::set_programmatic_dependent_launch(true);
+    reference.prefill(prefix);
+    double worst_pdl = 0.0;
+    for (int64_t j = 30; j < 50; ++j) {
+      const at::Tensor t = toks.narrow(1, j, 1).contiguous();
+      tm::set_programmatic_dependent_launch(false);
+      const at::Tensor a = again.append(t).to(at::kDouble);
+      const at::Tensor ag = again_graph.append(t).to(at::kDouble);
+      tm::set_programmatic_dependent_launch(true);
+      const at::Tensor r = reference.append(t).to(at::kDouble);
+      worst_pdl = std::max({worst_pdl, (a - r).abs().max().item<double>(),
+                            (ag - r).abs().max().item<double>()});
+    }
+    EXPECT_EQ(worst_pdl, 0.0) << "launch mode changed the values";
+    EXPECT_TRUE(tm::programmatic_dependent_launch());
+  }
   // Graph replays run the same kernels on the same inputs as the eager kernel session.
   EXPECT_LE(worst_graph, 1e-5);
   EXPECT_EQ(graph.cuda_graph()->replays(), 40);
