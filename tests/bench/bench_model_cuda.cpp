@@ -8,7 +8,10 @@
 //   bench_model_cuda config <preset>           the preset's HF config.json (for the HF script)
 //   bench_model_cuda decode [preset] [tokens]  per appended token, `tokens` cached (default
 //                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
-//                                              none) eager / CUDA graph, fp16 cache eager / graph
+//                                              none) eager / CUDA graph, fp16 cache eager / graph;
+//                                              what the graph step is made of; the turbo graph
+//                                              step again with the eager dense ops and without
+//                                              programmatic dependent launch
 //   bench_model_cuda prefill [preset] [res] [batch]
 //                                              prefill of `batch` (1) sequences of `res` residues
 //                                              (default 1024): plain forward vs Session::prefill
@@ -381,7 +384,8 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
       }
     }
   }
-  std::printf("%-24s %12s %14s %10s\n", "prefill (batch 1)", "median ms", "host-side ms",
+  const std::string title = "prefill (batch " + std::to_string(batch) + ")";
+  std::printf("%-24s %12s %14s %10s\n", title.c_str(), "median ms", "host-side ms",
               "vs forward");
   const double base = median(gpu["forward"]);
   for (const auto& mo : modes) {
