@@ -138,6 +138,39 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs, uint4* ln, float* 
   }
 }
 
+/// The Q/K/V epilogue of row m for the rotate-half pair (n0, n0 + d/2) with sums s0, s1: the
+/// arithmetic of qkv_rotary_to_float (kernels/qkv_rotary.cu) on z = T(s + b): q scaled in T
+/// first, then x·cos + rot·sin with separately rounded products and sum, rounded to T.
+template <typename T>
+__device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, int n0, float s0,
+                                             float s1) {
+  const int d = p.head_dim, half = d / 2;
+  const int hd = p.out_features / 3;
+  const int region = n0 / hd;  // 0 q, 1 k, 2 v (a pair never straddles: regions hold whole heads)
+  const int c = n0 - region * hd;
+  const int j = c % d;  // < half
+  const T* bias = static_cast<const T*>(p.bias);
+  float z0 = Cvt<T>::round(bias ? s0 + Cvt<T>::to_float(bias[n0]) : s0);
+  float z1 = Cvt<T>::round(bias ? s1 + Cvt<T>::to_float(bias[n0 + half]) : s1);
+  const int64_t o = int64_t(m) * hd + c;
+  if (region == 2) {
+    p.v_out[o] = z0;
+    p.v_out[o + half] = z1;
+    return;
+  }
+  if (region == 0) {
+    z0 = Cvt<T>::round(__fmul_rn(z0, p.q_scale));
+    z1 = Cvt<T>::round(__fmul_rn(z1, p.q_scale));
+  }
+  const float* cs = p.cos + int64_t(m) * d;
+  const float* sn = p.sin + int64_t(m) * d;
+  const float o0 = __fadd_rn(__fmul_rn(z0, cs[j]), __fmul_rn(-z1, sn[j]));
+  const float o1 = __fadd_rn(__fmul_rn(z1, cs[j + half]), __fmul_rn(z0, sn[j + half]));
+  float* dst = region == 0 ? p.q_out : p.k_out;
+  dst[o] = Cvt<T>::round(o0);
+  dst[o + half] = Cvt<T>::round(o1);
+}
+
 /// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A warp streams its two
 /// weight rows' slice in passes of kChunks 16-byte loads per lane, the first pass issued before
 /// the prologue (for the 650M model every slice is one pass: the whole product is requested at
@@ -153,14 +186,20 @@ __global__ void __launch_bounds__(kThreads)
   const int kvec = K / 8;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp % kGroups, slice = warp / kGroups;
-  const int n0 = (blockIdx.x * kGroups + group) * kFeaturesPerWarp;
+  // The warp's two features: neighbours, or in the Q/K/V mode the rotate-half pair (j, j + d/2)
+  // of one head (pair index → head, j).
+  static_assert(kFeaturesPerWarp == 2, "the Q/K/V epilogue pairs the warp's two features");
+  const int pair = blockIdx.x * kGroups + group;
+  const int half = p.head_dim / 2;
+  const int n0 = half > 0 ? (pair / half) * p.head_dim + pair % half : pair * 2;
+  const int n_step = half > 0 ? half : 1;
   const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
   const int v_begin = min(kvec, slice * slice_vecs);
   const int v_end = min(kvec, v_begin + slice_vecs);
   const uint4* wrow[kFeaturesPerWarp];
 #pragma unroll
   for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
-    wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r, N - 1)) * kvec;
+    wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r * n_step, N - 1)) * kvec;
 
   uint4 w[kFeaturesPerWarp][kChunks];
   auto load = [&](int v0) {
@@ -224,6 +263,11 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
       for (int k = 0; k < KSPLIT; ++k) mine += part[k * kGroups + group][lane];
     }
+  }
+  if (half > 0) {  // Q/K/V mode: lane m finishes row m's pair
+    const float other = __shfl_sync(detail::kFullMask, mine, (lane + MM) & 31);
+    if (lane < MM && lane < p.rows && n0 < N) qkv_epilogue<T>(p, lane, n0, mine, other);
+    return;
   }
   const int r = lane / MM, m = lane % MM, n = n0 + r;
   if (r >= kFeaturesPerWarp || m >= p.rows || n >= N) return;
@@ -308,7 +352,17 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
     return "dtype must be fp16 or bf16";
   if (p.x_dtype != p.dtype && p.x_dtype != ElementType::kFloat32)
     return "x_dtype must be dtype or fp32";
-  if (p.x == nullptr || p.weight == nullptr || p.out == nullptr)
+  if (p.head_dim < 0 || p.head_dim % 2 != 0) return "head_dim must be 0 or a positive even number";
+  const bool qkv = p.head_dim > 0;
+  if (qkv) {
+    if (p.out_features % (3 * p.head_dim) != 0)
+      return "the Q/K/V mode needs out_features = 3 x heads x head_dim";
+    if (p.cos == nullptr || p.sin == nullptr || p.q_out == nullptr || p.k_out == nullptr ||
+        p.v_out == nullptr)
+      return "the Q/K/V mode needs cos, sin, q_out, k_out and v_out";
+    if (p.gelu || p.residual != nullptr) return "the Q/K/V mode takes no gelu or residual";
+  }
+  if (p.x == nullptr || p.weight == nullptr || (p.out == nullptr && !qkv))
     return "x, weight and out must not be null";
   if (!aligned16(p.x) || !aligned16(p.weight)) return "x and weight must be 16-byte aligned";
   if ((p.ln_weight == nullptr) != (p.ln_bias == nullptr))

@@ -71,6 +71,9 @@ struct CudaDecodeGraph::Impl {
 
   Qkv fused_layer_qkv(int layer, const at::Tensor& h, const at::Tensor& cos,
                       const at::Tensor& sin) {
+    // One launch where decode_gemv takes the layer (its Q/K/V mode), else projection + glue.
+    Qkv one = model.layer_qkv_step_float(layer, h, cos, sin);
+    if (one.q.defined()) return one;
     const at::Tensor lin = model.layer_qkv_projection(layer, h).contiguous();  // [B, 1, 3·hidden]
     const int64_t B = cache.batch(), H = cache.heads(), d = cache.head_dim();
     const auto f32 = at::TensorOptions().device(model.device()).dtype(at::kFloat);

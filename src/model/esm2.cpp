@@ -149,7 +149,8 @@ bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 
 at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* ln,
                                   const at::Tensor& weight, const at::Tensor& bias, bool gelu,
-                                  const at::Tensor& residual) const {
+                                  const at::Tensor& residual, const RotaryTables* rotary,
+                                  Qkv* qkv) const {
 #ifdef TURBOESM_WITH_CUDA
   kernels::ElementType t, xt;
   if (!kernel_element_type(dtype_, &t) || !kernel_element_type(x.scalar_type(), &xt))
@@ -164,7 +165,14 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   const int64_t B = x.size(0), K = weight.size(1), N = weight.size(0);
   const at::Tensor xc = x.contiguous();
   if (xc.numel() != B * K || (residual.defined() && residual.numel() != B * N)) return {};
-  at::Tensor out = at::empty({B, 1, N}, x.options().dtype(dtype_));
+  const int64_t d = config_.head_dim();
+  const auto table_ok = [&](const at::Tensor& t) {
+    return t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+           t.device() == x.device() && t.numel() == B * d;
+  };
+  if (qkv != nullptr && (rotary == nullptr || !table_ok(rotary->cos) || !table_ok(rotary->sin)))
+    return {};
+  at::Tensor out = qkv != nullptr ? at::Tensor() : at::empty({B, 1, N}, x.options().dtype(dtype_));
   kernels::DecodeGemvParams p;
   p.rows = static_cast<int>(B);
   p.in_features = static_cast<int>(K);
@@ -181,7 +189,22 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   p.bias = bias.defined() ? bias.data_ptr() : nullptr;
   p.gelu = gelu;
   p.residual = residual.defined() ? residual.data_ptr() : nullptr;
-  p.out = out.data_ptr();
+  if (qkv != nullptr) {  // Q/K/V mode: q, k, v fp32 [B, H, 1, d]
+    const auto f32 = x.options().dtype(at::kFloat);
+    const int64_t H = config_.num_attention_heads;
+    *qkv = Qkv{at::empty({B, H, 1, d}, f32), at::empty({B, H, 1, d}, f32),
+               at::empty({B, H, 1, d}, f32)};
+    p.head_dim = static_cast<int>(d);
+    p.cos = rotary->cos.data_ptr<float>();
+    p.sin = rotary->sin.data_ptr<float>();
+    p.q_scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // as layer_qkv
+    p.q_out = qkv->q.data_ptr<float>();
+    p.k_out = qkv->k.data_ptr<float>();
+    p.v_out = qkv->v.data_ptr<float>();
+    out = qkv->q;
+  } else {
+    p.out = out.data_ptr();
+  }
   if (kernels::decode_gemv_invalid_reason(p) != nullptr) return {};
   const c10::cuda::CUDAGuard device_guard(x.device());
   const cudaError_t e = kernels::decode_gemv(p, at::cuda::getCurrentCUDAStream());
@@ -189,7 +212,8 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
                  ", dtype ", c10::toString(dtype_), "): ", cudaGetErrorString(e));
   return out;
 #else
-  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual;
+  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual, (void)rotary,
+      (void)qkv;
   return {};
 #endif
 }
@@ -203,6 +227,21 @@ at::Tensor Esm2Model::layer_qkv_projection(int layer, const at::Tensor& hidden) 
     if (lin.defined()) return lin;
   }
   return at::linear(layer_norm(hidden, w.attn_ln), w.qkv_weight, w.qkv_bias);
+}
+
+Qkv Esm2Model::layer_qkv_step_float(int layer, const at::Tensor& hidden, const at::Tensor& cos,
+                                    const at::Tensor& sin) const {
+  TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
+                 num_layers(), ")");
+  Qkv out;
+  if (use_decode_gemv(hidden)) {
+    const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
+    const RotaryTables tables{cos, sin};
+    if (!decode_gemv(hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {}, &tables, &out)
+             .defined())
+      out = Qkv{};
+  }
+  return out;
 }
 
 Qkv Esm2Model::layer_qkv(int layer, const at::Tensor& hidden,

@@ -16,6 +16,7 @@
 #include "cuda/cuda_test_util.h"
 #include "turboesm/io/tokenizer.h"
 #include "turboesm/kernels/decode_gemv.h"
+#include "turboesm/kernels/qkv_rotary.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -132,6 +133,80 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, DecodeGemv, ::testing::Values(at::kHalf, at::kB
                            return std::string(i.param == at::kHalf ? "fp16" : "bf16");
                          });
 
+// The Q/K/V mode equals the plain product followed by qkv_rotary_to_float, value for value (the
+// same fp32 sums — a warp's pair of features is summed the same way whichever two they are — and
+// the glue's arithmetic in the epilogue).
+TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
+  TURBOESM_REQUIRE_GPU();
+  const at::ScalarType t = GetParam();
+  struct Shape {
+    int rows, heads, d, k;
+  };
+  at::manual_seed(11);
+  for (const Shape& sh : {Shape{1, 20, 64, 1280}, Shape{3, 4, 32, 128}, Shape{8, 2, 16, 64},
+                          Shape{2, 5, 128, 640}}) {
+    const auto o = at::TensorOptions().device(kGpu);
+    const int n = 3 * sh.heads * sh.d, hd = sh.heads * sh.d;
+    const at::Tensor x = at::randn({sh.rows, sh.k}, o).to(t);
+    const at::Tensor w = (at::randn({n, sh.k}, o) / std::sqrt(double(sh.k))).to(t);
+    const at::Tensor bias = (0.1 * at::randn({n}, o)).to(t);
+    const at::Tensor g = (1 + 0.1 * at::randn({sh.k}, o)).to(t), b = (0.1 * at::randn({sh.k}, o)).to(t);
+    const at::Tensor ang = at::rand({sh.rows, sh.d}, o) * 6.3;
+    const at::Tensor cs = at::cos(ang), sn = at::sin(ang);
+    const float scale = static_cast<float>(std::pow(double(sh.d), -0.5));
+    tk::DecodeGemvParams p;
+    p.rows = sh.rows;
+    p.in_features = sh.k;
+    p.out_features = n;
+    p.dtype = t == at::kHalf ? tk::ElementType::kFloat16 : tk::ElementType::kBFloat16;
+    p.x_dtype = p.dtype;
+    p.x = x.data_ptr();
+    p.ln_weight = g.data_ptr();
+    p.ln_bias = b.data_ptr();
+    p.weight = w.data_ptr();
+    p.bias = bias.data_ptr();
+    // Plain product, then the glue.
+    const at::Tensor lin = at::empty({sh.rows, n}, w.options());
+    p.out = lin.data_ptr();
+    ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    const auto f32 = o.dtype(at::kFloat);
+    const at::Tensor q1 = at::empty({sh.rows, hd}, f32), k1 = at::empty({sh.rows, hd}, f32),
+                     v1 = at::empty({sh.rows, hd}, f32);
+    tk::QkvRotaryParams r;
+    r.batch = sh.rows;
+    r.heads = sh.heads;
+    r.head_dim = sh.d;
+    r.dtype = p.dtype;
+    r.qkv = lin.data_ptr();
+    r.cos = cs.data_ptr<float>();
+    r.sin = sn.data_ptr<float>();
+    r.q_scale = scale;
+    r.q = q1.data_ptr<float>();
+    r.k = k1.data_ptr<float>();
+    r.v = v1.data_ptr<float>();
+    ASSERT_EQ(tk::qkv_rotary_to_float(r, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    // Q/K/V mode.
+    const at::Tensor q2 = at::full({sh.rows, hd}, NAN, f32), k2 = at::full({sh.rows, hd}, NAN, f32),
+                     v2 = at::full({sh.rows, hd}, NAN, f32);
+    p.out = nullptr;
+    p.head_dim = sh.d;
+    p.cos = cs.data_ptr<float>();
+    p.sin = sn.data_ptr<float>();
+    p.q_scale = scale;
+    p.q_out = q2.data_ptr<float>();
+    p.k_out = k2.data_ptr<float>();
+    p.v_out = v2.data_ptr<float>();
+    ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
+    ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    for (const auto& pr : {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
+      ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
+      EXPECT_TRUE(at::equal(pr.first, pr.second))
+          << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ": max |d| "
+          << (pr.first - pr.second).abs().max().item<double>();
+    }
+  }
+}
+
 TEST(DecodeGemvParams, RejectsBadParameters) {
   // Host-side checks only: no launch, no GPU needed.
   alignas(16) static uint8_t buf[256];
@@ -170,6 +245,21 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
       {"gelu and residual", [](tk::DecodeGemvParams& p) {
          p.gelu = true;
          p.residual = buf;
+       }},
+      {"odd head_dim", [](tk::DecodeGemvParams& p) { p.head_dim = 3; }},
+      {"Q/K/V mode without outputs", [](tk::DecodeGemvParams& p) {
+         p.out_features = 12;
+         p.head_dim = 2;
+       }},
+      {"Q/K/V mode, N not 3 x heads x head_dim", [](tk::DecodeGemvParams& p) {
+         p.head_dim = 2;
+         p.cos = p.sin = p.q_out = p.k_out = p.v_out = reinterpret_cast<float*>(buf);
+       }},
+      {"Q/K/V mode with gelu", [](tk::DecodeGemvParams& p) {
+         p.out_features = 12;
+         p.head_dim = 2;
+         p.cos = p.sin = p.q_out = p.k_out = p.v_out = reinterpret_cast<float*>(buf);
+         p.gelu = true;
        }},
       {"x beyond shared memory", [](tk::DecodeGemvParams& p) {
          p.rows = 5;

@@ -14,6 +14,7 @@
 ///   z   = T(Σ_k W[n, k] · x''[k] + b[n])            (fp32 sum, one rounding: cuBLAS's bias epilogue)
 ///   out = T(gelu(z))                                 if gelu (erf form, as at::gelu)
 ///   out = T(z + residual[m, n])                      if residual (as at::add)
+/// or, in the Q/K/V mode (head_dim > 0), q / k / v of attention from z (below).
 /// Only the order of the k-sum differs from cuBLAS (fp32 either way), so outputs agree with the
 /// eager ops to about one unit in the last place of T. src/model/esm2.cpp uses it for
 /// single-token layers on CUDA (Esm2Model::set_fused_decode_gemv), with the eager ops as its
@@ -52,7 +53,19 @@ struct DecodeGemvParams {
   const void* bias = nullptr;      ///< [N], or null
   bool gelu = false;               ///< apply GELU (erf) to z
   const void* residual = nullptr;  ///< [rows, N] added to z, or null; not with gelu
-  void* out = nullptr;             ///< [rows, N]
+  void* out = nullptr;             ///< [rows, N] (unused in the Q/K/V mode)
+  /// Q/K/V mode (head_dim > 0): W is the fused [3 · H · head_dim, K] projection of a decode step
+  /// and the epilogue is qkv_rotary_to_float's (kernels/qkv_rotary.h) on the T-rounded outputs
+  /// z: q = Q scaling + rotary, k = rotary, v = z, written as fp32 [rows, H · head_dim] to
+  /// q_out / k_out / v_out, value for value what decode_gemv + qkv_rotary_to_float give. A warp
+  /// then owns the rotate-half pair (j, j + head_dim / 2) of a head instead of two neighbours.
+  int head_dim = 0;               ///< even; N must be a multiple of 3 · head_dim
+  const float* cos = nullptr;     ///< [rows, head_dim] rotary table of each row's position
+  const float* sin = nullptr;     ///< [rows, head_dim]
+  float q_scale = 1.0f;           ///< head_dim^-0.5 (ESM scales q before rotary)
+  float* q_out = nullptr;
+  float* k_out = nullptr;
+  float* v_out = nullptr;
 };
 
 /// \brief Why `p` cannot run (a static message naming the first violated condition), or null.

@@ -83,6 +83,13 @@ class Esm2Model {
   /// (q, k, v of all heads in that order; the decode graph applies scaling and rotary in one
   /// kernel, kernels/qkv_rotary.h).
   at::Tensor layer_qkv_projection(int layer, const at::Tensor& hidden) const;
+  /// \brief A decode step's q, k, v (T = 1) as fp32 [B, H, 1, d] — pre-LN, projection, Q scaling,
+  /// rotary, the values of layer_qkv_projection + kernels::qkv_rotary_to_float — through one
+  /// decode_gemv launch in its Q/K/V mode. Returns an empty Qkv when that kernel does not apply
+  /// (not CUDA, not fp16/bf16, B > 8, the fused path off, or other tensors than it takes): the
+  /// caller then runs the two-launch path. \param cos, sin [B, 1, d] fp32 contiguous tables.
+  Qkv layer_qkv_step_float(int layer, const at::Tensor& hidden, const at::Tensor& cos,
+                           const at::Tensor& sin) const;
   /// \brief Pre-LN, Q/K/V projections, reshape to [B, H, T, d], Q scaling, rotary.
   /// On CUDA (fp32/fp16/bf16, one rotary table [1, T, d] shared by the batch, i.e. positions [T]
   /// or [1, T]) the scaling, rotary and split run as one kernel (kernels/qkv_rotary.h
@@ -136,8 +143,14 @@ class Esm2Model {
   /// epilogue(W · LN(x) + b) through decode_gemv (`ln` null: no LayerNorm; see
   /// kernels/decode_gemv.h), or an undefined tensor when the kernel does not take these tensors
   /// (the caller then runs the eager ops).
+  /// With `qkv` (and `rotary`, tables [B, 1, d] fp32): the Q/K/V mode, q/k/v fp32 [B, H, 1, d]
+  /// allocated into *qkv (the returned tensor is then qkv->q).
+  struct RotaryTables {
+    at::Tensor cos, sin;
+  };
   at::Tensor decode_gemv(const at::Tensor& x, const LayerNormWeights* ln, const at::Tensor& weight,
-                         const at::Tensor& bias, bool gelu, const at::Tensor& residual) const;
+                         const at::Tensor& bias, bool gelu, const at::Tensor& residual,
+                         const RotaryTables* rotary = nullptr, Qkv* qkv = nullptr) const;
 
   EsmConfig config_;
   EsmWeights weights_;
