@@ -166,9 +166,9 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   const at::Tensor xc = x.contiguous();
   if (xc.numel() != B * K || (residual.defined() && residual.numel() != B * N)) return {};
   const int64_t d = config_.head_dim();
-  const auto table_ok = [&](const at::Tensor& t) {
-    return t.defined() && t.scalar_type() == at::kFloat && t.is_contiguous() &&
-           t.device() == x.device() && t.numel() == B * d;
+  const auto table_ok = [&](const at::Tensor& tab) {
+    return tab.defined() && tab.scalar_type() == at::kFloat && tab.is_contiguous() &&
+           tab.device() == x.device() && tab.numel() == B * d;
   };
   if (qkv != nullptr && (rotary == nullptr || !table_ok(rotary->cos) || !table_ok(rotary->sin)))
     return {};

@@ -20,10 +20,12 @@
 /// single-token layers on CUDA (Esm2Model::set_fused_decode_gemv), with the eager ops as its
 /// reference (Esm2Model::layer_finish_ref, tests/cuda/test_decode_gemv.cpp).
 ///
-/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps, each warp owns 2 output features for
-/// all rows and streams their weight rows with 16-byte non-caching loads, 4 per row in flight and
-/// the next 4 prefetched (issued before the prologue, so the LayerNorm's latency hides under the
-/// first weight loads); the prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes).
+/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps; a warp owns 2 output features for all
+/// rows and requests its slice of their weight rows (up to 6 16-byte non-caching loads per row
+/// and lane per pass: one pass for every product of the 650M model) before the prologue, so that
+/// the LayerNorm and the wait for the producer of x (programmatic dependent launch, pdl.h) hide
+/// under the weight loads; long or few rows split K over the CTA's warps (partial sums meet in
+/// shared memory). The prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes, + γ, β).
 /// No allocation, no synchronisation: capturable in a CUDA graph.
 
 #include <cuda_runtime_api.h>
@@ -36,7 +38,8 @@ namespace turboesm::kernels {
 
 /// Most rows (sequences) one decode_gemv launch takes.
 inline constexpr int kDecodeGemvMaxRows = 8;
-/// Most shared memory the staged x'' may take (bytes): rows · K · sizeof(T) must fit.
+/// Most shared memory the staged operands may take (bytes): (rows rounded up to 1, 2, 4 or 8,
+/// + 2 for γ and β with a LayerNorm) · K · 2 must fit, else decode_gemv_invalid_reason says so.
 inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
 
 struct DecodeGemvParams {
