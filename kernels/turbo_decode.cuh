@@ -391,8 +391,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // (the rare lazy-rescale branch comes before it), so their shared-memory look-ups overlap.
   // The loop is warp-uniform (the D = 128 pair exchange needs both lanes of a pair): a thread
   // whose token is past t1 loads nothing and contributes weight 0.
-  // The first records (K of this thread's first two tokens, V of its first) are requested before
-  // the prologue: their HBM latency overlaps the loads of Π_K, q and the codebooks.
+  // The first records (K of this thread's first two tokens, V of its first) are requested right
+  // after the wait, before q' and the tables: their latency overlaps that work.
   constexpr int kS = T::kTokensPerIter;
   const int my_off = tid / kLpt;
   int tv = t0 + my_off;
@@ -410,7 +410,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   advance(pk, sk);
   KeyRegs<BITS, D> knxt{};
   if (tk < t1) load_k(knxt, pk, sk);
-  // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K already in registers) ---------
+  // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K in registers; d 128: in L2) ---
   {
     const float* q = p.q + static_cast<int64_t>(row) * D;
     const float* sc = p.k.constants.scale;
