@@ -18,8 +18,8 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kThreads = 32 * kWarps;
-constexpr int kFeaturesPerWarp = 2;  // output features (rows of W) per warp
-constexpr int kChunks = 6;           // 16-byte loads per weight row per lane and pass
+constexpr int kFeaturesPerWarp = 2;      // output features (rows of W) per warp
+constexpr int kChunks = 6;               // 16-byte loads per weight row per lane and pass
 constexpr int kPassVecs = 32 * kChunks;  // 16-byte vectors of a row one warp reads per pass
 
 /// 16 bytes of W that are read once: no L1 allocation.
@@ -223,7 +223,7 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
   for (int v0 = v_begin; v0 < v_end; v0 += kPassVecs) {
-    if (v0 != v_begin) load(v0);  // passes after the first (K beyond 2048 · KSPLIT)
+    if (v0 != v_begin) load(v0);  // passes after the first (slices longer than kPassVecs)
 #pragma unroll
     for (int u = 0; u < kChunks; ++u) {
       const int v = v0 + u * 32 + lane;
@@ -288,15 +288,19 @@ size_t smem_bytes(const DecodeGemvParams& p) {
 
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
 
+/// CTAs below which a product splits K further: ~2 per SM of the H100/H200 (132 SMs).
+constexpr int kMinCtas = 2 * 132;
+
 /// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
-/// while fewer than ~2 CTAs per SM would run (132 SMs on the H100/H200).
+/// while fewer than kMinCtas CTAs would run.
 int ksplit_for(const DecodeGemvParams& p) {
   const int kvec = p.in_features / 8;
+  const auto ctas = [&](int ks) {
+    const int per_cta = (kWarps / ks) * kFeaturesPerWarp;
+    return (p.out_features + per_cta - 1) / per_cta;
+  };
   int ks = 1;
-  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs ||
-                         (p.out_features + (kWarps / ks) * kFeaturesPerWarp - 1) /
-                                 ((kWarps / ks) * kFeaturesPerWarp) < 264))
-    ks *= 2;
+  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs || ctas(ks) < kMinCtas)) ks *= 2;
   return ks;
 }
 
@@ -304,15 +308,15 @@ template <typename T, int MM, int KSPLIT>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
   const size_t smem = smem_bytes(p);
   if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
-                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
+    const cudaError_t e =
+        cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
   const int ctas = (p.out_features + kPerCta - 1) / kPerCta;
   return detail::launch_pdl(decode_gemv_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads), smem,
-                           stream, p);
+                            stream, p);
 }
 
 template <typename T, int MM>

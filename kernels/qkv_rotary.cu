@@ -113,11 +113,11 @@ cudaError_t qkv_rotary_to_float(const QkvRotaryParams& p, cudaStream_t stream) {
     case QkvDtype::kFloat16:
       return detail::launch_pdl(qkv_rotary_kernel<__half>, grid, dim3(kThreads), 0, stream, p);
     case QkvDtype::kBFloat16:
-      return detail::launch_pdl(qkv_rotary_kernel<__nv_bfloat16>, grid, dim3(kThreads), 0, stream, p);
+      return detail::launch_pdl(qkv_rotary_kernel<__nv_bfloat16>, grid, dim3(kThreads), 0, stream,
+                                p);
     default:
       return cudaErrorInvalidValue;
   }
-  return cudaGetLastError();
 }
 
 cudaError_t qkv_rotary_split(const QkvRotarySplitParams& p, cudaStream_t stream) {

@@ -33,9 +33,9 @@
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/cuda/CUDACachingAllocator.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAFunctions.h>
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
@@ -171,8 +171,7 @@ double graph_ms(const std::function<void()>& work, int iters = 50) {
 
 /// What a graph step is made of: the layers' GEMMs alone (the weight-streaming floor), the
 /// attention through the cache alone (device_step of every layer), each as one CUDA graph.
-void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& name,
-                      Json& j) {
+void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& name, Json& j) {
   const auto& c = m.config();
   const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
   const at::Tensor x = at::randn({1, 1, c.hidden_size}, o);
@@ -249,8 +248,8 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
 /// replays: run under `ncu --profile-from-start off` to time every kernel of a decode step.
 int section_profile_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
-  TURBOESM_CHECK(kind == "turbo" || kind == "fp16", "profile_step: cache kind must be turbo or "
-                 "fp16, got '", kind, "'");
+  TURBOESM_CHECK(kind == "turbo" || kind == "fp16",
+                 "profile_step: cache kind must be turbo or fp16, got '", kind, "'");
   auto m = fp16_model(preset);
   const tm::TurboCacheSpec spec = turbo3(m->config());
   const bool turbo = kind == "turbo";
@@ -303,29 +302,24 @@ int section_decode(const std::string& preset, int64_t cached) {
       if (graph) decode_breakdown(*m, s.cache(), turbo ? "turbo3" : "fp16", j);
     }
   }
-  {
-    // The turbo graph step again with the dense layers on the eager ops (cuBLAS, LayerNorm,
-    // GELU, add launches) instead of decode_gemv: what the kernel buys in the same run.
-    m->set_fused_decode_gemv(false);
+  // The turbo graph step again with one fast path switched off (`toggle(false)` before, `true`
+  // after): what that path buys, in the same run.
+  const auto graph_step_without = [&](const std::string& name,
+                                      const std::function<void(bool)>& toggle) {
+    toggle(false);
     tm::Session s(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
     s.enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
     s.prefill(prefix);
     const double ms = median(time_appends(s, kWarmup, kSteps, 11));
-    m->set_fused_decode_gemv(true);
-    std::printf("%-28s %12.4f\n", "turbo3_graph_eager_dense", ms);
-    j.add("turbo3_graph_eager_dense_ms_per_token", ms);
-  }
-  {
-    // And with every kernel launched the plain way (no programmatic dependent launch).
-    tm::set_programmatic_dependent_launch(false);
-    tm::Session s(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
-    s.enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
-    s.prefill(prefix);
-    const double ms = median(time_appends(s, kWarmup, kSteps, 11));
-    tm::set_programmatic_dependent_launch(true);
-    std::printf("%-28s %12.4f\n", "turbo3_graph_no_pdl", ms);
-    j.add("turbo3_graph_no_pdl_ms_per_token", ms);
-  }
+    toggle(true);
+    std::printf("%-28s %12.4f\n", name.c_str(), ms);
+    j.add(name + "_ms_per_token", ms);
+  };
+  // The dense layers on the eager ops (cuBLAS, LayerNorm, GELU, add launches), not decode_gemv.
+  graph_step_without("turbo3_graph_eager_dense", [&](bool on) { m->set_fused_decode_gemv(on); });
+  // Every kernel launched the plain way (no programmatic dependent launch).
+  graph_step_without("turbo3_graph_no_pdl",
+                     [](bool on) { tm::set_programmatic_dependent_launch(on); });
   std::printf("JSON %s\n", j.str().c_str());
   return 0;
 }
@@ -385,8 +379,7 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
     }
   }
   const std::string title = "prefill (batch " + std::to_string(batch) + ")";
-  std::printf("%-24s %12s %14s %10s\n", title.c_str(), "median ms", "host-side ms",
-              "vs forward");
+  std::printf("%-24s %12s %14s %10s\n", title.c_str(), "median ms", "host-side ms", "vs forward");
   const double base = median(gpu["forward"]);
   for (const auto& mo : modes) {
     const double med = median(gpu[mo.first]);

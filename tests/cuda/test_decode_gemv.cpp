@@ -40,9 +40,8 @@ struct Case {
 };
 
 /// Eager reference: the ATen ops of Esm2Model's eager path, in the same roundings.
-at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
-                 const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
-                 at::ScalarType t) {
+at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, const at::Tensor& w,
+                 const at::Tensor& bias, bool gelu, const at::Tensor& res, at::ScalarType t) {
   at::Tensor h = x.to(t);
   if (g.defined()) h = at::layer_norm(h, {h.size(-1)}, g, b, 1e-5);
   at::Tensor z = at::linear(h, w, bias.defined() ? std::optional<at::Tensor>(bias) : std::nullopt);
@@ -90,14 +89,14 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
   const at::ScalarType t = GetParam();
   const double u = unit_roundoff(t);
   const std::vector<Case> cases = {
-      {1, 1280, 3840, true, true, false, false, false},   // 650M pre-LN + QKV
-      {1, 1280, 1280, false, true, false, true, true},    // O projection of fp32 attention
-      {1, 1280, 5120, true, true, true, false, false},    // pre-LN + FC1 + GELU
-      {1, 5120, 1280, false, true, false, true, false},   // FC2 + residual
-      {3, 1280, 1000, true, true, true, false, false},    // rows padded to 4, N not a multiple
-      {8, 512, 77, false, false, false, true, true},      // 8 rows, no bias, fp32 x
-      {5, 8, 1, true, true, false, false, false},         // smallest K and N
-      {2, 2056, 300, true, false, true, false, true},     // K not a multiple of the 1024 step
+      {1, 1280, 3840, true, true, false, false, false},  // 650M pre-LN + QKV
+      {1, 1280, 1280, false, true, false, true, true},   // O projection of fp32 attention
+      {1, 1280, 5120, true, true, true, false, false},   // pre-LN + FC1 + GELU
+      {1, 5120, 1280, false, true, false, true, false},  // FC2 + residual
+      {3, 1280, 1000, true, true, true, false, false},   // rows padded to 4, N not a multiple
+      {8, 512, 77, false, false, false, true, true},     // 8 rows, no bias, fp32 x
+      {5, 8, 1, true, true, false, false, false},        // smallest K and N
+      {2, 2056, 300, true, false, true, false, true},    // K not a multiple of the 1024 step
   };
   at::manual_seed(3);
   for (const Case& c : cases) {
@@ -115,8 +114,7 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
     at::Tensor h = x.to(t);
     if (c.ln) h = at::layer_norm(h, {c.k}, g, b, 1e-5);
     const at::Tensor mag = at::matmul(h.to(at::kDouble).abs(), w.to(at::kDouble).abs().t());
-    const at::Tensor bound =
-        3 * u * want.abs() + 3 * u * mag / std::sqrt(double(c.k)) + 1e-30;
+    const at::Tensor bound = 3 * u * want.abs() + 3 * u * mag / std::sqrt(double(c.k)) + 1e-30;
     const at::Tensor diff = (got - want).abs();
     const double worst = (diff / bound).max().item<double>();
     const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
@@ -143,14 +141,15 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     int rows, heads, d, k;
   };
   at::manual_seed(11);
-  for (const Shape& sh : {Shape{1, 20, 64, 1280}, Shape{3, 4, 32, 128}, Shape{8, 2, 16, 64},
-                          Shape{2, 5, 128, 640}}) {
+  for (const Shape& sh :
+       {Shape{1, 20, 64, 1280}, Shape{3, 4, 32, 128}, Shape{8, 2, 16, 64}, Shape{2, 5, 128, 640}}) {
     const auto o = at::TensorOptions().device(kGpu);
     const int n = 3 * sh.heads * sh.d, hd = sh.heads * sh.d;
     const at::Tensor x = at::randn({sh.rows, sh.k}, o).to(t);
     const at::Tensor w = (at::randn({n, sh.k}, o) / std::sqrt(double(sh.k))).to(t);
     const at::Tensor bias = (0.1 * at::randn({n}, o)).to(t);
-    const at::Tensor g = (1 + 0.1 * at::randn({sh.k}, o)).to(t), b = (0.1 * at::randn({sh.k}, o)).to(t);
+    const at::Tensor g = (1 + 0.1 * at::randn({sh.k}, o)).to(t),
+                     b = (0.1 * at::randn({sh.k}, o)).to(t);
     const at::Tensor ang = at::rand({sh.rows, sh.d}, o) * 6.3;
     const at::Tensor cs = at::cos(ang), sn = at::sin(ang);
     const float scale = static_cast<float>(std::pow(double(sh.d), -0.5));
@@ -198,7 +197,8 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.v_out = v2.data_ptr<float>();
     ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
     ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
-    for (const auto& pr : {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
+    for (const auto& pr :
+         {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
       ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
       EXPECT_TRUE(at::equal(pr.first, pr.second))
           << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ": max |d| "
@@ -229,39 +229,44 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
       {"K 0", [](tk::DecodeGemvParams& p) { p.in_features = 0; }},
       {"N 0", [](tk::DecodeGemvParams& p) { p.out_features = 0; }},
       {"fp32 weights", [](tk::DecodeGemvParams& p) { p.dtype = tk::ElementType::kFloat32; }},
-      {"bf16 x, fp16 weights", [](tk::DecodeGemvParams& p) {
-         p.x_dtype = tk::ElementType::kBFloat16;
-       }},
+      {"bf16 x, fp16 weights",
+       [](tk::DecodeGemvParams& p) { p.x_dtype = tk::ElementType::kBFloat16; }},
       {"null x", [](tk::DecodeGemvParams& p) { p.x = nullptr; }},
       {"null weight", [](tk::DecodeGemvParams& p) { p.weight = nullptr; }},
       {"null out", [](tk::DecodeGemvParams& p) { p.out = nullptr; }},
       {"misaligned x", [](tk::DecodeGemvParams& p) { p.x = buf + 2; }},
       {"misaligned weight", [](tk::DecodeGemvParams& p) { p.weight = buf + 8; }},
       {"ln weight without bias", [](tk::DecodeGemvParams& p) { p.ln_weight = buf; }},
-      {"misaligned ln", [](tk::DecodeGemvParams& p) {
+      {"misaligned ln",
+       [](tk::DecodeGemvParams& p) {
          p.ln_weight = buf;
          p.ln_bias = buf + 4;
        }},
-      {"gelu and residual", [](tk::DecodeGemvParams& p) {
+      {"gelu and residual",
+       [](tk::DecodeGemvParams& p) {
          p.gelu = true;
          p.residual = buf;
        }},
       {"odd head_dim", [](tk::DecodeGemvParams& p) { p.head_dim = 3; }},
-      {"Q/K/V mode without outputs", [](tk::DecodeGemvParams& p) {
+      {"Q/K/V mode without outputs",
+       [](tk::DecodeGemvParams& p) {
          p.out_features = 12;
          p.head_dim = 2;
        }},
-      {"Q/K/V mode, N not 3 x heads x head_dim", [](tk::DecodeGemvParams& p) {
+      {"Q/K/V mode, N not 3 x heads x head_dim",
+       [](tk::DecodeGemvParams& p) {
          p.head_dim = 2;
          p.cos = p.sin = p.q_out = p.k_out = p.v_out = reinterpret_cast<float*>(buf);
        }},
-      {"Q/K/V mode with gelu", [](tk::DecodeGemvParams& p) {
+      {"Q/K/V mode with gelu",
+       [](tk::DecodeGemvParams& p) {
          p.out_features = 12;
          p.head_dim = 2;
          p.cos = p.sin = p.q_out = p.k_out = p.v_out = reinterpret_cast<float*>(buf);
          p.gelu = true;
        }},
-      {"x beyond shared memory", [](tk::DecodeGemvParams& p) {
+      {"x beyond shared memory",
+       [](tk::DecodeGemvParams& p) {
          p.rows = 5;
          p.in_features = 8 * 1024;
        }},
@@ -327,7 +332,9 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
   // which must equal the eager kernel session (same kernels, same inputs).
   const tm::TurboCacheSpec spec = tm::TurboCacheSpec::random(
       c, 3, 3, tq::RotationKind::kHadamard, tq::NormMode::kNone, tq::QjlMode::kNone, 11, 0, 5.0);
-  auto session = [&] { return tm::Session(m, tm::make_kv_cache(tm::CacheKind::kTurbo, c, 1, kGpu, &spec)); };
+  auto session = [&] {
+    return tm::Session(m, tm::make_kv_cache(tm::CacheKind::kTurbo, c, 1, kGpu, &spec));
+  };
   tm::Session fused = session(), plain = session(), graph = session();
   graph.enable_cuda_graph(128, 32);
   const at::Tensor toks = row(kSeq);
@@ -367,8 +374,8 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       const at::Tensor ag = again_graph.append(t).to(at::kDouble);
       tm::set_programmatic_dependent_launch(true);
       const at::Tensor r = reference.append(t).to(at::kDouble);
-      worst_pdl = std::max({worst_pdl, (a - r).abs().max().item<double>(),
-                            (ag - r).abs().max().item<double>()});
+      worst_pdl = std::max(
+          {worst_pdl, (a - r).abs().max().item<double>(), (ag - r).abs().max().item<double>()});
     }
     EXPECT_EQ(worst_pdl, 0.0) << "launch mode changed the values";
     EXPECT_TRUE(tm::programmatic_dependent_launch());
@@ -376,9 +383,10 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
   // Graph replays run the same kernels on the same inputs as the eager kernel session.
   EXPECT_LE(worst_graph, 1e-5);
   EXPECT_EQ(graph.cuda_graph()->replays(), 40);
-  std::printf("[decode_gemv model] 40 fp16 steps: kernel vs eager ops max|d| %.3g, graph vs eager "
-              "%.3g\n",
-              worst_plain, worst_graph);
+  std::printf(
+      "[decode_gemv model] 40 fp16 steps: kernel vs eager ops max|d| %.3g, graph vs eager "
+      "%.3g\n",
+      worst_plain, worst_graph);
 }
 
 }  // namespace

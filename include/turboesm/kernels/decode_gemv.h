@@ -17,8 +17,8 @@
 /// or, in the Q/K/V mode (head_dim > 0), q / k / v of attention from z (below).
 /// Only the order of the k-sum differs from cuBLAS (fp32 either way), so outputs agree with the
 /// eager ops to about one unit in the last place of T. src/model/esm2.cpp uses it for
-/// single-token layers on CUDA (Esm2Model::set_fused_decode_gemv), with the eager ops as its
-/// reference (Esm2Model::layer_finish_ref, tests/cuda/test_decode_gemv.cpp).
+/// single-token layers on CUDA, with the eager ops as its reference
+/// (Esm2Model::set_fused_decode_gemv(false) runs them; tests/cuda/test_decode_gemv.cpp).
 ///
 /// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps; a warp owns 2 output features for all
 /// rows and requests its slice of their weight rows (up to 6 16-byte non-caching loads per row
