@@ -6,8 +6,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <cstdint>
+#include <cstdlib>
 
+#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "pdl.cuh"
@@ -65,23 +68,80 @@ __device__ __forceinline__ uint4 narrow8(const float (&f)[8]) {
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 
-/// Σ over the CTA of one value per thread (every thread gets the sum); `red` holds kWarps floats.
-__device__ __forceinline__ float cta_sum(float v, float* red) {
-  v = detail::warp_sum(v);
-  const int warp = threadIdx.x >> 5;
-  __syncthreads();  // `red` may still be read from the previous call
-  if ((threadIdx.x & 31) == 0) red[warp] = v;
-  __syncthreads();
-  float s = 0.0f;
-#pragma unroll
-  for (int w = 0; w < kWarps; ++w) s += red[w];
-  return s;
+/// Vector v (8 elements) of x' = T(x) of row m, from global memory.
+template <typename T>
+__device__ __forceinline__ uint4 load_x_vec(const DecodeGemvParams& p, int m, int v) {
+  const int kvec = p.in_features / 8;
+  if (p.x_dtype == ElementType::kFloat32) {  // x.to(T)
+    const float4* src = static_cast<const float4*>(p.x) + (int64_t(m) * kvec + v) * 2;
+    const float4 a = src[0], b = src[1];
+    const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+    return narrow8<T>(f);
+  }
+  return static_cast<const uint4*>(p.x)[int64_t(m) * kvec + v];
 }
 
 /// Prologue: xs[m][k] = x'' (rows ≥ p.rows are zeros), as 16-byte vectors of T. With a
-/// LayerNorm, γ and β are staged alongside x in the same pass (one load latency for all three).
+/// LayerNorm every warp computes μ and rstd of each row itself from global memory (the same lane-
+/// strided sums and butterfly in every warp, so every warp gets the same values; no CTA barrier),
+/// then each thread writes its share of x''. The caller synchronises before reading xs.
 template <typename T, int MM>
-__device__ void stage_x(const DecodeGemvParams& p, uint4* xs, uint4* ln, float* red) {
+__device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
+  const int kvec = p.in_features / 8;
+  if (p.ln_weight == nullptr) {
+#pragma unroll 2
+    for (int v = threadIdx.x; v < kvec; v += kThreads)
+#pragma unroll
+      for (int m = 0; m < MM; ++m)
+        xs[m * kvec + v] = m < p.rows ? load_x_vec<T>(p, m, v) : make_uint4(0u, 0u, 0u, 0u);
+    return;
+  }
+  const int lane = threadIdx.x & 31;
+  const float inv_k = 1.0f / static_cast<float>(p.in_features);
+  float mean[MM], rstd[MM];
+#pragma unroll
+  for (int m = 0; m < MM; ++m) {
+    mean[m] = rstd[m] = 0.0f;
+    if (m >= p.rows) continue;
+    float s = 0.0f;
+    for (int v = lane; v < kvec; v += 32) {
+      float f[8];
+      widen8<T>(load_x_vec<T>(p, m, v), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += f[i];
+    }
+    mean[m] = detail::warp_sum(s) * inv_k;
+    float q = 0.0f;
+    for (int v = lane; v < kvec; v += 32) {
+      float f[8];
+      widen8<T>(load_x_vec<T>(p, m, v), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q += (f[i] - mean[m]) * (f[i] - mean[m]);
+    }
+    rstd[m] = rsqrtf(detail::warp_sum(q) * inv_k + p.ln_eps);
+  }
+  for (int v = threadIdx.x; v < kvec; v += kThreads) {
+    float g[8], b[8];
+    widen8<T>(static_cast<const uint4*>(p.ln_weight)[v], g);
+    widen8<T>(static_cast<const uint4*>(p.ln_bias)[v], b);
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      uint4 out = make_uint4(0u, 0u, 0u, 0u);
+      if (m < p.rows) {
+        float f[8];
+        widen8<T>(load_x_vec<T>(p, m, v), f);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean[m]) * rstd[m] * g[i] + b[i];
+        out = narrow8<T>(f);
+      }
+      xs[m * kvec + v] = out;
+    }
+  }
+}
+
+/// EXPERIMENT: stage x' and γ, β in one pass, then per-warp statistics from shared memory.
+template <typename T, int MM>
+__device__ void stage_x_smem_stats(const DecodeGemvParams& p, uint4* xs, uint4* ln) {
   const int kvec = p.in_features / 8;
   const bool has_ln = p.ln_weight != nullptr;
 #pragma unroll 2
@@ -91,49 +151,48 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs, uint4* ln, float* 
       ln[kvec + v] = static_cast<const uint4*>(p.ln_bias)[v];
     }
 #pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      uint4 packed = make_uint4(0u, 0u, 0u, 0u);
-      if (m < p.rows) {
-        if (p.x_dtype == ElementType::kFloat32) {  // x.to(T)
-          const float4* src = static_cast<const float4*>(p.x) + (int64_t(m) * kvec + v) * 2;
-          const float4 a = src[0], b = src[1];
-          const float f[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-          packed = narrow8<T>(f);
-        } else {
-          packed = static_cast<const uint4*>(p.x)[int64_t(m) * kvec + v];
-        }
-      }
-      xs[m * kvec + v] = packed;
-    }
+    for (int m = 0; m < MM; ++m)
+      xs[m * kvec + v] = m < p.rows ? load_x_vec<T>(p, m, v) : make_uint4(0u, 0u, 0u, 0u);
   }
   if (!has_ln) return;
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
   const float inv_k = 1.0f / static_cast<float>(p.in_features);
-  for (int m = 0; m < p.rows && m < MM; ++m) {  // CTA-uniform
-    uint4* row = xs + m * kvec;
+  float mean[MM], rstd[MM];
+#pragma unroll
+  for (int m = 0; m < MM; ++m) {
+    mean[m] = rstd[m] = 0.0f;
+    if (m >= p.rows) continue;
     float s = 0.0f;
-    for (int v = threadIdx.x; v < kvec; v += kThreads) {  // each thread reads what it wrote
+    for (int v = lane; v < kvec; v += 32) {
       float f[8];
-      widen8<T>(row[v], f);
+      widen8<T>(xs[m * kvec + v], f);
 #pragma unroll
       for (int i = 0; i < 8; ++i) s += f[i];
     }
-    const float mean = cta_sum(s, red) * inv_k;
+    mean[m] = detail::warp_sum(s) * inv_k;
     float q = 0.0f;
-    for (int v = threadIdx.x; v < kvec; v += kThreads) {
+    for (int v = lane; v < kvec; v += 32) {
       float f[8];
-      widen8<T>(row[v], f);
+      widen8<T>(xs[m * kvec + v], f);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) q += (f[i] - mean) * (f[i] - mean);
+      for (int i = 0; i < 8; ++i) q += (f[i] - mean[m]) * (f[i] - mean[m]);
     }
-    const float rstd = rsqrtf(cta_sum(q, red) * inv_k + p.ln_eps);
-    for (int v = threadIdx.x; v < kvec; v += kThreads) {
-      float f[8], g[8], b[8];
-      widen8<T>(row[v], f);
-      widen8<T>(ln[v], g);
-      widen8<T>(ln[kvec + v], b);
+    rstd[m] = rsqrtf(detail::warp_sum(q) * inv_k + p.ln_eps);
+  }
+  __syncthreads();
+  for (int v = threadIdx.x; v < kvec; v += kThreads) {
+    float g[8], b[8];
+    widen8<T>(ln[v], g);
+    widen8<T>(ln[kvec + v], b);
 #pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean) * rstd * g[i] + b[i];
-      row[v] = narrow8<T>(f);
+    for (int m = 0; m < MM; ++m) {
+      if (m >= p.rows) continue;
+      float f[8];
+      widen8<T>(xs[m * kvec + v], f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean[m]) * rstd[m] * g[i] + b[i];
+      xs[m * kvec + v] = narrow8<T>(f);
     }
   }
 }
@@ -171,15 +230,70 @@ __device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, i
   dst[o + half] = Cvt<T>::round(o1);
 }
 
-/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A warp streams its two
-/// weight rows' slice in passes of kChunks 16-byte loads per lane, the first pass issued before
-/// the prologue (for the 650M model every slice is one pass: the whole product is requested at
-/// once). MM = rows rounded up to 1, 2, 4 or 8.
+/// Finishes the warp's feature pair (n0 and its partner: n0 + 1, or n0 + d/2 in the Q/K/V mode)
+/// from the reduced sums: lane r · MM + m holds feature r's sum for row m.
+template <typename T, int MM>
+__device__ __forceinline__ void finish_pair(const DecodeGemvParams& p, int lane, int n0,
+                                            float mine) {
+  const int N = p.out_features;
+  if (p.head_dim > 0) {  // Q/K/V mode: lane m finishes row m's pair
+    const float other = __shfl_sync(detail::kFullMask, mine, (lane + MM) & 31);
+    if (lane < MM && lane < p.rows && n0 < N) qkv_epilogue<T>(p, lane, n0, mine, other);
+    return;
+  }
+  const int r = lane / MM, m = lane % MM, n = n0 + r;
+  if (r >= kFeaturesPerWarp || m >= p.rows || n >= N) return;
+  const T* bias = static_cast<const T*>(p.bias);
+  float z = Cvt<T>::round(bias ? mine + Cvt<T>::to_float(bias[n]) : mine);
+  if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
+  if (p.residual)
+    z = Cvt<T>::round(z + Cvt<T>::to_float(static_cast<const T*>(p.residual)[int64_t(m) * N + n]));
+  static_cast<T*>(p.out)[int64_t(m) * N + n] = Cvt<T>::from_float(z);
+}
+
+/// First feature of pair `pair`: neighbours (2·pair, 2·pair + 1), or in the Q/K/V mode the
+/// rotate-half pair (j, j + d/2) of one head.
+__device__ __forceinline__ int pair_first_feature(const DecodeGemvParams& p, int pair) {
+  const int half = p.head_dim / 2;
+  return half > 0 ? (pair / half) * p.head_dim + pair % half : pair * 2;
+}
+
+/// The warp's sums of its feature pair: lane r · MM + m gets (feature r, row m) — with KSPLIT > 1
+/// summed over the slices in slice order through `part` (a __syncthreads inside: call from every
+/// warp); valid in the warps of slice 0.
+template <int MM, int KSPLIT>
+__device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp][MM], int lane,
+                                             int warp, float (*part)[kFeaturesPerWarp * MM]) {
+  constexpr int kGroups = kWarps / KSPLIT;
+  float mine = 0.0f;
+#pragma unroll
+  for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+    for (int m = 0; m < MM; ++m) {
+      const float s = detail::warp_sum(acc[r][m]);
+      if (lane == r * MM + m) mine = s;
+    }
+  if constexpr (KSPLIT > 1) {
+    if (lane < kFeaturesPerWarp * MM) part[warp][lane] = mine;
+    __syncthreads();
+    if (warp < kGroups && lane < kFeaturesPerWarp * MM) {
+      mine = 0.0f;
+#pragma unroll
+      for (int k = 0; k < KSPLIT; ++k) mine += part[k * kGroups + warp][lane];
+    }
+  }
+  return mine;
+}
+
+/// The register-stream kernel. One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of
+/// K). A warp streams its two weight rows' slice in passes of kChunks 16-byte loads per lane, the
+/// first pass issued before the prologue (for the 650M model every slice is one pass: the whole
+/// product is requested at once). MM = rows rounded up to 1, 2, 4 or 8.
 template <typename T, int MM, int KSPLIT>
 __global__ void __launch_bounds__(kThreads)
     decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p) {
-  extern __shared__ uint4 xs[];  // [MM][K / 8], then γ [K / 8] and β [K / 8] with a LayerNorm
-  __shared__ float red[kWarps];
+  extern __shared__ uint4 xs[];  // [MM][K / 8] x''
+
   __shared__ float part[kWarps][kFeaturesPerWarp * MM];
   constexpr int kGroups = kWarps / KSPLIT;
   const int K = p.in_features, N = p.out_features;
@@ -189,10 +303,8 @@ __global__ void __launch_bounds__(kThreads)
   // The warp's two features: neighbours, or in the Q/K/V mode the rotate-half pair (j, j + d/2)
   // of one head (pair index → head, j).
   static_assert(kFeaturesPerWarp == 2, "the Q/K/V epilogue pairs the warp's two features");
-  const int pair = blockIdx.x * kGroups + group;
-  const int half = p.head_dim / 2;
-  const int n0 = half > 0 ? (pair / half) * p.head_dim + pair % half : pair * 2;
-  const int n_step = half > 0 ? half : 1;
+  const int n0 = pair_first_feature(p, blockIdx.x * kGroups + group);
+  const int n_step = p.head_dim > 0 ? p.head_dim / 2 : 1;
   const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
   const int v_begin = min(kvec, slice * slice_vecs);
   const int v_end = min(kvec, v_begin + slice_vecs);
@@ -214,7 +326,7 @@ __global__ void __launch_bounds__(kThreads)
   detail::pdl_launch_dependents();
   load(v_begin);  // in flight during the wait for the producer of x and the prologue
   detail::pdl_wait();
-  stage_x<T, MM>(p, xs, xs + MM * kvec, red);
+  stage_x<T, MM>(p, xs);
   __syncthreads();
 
   float acc[kFeaturesPerWarp][MM];
@@ -244,90 +356,224 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // Warp sums; with KSPLIT > 1 the slices' sums meet in shared memory (in slice order). Lane
-  // r · MM + m of slice 0 finishes (feature n0 + r, row m).
-  float mine = 0.0f;
-#pragma unroll
-  for (int r = 0; r < kFeaturesPerWarp; ++r)
-#pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      const float s = detail::warp_sum(acc[r][m]);
-      if (lane == r * MM + m) mine = s;
+  float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part);
+  if (slice != 0) return;
+  finish_pair<T, MM>(p, lane, n0, mine);
+}
+/// The shared-tile kernel. One CTA owns kGroups · pairs_per_warp feature pairs (F features) and
+/// their whole weight rows: thread 0 requests the F rows into shared memory as bulk copies before
+/// the wait for the producer of x, so that the CTA holds no registers for them and a CTA launched
+/// early (programmatic dependent launch) streams its weights while its predecessor still runs —
+/// the only way found to keep HBM busy across the step's kernel boundaries. Then x'' is staged
+/// (only with a LayerNorm or fp32 x; else x is read where it is), and each warp sums its pairs
+/// over its slice of K from shared memory in the register-stream kernel's order (lane-strided 16-
+/// byte vectors, increasing), so both kernels give the same sums bit for bit.
+template <typename T, int MM, int KSPLIT>
+__global__ void __launch_bounds__(kThreads)
+    decode_gemv_tile_kernel(const __grid_constant__ DecodeGemvParams p, int pairs_per_warp,
+                            int ln_smem) {
+  // [F][K / 8] weight rows, then (staged x only) [MM][K / 8] x''.
+  extern __shared__ uint4 tile[];
+  __shared__ float part[kWarps][kFeaturesPerWarp * MM];
+  __shared__ uint64_t bar;
+  constexpr int kGroups = kWarps / KSPLIT;
+  const int K = p.in_features, N = p.out_features, kvec = K / 8;
+  const int features = kGroups * pairs_per_warp * kFeaturesPerWarp;
+  const int pair_base = blockIdx.x * kGroups * pairs_per_warp;
+  const int n_step = p.head_dim > 0 ? p.head_dim / 2 : 1;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = warp % kGroups, slice = warp / kGroups;
+
+  detail::pdl_launch_dependents();
+  if (threadIdx.x == 0) {  // local feature f = 2 · (local pair) + r
+    detail::mbarrier_init(&bar, 1);
+    const uint32_t row_bytes = static_cast<uint32_t>(K) * 2u;
+    for (int f = 0; f < features; ++f) {
+      const int n = pair_first_feature(p, pair_base + f / 2) + (f % 2) * n_step;
+      if (n >= N) continue;  // past the last feature: never read back into an output
+      detail::mbarrier_expect_tx(&bar, row_bytes);
+      detail::bulk_copy_g2s(tile + int64_t(f) * kvec,
+                            static_cast<const uint4*>(p.weight) + int64_t(n) * kvec, row_bytes,
+                            &bar);
     }
-  if constexpr (KSPLIT > 1) {
-    if (lane < kFeaturesPerWarp * MM) part[warp][lane] = mine;
-    __syncthreads();
-    if (slice != 0) return;
-    if (lane < kFeaturesPerWarp * MM) {
-      mine = 0.0f;
+    detail::mbarrier_arrive(&bar);
+  }
+  detail::pdl_wait();
+  const bool staged = p.ln_weight != nullptr || p.x_dtype == ElementType::kFloat32;
+  uint4* xs = tile + int64_t(features) * kvec;
+  if (staged) {
+    if (ln_smem)
+      stage_x_smem_stats<T, MM>(p, xs, xs + MM * kvec);
+    else
+      stage_x<T, MM>(p, xs);
+  }
+  const uint4* xv = staged ? xs : static_cast<const uint4*>(p.x);
+  __syncthreads();  // x'' staged; the barrier's init visible to all
+  detail::mbarrier_wait_parity(&bar, 0);
+
+  const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
+  const int v_begin = min(kvec, slice * slice_vecs);
+  const int v_end = min(kvec, v_begin + slice_vecs);
+  for (int i = 0; i < pairs_per_warp; ++i) {  // CTA-uniform
+    const int lp = group * pairs_per_warp + i;
+    const uint4* w0 = tile + int64_t(2 * lp) * kvec;
+    const uint4* w1 = w0 + kvec;
+    float acc[kFeaturesPerWarp][MM];
 #pragma unroll
-      for (int k = 0; k < KSPLIT; ++k) mine += part[k * kGroups + group][lane];
+    for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+      for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
+#pragma unroll 2
+    for (int v = v_begin + lane; v < v_end; v += 32) {
+      float wf[kFeaturesPerWarp][8];
+      widen8<T>(w0[v], wf[0]);
+      widen8<T>(w1[v], wf[1]);
+#pragma unroll
+      for (int m = 0; m < MM; ++m) {
+        float xf[8];
+        widen8<T>(m < p.rows || staged ? xv[m * kvec + v] : make_uint4(0u, 0u, 0u, 0u), xf);
+#pragma unroll
+        for (int r = 0; r < kFeaturesPerWarp; ++r)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
+      }
     }
+    const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part);
+    if (slice == 0) finish_pair<T, MM>(p, lane, pair_first_feature(p, pair_base + lp), mine);
+    if constexpr (KSPLIT > 1) __syncthreads();  // `part` is reused by the next pair
   }
-  if (half > 0) {  // Q/K/V mode: lane m finishes row m's pair
-    const float other = __shfl_sync(detail::kFullMask, mine, (lane + MM) & 31);
-    if (lane < MM && lane < p.rows && n0 < N) qkv_epilogue<T>(p, lane, n0, mine, other);
-    return;
-  }
-  const int r = lane / MM, m = lane % MM, n = n0 + r;
-  if (r >= kFeaturesPerWarp || m >= p.rows || n >= N) return;
-  const T* bias = static_cast<const T*>(p.bias);
-  float z = Cvt<T>::round(bias ? mine + Cvt<T>::to_float(bias[n]) : mine);
-  if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
-  if (p.residual)
-    z = Cvt<T>::round(z + Cvt<T>::to_float(static_cast<const T*>(p.residual)[int64_t(m) * N + n]));
-  static_cast<T*>(p.out)[int64_t(m) * N + n] = Cvt<T>::from_float(z);
 }
 
 int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
 
 size_t smem_bytes(const DecodeGemvParams& p) {
   const size_t k = static_cast<size_t>(p.in_features);
-  return (static_cast<size_t>(padded_rows(p.rows)) + (p.ln_weight ? 2u : 0u)) * k * 2u;
+  return static_cast<size_t>(padded_rows(p.rows)) * k * 2u;
 }
 
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
 
-/// CTAs below which a product splits K further: ~2 per SM of the H100/H200 (132 SMs).
-constexpr int kMinCtas = 2 * 132;
+/// Streaming multiprocessors of the current device (cached per device; 132 if it cannot be read).
+int sm_count() {
+  static std::atomic<int> cached[64];
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
+  int n = cached[dev].load(std::memory_order_relaxed);
+  if (n == 0) {
+    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+      n = 132;
+    cached[dev].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
 
-/// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
-/// while fewer than kMinCtas CTAs would run.
+/// K slices per feature pair of the register-stream kernel: enough that a slice is one pass
+/// (≤ kPassVecs vectors), and more while fewer than 2 CTAs per SM would run.
 int ksplit_for(const DecodeGemvParams& p) {
   const int kvec = p.in_features / 8;
+  const int min_ctas = 2 * sm_count();
   const auto ctas = [&](int ks) {
     const int per_cta = (kWarps / ks) * kFeaturesPerWarp;
     return (p.out_features + per_cta - 1) / per_cta;
   };
   int ks = 1;
-  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs || ctas(ks) < kMinCtas)) ks *= 2;
+  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs || ctas(ks) < min_ctas)) ks *= 2;
   return ks;
 }
 
-template <typename T, int MM, int KSPLIT>
-cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
-  const size_t smem = smem_bytes(p);
-  if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
+/// Weight bytes one tile-kernel CTA aims to hold, and the most shared memory (tile + staged x)
+/// a tile-kernel CTA may take.
+constexpr size_t kTileWeightBytes = 40 * 1024;
+constexpr size_t kTileMaxSmemBytes = 100 * 1024;
+
+struct TilePlan {
+  int features = 0;  // per CTA: (kWarps / ksplit) · pairs_per_warp · 2
+  int ksplit = 1;
+  int pairs_per_warp = 1;
+  size_t smem = 0;
+};
+
+/// The tile kernel's shape for `p`: the most features per CTA whose rows fit kTileWeightBytes
+/// while at least one CTA per SM runs; failing that (few features) the fewest, for the most CTAs.
+/// False when even two rows and the staged x exceed kTileMaxSmemBytes.
+bool plan_tile(const DecodeGemvParams& p, TilePlan* plan) {
+  static constexpr TilePlan kOptions[] = {{16, 1, 2}, {8, 1, 1}, {4, 2, 1}, {2, 4, 1}};
+  const size_t row = static_cast<size_t>(p.in_features) * 2u;
+  const bool staged = p.ln_weight != nullptr || p.x_dtype == ElementType::kFloat32;
+  const size_t staging =
+      staged ? smem_bytes(p) + (p.ln_weight ? 2u * p.in_features * 2u : 0u) : 0u;
+  const int sms = sm_count();
+  size_t kTileWeightBytes = ::turboesm::kernels::kTileWeightBytes;  // EXPERIMENT
+  if (const char* e = std::getenv("TURBOESM_GEMV_TILE_KB")) kTileWeightBytes = std::atoi(e) * 1024;
+  const TilePlan* pick = &kOptions[3];
+  for (const TilePlan& o : kOptions) {
+    if (o.features * row > kTileWeightBytes) continue;
+    if ((p.out_features + o.features - 1) / o.features >= sms) {
+      pick = &o;
+      break;
+    }
   }
+  *plan = *pick;
+  plan->smem = pick->features * row + staging;
+  return plan->smem <= kTileMaxSmemBytes;
+}
+
+std::atomic<bool> g_tile_path{true};
+
+cudaError_t allow_smem(const void* kernel, size_t smem) {
+  if (smem <= 48 * 1024) return cudaSuccess;
+  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                              static_cast<int>(smem));
+}
+
+template <typename T, int MM, int KSPLIT>
+cudaError_t launch_stream(const DecodeGemvParams& p, cudaStream_t stream) {
+  const size_t smem = smem_bytes(p);
+  if (const cudaError_t e =
+          allow_smem(reinterpret_cast<const void*>(decode_gemv_kernel<T, MM, KSPLIT>), smem);
+      e != cudaSuccess)
+    return e;
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
   const int ctas = (p.out_features + kPerCta - 1) / kPerCta;
   return detail::launch_pdl(decode_gemv_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads), smem,
                             stream, p);
 }
 
+template <typename T, int MM, int KSPLIT>
+cudaError_t launch_tile(const DecodeGemvParams& p, const TilePlan& plan, cudaStream_t stream) {
+  if (const cudaError_t e = allow_smem(
+          reinterpret_cast<const void*>(decode_gemv_tile_kernel<T, MM, KSPLIT>), plan.smem);
+      e != cudaSuccess)
+    return e;
+  const int ctas = (p.out_features + plan.features - 1) / plan.features;
+  return detail::launch_pdl(decode_gemv_tile_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads),
+                            plan.smem, stream, p, plan.pairs_per_warp,
+                            std::getenv("TURBOESM_GEMV_LN_SMEM") ? 1 : 0);
+}
+
 template <typename T, int MM>
 cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
+  TilePlan plan;
+  const bool tile_fits = plan_tile(p, &plan);
+  const bool tile = p.path == DecodeGemvPath::kSharedTile ||
+                    (p.path == DecodeGemvPath::kAuto && tile_fits && g_tile_path.load());
+  if (tile) {
+    switch (plan.ksplit) {
+      case 1:
+        return launch_tile<T, MM, 1>(p, plan, stream);
+      case 2:
+        return launch_tile<T, MM, 2>(p, plan, stream);
+      default:
+        return launch_tile<T, MM, 4>(p, plan, stream);
+    }
+  }
   switch (ksplit_for(p)) {
     case 1:
-      return launch<T, MM, 1>(p, stream);
+      return launch_stream<T, MM, 1>(p, stream);
     case 2:
-      return launch<T, MM, 2>(p, stream);
+      return launch_stream<T, MM, 2>(p, stream);
     default:
-      return launch<T, MM, 4>(p, stream);
+      return launch_stream<T, MM, 4>(p, stream);
   }
 }
 
@@ -375,10 +621,22 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
     return "ln_weight and ln_bias must be 16-byte aligned";
   if (p.gelu && p.residual != nullptr) return "gelu and residual are exclusive";
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)
-    return "(rows rounded up to a power of two, + 2 with a LayerNorm) x in_features x 2 bytes "
-           "exceed the shared memory budget";
+    return "rows (rounded up to a power of two) x in_features x 2 bytes exceed the shared memory "
+           "budget";
+  if (p.path == DecodeGemvPath::kSharedTile) {
+    TilePlan plan;
+    if (!plan_tile(p, &plan))
+      return "the shared-tile path needs 2 weight rows (+ x'' when staged) within 100 KiB of "
+             "shared memory";
+  }
+  if (p.path != DecodeGemvPath::kAuto && p.path != DecodeGemvPath::kSharedTile &&
+      p.path != DecodeGemvPath::kRegisterStream)
+    return "path must be kAuto, kSharedTile or kRegisterStream";
   return nullptr;
 }
+
+void set_decode_gemv_tile_path(bool enabled) { g_tile_path.store(enabled); }
+bool decode_gemv_tile_path() { return g_tile_path.load(); }
 
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {
   if (decode_gemv_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
