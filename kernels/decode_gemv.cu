@@ -8,9 +8,7 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 
-#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "pdl.cuh"
@@ -139,64 +137,6 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
   }
 }
 
-/// EXPERIMENT: stage x' and γ, β in one pass, then per-warp statistics from shared memory.
-template <typename T, int MM>
-__device__ void stage_x_smem_stats(const DecodeGemvParams& p, uint4* xs, uint4* ln) {
-  const int kvec = p.in_features / 8;
-  const bool has_ln = p.ln_weight != nullptr;
-#pragma unroll 2
-  for (int v = threadIdx.x; v < kvec; v += kThreads) {
-    if (has_ln) {
-      ln[v] = static_cast<const uint4*>(p.ln_weight)[v];
-      ln[kvec + v] = static_cast<const uint4*>(p.ln_bias)[v];
-    }
-#pragma unroll
-    for (int m = 0; m < MM; ++m)
-      xs[m * kvec + v] = m < p.rows ? load_x_vec<T>(p, m, v) : make_uint4(0u, 0u, 0u, 0u);
-  }
-  if (!has_ln) return;
-  __syncthreads();
-  const int lane = threadIdx.x & 31;
-  const float inv_k = 1.0f / static_cast<float>(p.in_features);
-  float mean[MM], rstd[MM];
-#pragma unroll
-  for (int m = 0; m < MM; ++m) {
-    mean[m] = rstd[m] = 0.0f;
-    if (m >= p.rows) continue;
-    float s = 0.0f;
-    for (int v = lane; v < kvec; v += 32) {
-      float f[8];
-      widen8<T>(xs[m * kvec + v], f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) s += f[i];
-    }
-    mean[m] = detail::warp_sum(s) * inv_k;
-    float q = 0.0f;
-    for (int v = lane; v < kvec; v += 32) {
-      float f[8];
-      widen8<T>(xs[m * kvec + v], f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) q += (f[i] - mean[m]) * (f[i] - mean[m]);
-    }
-    rstd[m] = rsqrtf(detail::warp_sum(q) * inv_k + p.ln_eps);
-  }
-  __syncthreads();
-  for (int v = threadIdx.x; v < kvec; v += kThreads) {
-    float g[8], b[8];
-    widen8<T>(ln[v], g);
-    widen8<T>(ln[kvec + v], b);
-#pragma unroll
-    for (int m = 0; m < MM; ++m) {
-      if (m >= p.rows) continue;
-      float f[8];
-      widen8<T>(xs[m * kvec + v], f);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean[m]) * rstd[m] * g[i] + b[i];
-      xs[m * kvec + v] = narrow8<T>(f);
-    }
-  }
-}
-
 /// The Q/K/V epilogue of row m for the rotate-half pair (n0, n0 + d/2) with sums s0, s1: the
 /// arithmetic of qkv_rotary_to_float (kernels/qkv_rotary.cu) on z = T(s + b): q scaled in T
 /// first, then x·cos + rot·sin with separately rounded products and sum, rounded to T.
@@ -285,7 +225,7 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
   return mine;
 }
 
-/// The register-stream kernel. One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of
+/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of
 /// K). A warp streams its two weight rows' slice in passes of kChunks 16-byte loads per lane, the
 /// first pass issued before the prologue (for the 650M model every slice is one pass: the whole
 /// product is requested at once). MM = rows rounded up to 1, 2, 4 or 8.
@@ -293,7 +233,6 @@ template <typename T, int MM, int KSPLIT>
 __global__ void __launch_bounds__(kThreads)
     decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p) {
   extern __shared__ uint4 xs[];  // [MM][K / 8] x''
-
   __shared__ float part[kWarps][kFeaturesPerWarp * MM];
   constexpr int kGroups = kWarps / KSPLIT;
   const int K = p.in_features, N = p.out_features;
@@ -360,89 +299,6 @@ __global__ void __launch_bounds__(kThreads)
   if (slice != 0) return;
   finish_pair<T, MM>(p, lane, n0, mine);
 }
-/// The shared-tile kernel. One CTA owns kGroups · pairs_per_warp feature pairs (F features) and
-/// their whole weight rows: thread 0 requests the F rows into shared memory as bulk copies before
-/// the wait for the producer of x, so that the CTA holds no registers for them and a CTA launched
-/// early (programmatic dependent launch) streams its weights while its predecessor still runs —
-/// the only way found to keep HBM busy across the step's kernel boundaries. Then x'' is staged
-/// (only with a LayerNorm or fp32 x; else x is read where it is), and each warp sums its pairs
-/// over its slice of K from shared memory in the register-stream kernel's order (lane-strided 16-
-/// byte vectors, increasing), so both kernels give the same sums bit for bit.
-template <typename T, int MM, int KSPLIT>
-__global__ void __launch_bounds__(kThreads)
-    decode_gemv_tile_kernel(const __grid_constant__ DecodeGemvParams p, int pairs_per_warp,
-                            int ln_smem) {
-  // [F][K / 8] weight rows, then (staged x only) [MM][K / 8] x''.
-  extern __shared__ uint4 tile[];
-  __shared__ float part[kWarps][kFeaturesPerWarp * MM];
-  __shared__ uint64_t bar;
-  constexpr int kGroups = kWarps / KSPLIT;
-  const int K = p.in_features, N = p.out_features, kvec = K / 8;
-  const int features = kGroups * pairs_per_warp * kFeaturesPerWarp;
-  const int pair_base = blockIdx.x * kGroups * pairs_per_warp;
-  const int n_step = p.head_dim > 0 ? p.head_dim / 2 : 1;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int group = warp % kGroups, slice = warp / kGroups;
-
-  detail::pdl_launch_dependents();
-  if (threadIdx.x == 0) {  // local feature f = 2 · (local pair) + r
-    detail::mbarrier_init(&bar, 1);
-    const uint32_t row_bytes = static_cast<uint32_t>(K) * 2u;
-    for (int f = 0; f < features; ++f) {
-      const int n = pair_first_feature(p, pair_base + f / 2) + (f % 2) * n_step;
-      if (n >= N) continue;  // past the last feature: never read back into an output
-      detail::mbarrier_expect_tx(&bar, row_bytes);
-      detail::bulk_copy_g2s(tile + int64_t(f) * kvec,
-                            static_cast<const uint4*>(p.weight) + int64_t(n) * kvec, row_bytes,
-                            &bar);
-    }
-    detail::mbarrier_arrive(&bar);
-  }
-  detail::pdl_wait();
-  const bool staged = p.ln_weight != nullptr || p.x_dtype == ElementType::kFloat32;
-  uint4* xs = tile + int64_t(features) * kvec;
-  if (staged) {
-    if (ln_smem)
-      stage_x_smem_stats<T, MM>(p, xs, xs + MM * kvec);
-    else
-      stage_x<T, MM>(p, xs);
-  }
-  const uint4* xv = staged ? xs : static_cast<const uint4*>(p.x);
-  __syncthreads();  // x'' staged; the barrier's init visible to all
-  detail::mbarrier_wait_parity(&bar, 0);
-
-  const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
-  const int v_begin = min(kvec, slice * slice_vecs);
-  const int v_end = min(kvec, v_begin + slice_vecs);
-  for (int i = 0; i < pairs_per_warp; ++i) {  // CTA-uniform
-    const int lp = group * pairs_per_warp + i;
-    const uint4* w0 = tile + int64_t(2 * lp) * kvec;
-    const uint4* w1 = w0 + kvec;
-    float acc[kFeaturesPerWarp][MM];
-#pragma unroll
-    for (int r = 0; r < kFeaturesPerWarp; ++r)
-#pragma unroll
-      for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
-#pragma unroll 2
-    for (int v = v_begin + lane; v < v_end; v += 32) {
-      float wf[kFeaturesPerWarp][8];
-      widen8<T>(w0[v], wf[0]);
-      widen8<T>(w1[v], wf[1]);
-#pragma unroll
-      for (int m = 0; m < MM; ++m) {
-        float xf[8];
-        widen8<T>(m < p.rows || staged ? xv[m * kvec + v] : make_uint4(0u, 0u, 0u, 0u), xf);
-#pragma unroll
-        for (int r = 0; r < kFeaturesPerWarp; ++r)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) acc[r][m] = fmaf(wf[r][e], xf[e], acc[r][m]);
-      }
-    }
-    const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part);
-    if (slice == 0) finish_pair<T, MM>(p, lane, pair_first_feature(p, pair_base + lp), mine);
-    if constexpr (KSPLIT > 1) __syncthreads();  // `part` is reused by the next pair
-  }
-}
 
 int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
 
@@ -481,45 +337,6 @@ int ksplit_for(const DecodeGemvParams& p) {
   return ks;
 }
 
-/// Weight bytes one tile-kernel CTA aims to hold, and the most shared memory (tile + staged x)
-/// a tile-kernel CTA may take.
-constexpr size_t kTileWeightBytes = 40 * 1024;
-constexpr size_t kTileMaxSmemBytes = 100 * 1024;
-
-struct TilePlan {
-  int features = 0;  // per CTA: (kWarps / ksplit) · pairs_per_warp · 2
-  int ksplit = 1;
-  int pairs_per_warp = 1;
-  size_t smem = 0;
-};
-
-/// The tile kernel's shape for `p`: the most features per CTA whose rows fit kTileWeightBytes
-/// while at least one CTA per SM runs; failing that (few features) the fewest, for the most CTAs.
-/// False when even two rows and the staged x exceed kTileMaxSmemBytes.
-bool plan_tile(const DecodeGemvParams& p, TilePlan* plan) {
-  static constexpr TilePlan kOptions[] = {{16, 1, 2}, {8, 1, 1}, {4, 2, 1}, {2, 4, 1}};
-  const size_t row = static_cast<size_t>(p.in_features) * 2u;
-  const bool staged = p.ln_weight != nullptr || p.x_dtype == ElementType::kFloat32;
-  const size_t staging =
-      staged ? smem_bytes(p) + (p.ln_weight ? 2u * p.in_features * 2u : 0u) : 0u;
-  const int sms = sm_count();
-  size_t kTileWeightBytes = ::turboesm::kernels::kTileWeightBytes;  // EXPERIMENT
-  if (const char* e = std::getenv("TURBOESM_GEMV_TILE_KB")) kTileWeightBytes = std::atoi(e) * 1024;
-  const TilePlan* pick = &kOptions[3];
-  for (const TilePlan& o : kOptions) {
-    if (o.features * row > kTileWeightBytes) continue;
-    if ((p.out_features + o.features - 1) / o.features >= sms) {
-      pick = &o;
-      break;
-    }
-  }
-  *plan = *pick;
-  plan->smem = pick->features * row + staging;
-  return plan->smem <= kTileMaxSmemBytes;
-}
-
-std::atomic<bool> g_tile_path{true};
-
 cudaError_t allow_smem(const void* kernel, size_t smem) {
   if (smem <= 48 * 1024) return cudaSuccess;
   return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -539,34 +356,8 @@ cudaError_t launch_stream(const DecodeGemvParams& p, cudaStream_t stream) {
                             stream, p);
 }
 
-template <typename T, int MM, int KSPLIT>
-cudaError_t launch_tile(const DecodeGemvParams& p, const TilePlan& plan, cudaStream_t stream) {
-  if (const cudaError_t e = allow_smem(
-          reinterpret_cast<const void*>(decode_gemv_tile_kernel<T, MM, KSPLIT>), plan.smem);
-      e != cudaSuccess)
-    return e;
-  const int ctas = (p.out_features + plan.features - 1) / plan.features;
-  return detail::launch_pdl(decode_gemv_tile_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads),
-                            plan.smem, stream, p, plan.pairs_per_warp,
-                            std::getenv("TURBOESM_GEMV_LN_SMEM") ? 1 : 0);
-}
-
 template <typename T, int MM>
 cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
-  TilePlan plan;
-  const bool tile_fits = plan_tile(p, &plan);
-  const bool tile = p.path == DecodeGemvPath::kSharedTile ||
-                    (p.path == DecodeGemvPath::kAuto && tile_fits && g_tile_path.load());
-  if (tile) {
-    switch (plan.ksplit) {
-      case 1:
-        return launch_tile<T, MM, 1>(p, plan, stream);
-      case 2:
-        return launch_tile<T, MM, 2>(p, plan, stream);
-      default:
-        return launch_tile<T, MM, 4>(p, plan, stream);
-    }
-  }
   switch (ksplit_for(p)) {
     case 1:
       return launch_stream<T, MM, 1>(p, stream);
@@ -623,20 +414,8 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)
     return "rows (rounded up to a power of two) x in_features x 2 bytes exceed the shared memory "
            "budget";
-  if (p.path == DecodeGemvPath::kSharedTile) {
-    TilePlan plan;
-    if (!plan_tile(p, &plan))
-      return "the shared-tile path needs 2 weight rows (+ x'' when staged) within 100 KiB of "
-             "shared memory";
-  }
-  if (p.path != DecodeGemvPath::kAuto && p.path != DecodeGemvPath::kSharedTile &&
-      p.path != DecodeGemvPath::kRegisterStream)
-    return "path must be kAuto, kSharedTile or kRegisterStream";
   return nullptr;
 }
-
-void set_decode_gemv_tile_path(bool enabled) { g_tile_path.store(enabled); }
-bool decode_gemv_tile_path() { return g_tile_path.load(); }
 
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {
   if (decode_gemv_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;

@@ -10,8 +10,7 @@
 //                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
 //                                              none) eager / CUDA graph, fp16 cache eager / graph;
 //                                              what the graph step is made of; the turbo graph
-//                                              step again with the eager dense ops, with
-//                                              decode_gemv's register-stream kernel and without
+//                                              step again with the eager dense ops and without
 //                                              programmatic dependent launch
 //   bench_model_cuda prefill [preset] [res] [batch]
 //                                              prefill of `batch` (1) sequences of `res` residues
@@ -51,7 +50,6 @@
 #include <vector>
 
 #include "turboesm/error.h"
-#include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -59,7 +57,6 @@
 
 namespace {
 
-namespace tk = turboesm::kernels;
 namespace tm = turboesm::model;
 namespace tq = turboesm::quant;
 
@@ -217,12 +214,10 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
   // residual, LN + FC1 + GELU, FC2 + residual), through decode_gemv and through the eager ops.
   const at::Tensor h1 = at::randn({1, 1, c.hidden_size}, o);
   const at::Tensor attn32 = at::randn({1, H, 1, d}, o.dtype(at::kFloat));
-  // dense[0] eager ops, [1] decode_gemv (auto: shared tile), [2] decode_gemv register stream.
-  double dense[3];
-  for (int mode = 2; mode >= 0; --mode) {
-    m.set_fused_decode_gemv(mode > 0);
-    tk::set_decode_gemv_tile_path(mode != 2);
-    dense[mode] = graph_ms([&] {
+  double dense[2];
+  for (int fused = 1; fused >= 0; --fused) {
+    m.set_fused_decode_gemv(fused == 1);
+    dense[fused] = graph_ms([&] {
       for (int i = 0; i < m.num_layers(); ++i) {
         (void)m.layer_qkv_projection(i, h1);
         (void)m.layer_finish(i, h1, attn32);
@@ -230,14 +225,11 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
     });
   }
   m.set_fused_decode_gemv(true);
-  tk::set_decode_gemv_tile_path(true);
   std::printf(
       "  breakdown %s: dense layers (LN, QKV, O + residual, LN + FC1 + GELU, FC2 + residual) "
-      "through decode_gemv %.4f ms (%.0f GB/s; register-stream kernel %.4f ms), through the "
-      "eager ops %.4f ms\n",
-      name.c_str(), dense[1], weight_bytes / 1e6 / dense[1], dense[2], dense[0]);
+      "through decode_gemv %.4f ms (%.0f GB/s), through the eager ops %.4f ms\n",
+      name.c_str(), dense[1], weight_bytes / 1e6 / dense[1], dense[0]);
   j.add(name + "_dense_decode_gemv_ms", dense[1]);
-  j.add(name + "_dense_decode_gemv_stream_ms", dense[2]);
   j.add(name + "_dense_eager_ops_ms", dense[0]);
   std::printf(
       "  breakdown %s: %d layers' GEMMs alone %.4f ms (%.2f GB weights, %.0f GB/s); "
@@ -325,9 +317,6 @@ int section_decode(const std::string& preset, int64_t cached) {
   };
   // The dense layers on the eager ops (cuBLAS, LayerNorm, GELU, add launches), not decode_gemv.
   graph_step_without("turbo3_graph_eager_dense", [&](bool on) { m->set_fused_decode_gemv(on); });
-  // decode_gemv's register-stream kernel instead of its shared tile.
-  graph_step_without("turbo3_graph_gemv_stream",
-                     [](bool on) { tk::set_decode_gemv_tile_path(on); });
   // Every kernel launched the plain way (no programmatic dependent launch).
   graph_step_without("turbo3_graph_no_pdl",
                      [](bool on) { tm::set_programmatic_dependent_launch(on); });

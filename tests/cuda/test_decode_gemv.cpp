@@ -52,7 +52,7 @@ at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, 
 
 at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
                       const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
-                      at::ScalarType t, tk::DecodeGemvPath path) {
+                      at::ScalarType t) {
   at::Tensor out = at::empty({x.size(0), w.size(0)}, w.options());
   tk::DecodeGemvParams p;
   p.rows = static_cast<int>(x.size(0));
@@ -69,7 +69,6 @@ at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor
   p.gelu = gelu;
   p.residual = res.defined() ? res.data_ptr() : nullptr;
   p.out = out.data_ptr();
-  p.path = path;
   EXPECT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
   const cudaError_t e = tk::decode_gemv(p, at::cuda::getCurrentCUDAStream());
   EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -98,8 +97,8 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
       {8, 512, 77, false, false, false, true, true},     // 8 rows, no bias, fp32 x
       {5, 8, 1, true, true, false, false, false},        // smallest K and N
       {2, 2056, 300, true, false, true, false, true},    // K not a multiple of the 1024 step
-      {1, 20480, 96, false, true, false, true, false},   // 15B FC2's K: 2-row tiles of 80 KiB
-      {4, 1280, 2000, true, true, false, false, false},  // 16-row tiles, rows padded
+      {1, 20480, 96, false, true, false, true, false},   // 15B FC2 K: 4 K slices, 4 passes
+      {4, 1280, 2000, true, true, false, false, false},  // 4 rows, each with its LayerNorm
   };
   at::manual_seed(3);
   for (const Case& c : cases) {
@@ -111,26 +110,21 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
     const at::Tensor bias = c.bias ? (0.1 * at::randn({c.n}, o)).to(t) : at::Tensor();
     const at::Tensor res = c.residual ? at::randn({c.rows, c.n}, o).to(t) : at::Tensor();
     const at::Tensor want = eager(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    ASSERT_TRUE(at::isfinite(got).all().item<bool>());
     // Σ_k |w x''| per output (x'' of the eager side), for the sum-noise part of the bound.
     at::Tensor h = x.to(t);
     if (c.ln) h = at::layer_norm(h, {c.k}, g, b, 1e-5);
     const at::Tensor mag = at::matmul(h.to(at::kDouble).abs(), w.to(at::kDouble).abs().t());
     const at::Tensor bound = 3 * u * want.abs() + 3 * u * mag / std::sqrt(double(c.k)) + 1e-30;
-    for (const tk::DecodeGemvPath path :
-         {tk::DecodeGemvPath::kSharedTile, tk::DecodeGemvPath::kRegisterStream}) {
-      const char* kernel = path == tk::DecodeGemvPath::kSharedTile ? "tile" : "stream";
-      const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, path).to(at::kDouble);
-      ASSERT_TRUE(at::isfinite(got).all().item<bool>()) << kernel;
-      const at::Tensor diff = (got - want).abs();
-      const double worst = (diff / bound).max().item<double>();
-      const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
-      EXPECT_LE(worst, 1.0) << kernel << ": rows " << c.rows << " K " << c.k << " N " << c.n
-                            << " ln " << c.ln << " gelu " << c.gelu << " residual " << c.residual;
-      std::printf(
-          "[decode_gemv %s %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
-          c10::toString(t), kernel, c.rows, c.k, c.n, diff.max().item<double>(), worst,
-          100 * differing);
-    }
+    const at::Tensor diff = (got - want).abs();
+    const double worst = (diff / bound).max().item<double>();
+    const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
+    EXPECT_LE(worst, 1.0) << "rows " << c.rows << " K " << c.k << " N " << c.n << " ln " << c.ln
+                          << " gelu " << c.gelu << " residual " << c.residual;
+    std::printf("[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
+                c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
+                100 * differing);
   }
 }
 
@@ -139,10 +133,9 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, DecodeGemv, ::testing::Values(at::kHalf, at::kB
                            return std::string(i.param == at::kHalf ? "fp16" : "bf16");
                          });
 
-// The Q/K/V mode equals the plain product on the same kernel followed by qkv_rotary_to_float,
-// value for value (the same fp32 sums — a warp's pair of features is summed the same way whichever
-// two they are — and the glue's arithmetic in the epilogue). The two kernels may split K
-// differently, so their sums are compared with the eager ops above, not with each other.
+// The Q/K/V mode equals the plain product followed by qkv_rotary_to_float, value for value (the
+// same fp32 sums — a warp's pair of features is summed the same way whichever two they are — and
+// the glue's arithmetic in the epilogue).
 TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
   TURBOESM_REQUIRE_GPU();
   const at::ScalarType t = GetParam();
@@ -173,54 +166,45 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.ln_bias = b.data_ptr();
     p.weight = w.data_ptr();
     p.bias = bias.data_ptr();
-    for (const tk::DecodeGemvPath path :
-         {tk::DecodeGemvPath::kSharedTile, tk::DecodeGemvPath::kRegisterStream}) {
-      // Plain product on this kernel, then the glue.
-      p.path = path;
-      const at::Tensor lin = at::empty({sh.rows, n}, w.options());
-      p.out = lin.data_ptr();
-      ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
-      const auto f32 = o.dtype(at::kFloat);
-      const at::Tensor q1 = at::empty({sh.rows, hd}, f32), k1 = at::empty({sh.rows, hd}, f32),
-                       v1 = at::empty({sh.rows, hd}, f32);
-      tk::QkvRotaryParams r;
-      r.batch = sh.rows;
-      r.heads = sh.heads;
-      r.head_dim = sh.d;
-      r.dtype = p.dtype;
-      r.qkv = lin.data_ptr();
-      r.cos = cs.data_ptr<float>();
-      r.sin = sn.data_ptr<float>();
-      r.q_scale = scale;
-      r.q = q1.data_ptr<float>();
-      r.k = k1.data_ptr<float>();
-      r.v = v1.data_ptr<float>();
-      ASSERT_EQ(tk::qkv_rotary_to_float(r, at::cuda::getCurrentCUDAStream()), cudaSuccess);
-      // The Q/K/V mode on the same kernel.
-      {
-        const at::Tensor q2 = at::full({sh.rows, hd}, NAN, f32),
-                         k2 = at::full({sh.rows, hd}, NAN, f32),
-                         v2 = at::full({sh.rows, hd}, NAN, f32);
-        tk::DecodeGemvParams pq = p;
-        pq.out = nullptr;
-        pq.head_dim = sh.d;
-        pq.cos = cs.data_ptr<float>();
-        pq.sin = sn.data_ptr<float>();
-        pq.q_scale = scale;
-        pq.q_out = q2.data_ptr<float>();
-        pq.k_out = k2.data_ptr<float>();
-        pq.v_out = v2.data_ptr<float>();
-        ASSERT_EQ(tk::decode_gemv_invalid_reason(pq), nullptr);
-        ASSERT_EQ(tk::decode_gemv(pq, at::cuda::getCurrentCUDAStream()), cudaSuccess);
-        for (const auto& pr :
-             {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
-          ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
-          EXPECT_TRUE(at::equal(pr.first, pr.second))
-              << (path == tk::DecodeGemvPath::kSharedTile ? "tile" : "stream") << ", rows "
-              << sh.rows << " heads " << sh.heads << " d " << sh.d << ": max |d| "
-              << (pr.first - pr.second).abs().max().item<double>();
-        }
-      }
+    // Plain product, then the glue.
+    const at::Tensor lin = at::empty({sh.rows, n}, w.options());
+    p.out = lin.data_ptr();
+    ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    const auto f32 = o.dtype(at::kFloat);
+    const at::Tensor q1 = at::empty({sh.rows, hd}, f32), k1 = at::empty({sh.rows, hd}, f32),
+                     v1 = at::empty({sh.rows, hd}, f32);
+    tk::QkvRotaryParams r;
+    r.batch = sh.rows;
+    r.heads = sh.heads;
+    r.head_dim = sh.d;
+    r.dtype = p.dtype;
+    r.qkv = lin.data_ptr();
+    r.cos = cs.data_ptr<float>();
+    r.sin = sn.data_ptr<float>();
+    r.q_scale = scale;
+    r.q = q1.data_ptr<float>();
+    r.k = k1.data_ptr<float>();
+    r.v = v1.data_ptr<float>();
+    ASSERT_EQ(tk::qkv_rotary_to_float(r, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    // Q/K/V mode.
+    const at::Tensor q2 = at::full({sh.rows, hd}, NAN, f32), k2 = at::full({sh.rows, hd}, NAN, f32),
+                     v2 = at::full({sh.rows, hd}, NAN, f32);
+    p.out = nullptr;
+    p.head_dim = sh.d;
+    p.cos = cs.data_ptr<float>();
+    p.sin = sn.data_ptr<float>();
+    p.q_scale = scale;
+    p.q_out = q2.data_ptr<float>();
+    p.k_out = k2.data_ptr<float>();
+    p.v_out = v2.data_ptr<float>();
+    ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
+    ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+    for (const auto& pr :
+         {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
+      ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
+      EXPECT_TRUE(at::equal(pr.first, pr.second))
+          << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ": max |d| "
+          << (pr.first - pr.second).abs().max().item<double>();
     }
   }
 }
@@ -288,13 +272,6 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
          p.rows = 5;
          p.in_features = 8 * 1024;
        }},
-      {"shared tile beyond shared memory",
-       [](tk::DecodeGemvParams& p) {
-         p.in_features = 32 * 1024;
-         p.path = tk::DecodeGemvPath::kSharedTile;
-       }},
-      {"unknown path",
-       [](tk::DecodeGemvParams& p) { p.path = static_cast<tk::DecodeGemvPath>(7); }},
   };
   for (const Bad& b : bad) {
     tk::DecodeGemvParams p = good;

@@ -11,29 +11,23 @@
 /// fp32 inside, rounding to T where the eager ops store a T tensor):
 ///   x'  = T(x)                                       (x in T, or fp32 rounded as x.to(T))
 ///   x'' = LayerNorm(x') = T((x' − μ) · rsqrt(σ² + ε) · γ + β)   if ln_weight (μ, σ² over K, fp32)
-///   z   = T(Σ_k W[n, k] · x''[k] + b[n])            (fp32 sum, one rounding: cuBLAS's bias
-///   epilogue) out = T(gelu(z))                                 if gelu (erf form, as at::gelu) out
-///   = T(z + residual[m, n])                      if residual (as at::add)
+///   z   = T(Σ_k W[n, k] · x''[k] + b[n])            (fp32 sum, one rounding: cuBLAS's bias epilogue)
+///   out = T(gelu(z))                                 if gelu (erf form, as at::gelu)
+///   out = T(z + residual[m, n])                      if residual (as at::add)
 /// or, in the Q/K/V mode (head_dim > 0), q / k / v of attention from z (below).
 /// Only the order of the k-sum differs from cuBLAS (fp32 either way), so outputs agree with the
 /// eager ops to about one unit in the last place of T. src/model/esm2.cpp uses it for
 /// single-token layers on CUDA, with the eager ops as its reference
 /// (Esm2Model::set_fused_decode_gemv(false) runs them; tests/cuda/test_decode_gemv.cpp).
 ///
-/// Work layout (kernels/decode_gemv.cu), two kernels with the same sums bit for bit (a warp owns
-/// a feature pair and sums its slice of K in lane-strided 16-byte vectors, increasing):
-/// - shared tile (the default when it fits): a CTA of 4 warps owns 2–16 whole weight rows
-///   (≤ 40 KiB) and one thread requests them into shared memory as Hopper bulk copies before the
-///   CTA waits for the producer of x (programmatic dependent launch, pdl.h). The CTA holds no
-///   registers for the weights, so CTAs launched early sit beside their predecessor's and stream
-///   their weights while it finishes: HBM stays busy across the decode step's kernel boundaries.
-///   x is staged (x'' in shared memory) only with a LayerNorm or an fp32 x.
-/// - register stream: a warp requests its two rows' slice of K into registers (up to 6 16-byte
-///   non-caching loads per row and lane per pass) before the prologue; long or few rows split K
-///   over the CTA's warps (partial sums meet in shared memory). Used when the tile does not fit
-///   (rows of more than ~50 000 elements) or when asked for.
-/// The prologue's x'' takes rows · K · sizeof(T) bytes of shared memory (+ γ, β). No allocation,
-/// no synchronisation: capturable in a CUDA graph.
+/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps; a warp owns 2 output features for all
+/// rows and requests its slice of their weight rows (up to 6 16-byte non-caching loads per row
+/// and lane per pass: one pass for every product of the 650M model) before the prologue, so that
+/// the LayerNorm and the wait for the producer of x (programmatic dependent launch, pdl.h) hide
+/// under the weight loads; long or few rows split K over the CTA's warps (partial sums meet in
+/// shared memory). The LayerNorm statistics are computed by every warp on its own (shuffles, no
+/// CTA barrier); the prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes).
+/// No allocation, no synchronisation: capturable in a CUDA graph.
 
 #include <cuda_runtime_api.h>
 
@@ -45,24 +39,17 @@ namespace turboesm::kernels {
 
 /// Most rows (sequences) one decode_gemv launch takes.
 inline constexpr int kDecodeGemvMaxRows = 8;
-/// Most shared memory the staged operands may take (bytes): (rows rounded up to 1, 2, 4 or 8,
-/// + 2 for γ and β with a LayerNorm) · K · 2 must fit, else decode_gemv_invalid_reason says so.
+/// Most shared memory the staged x'' may take (bytes): (rows rounded up to 1, 2, 4 or 8) · K · 2
+/// must fit, else decode_gemv_invalid_reason says so.
 inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
 
-/// Which kernel runs a product (see the work layout above).
-enum class DecodeGemvPath {
-  kAuto,            ///< the shared tile when it fits and decode_gemv_tile_path(), else the stream
-  kSharedTile,      ///< the shared tile; invalid when it does not fit
-  kRegisterStream,  ///< the register stream
-};
-
 struct DecodeGemvParams {
-  int rows = 0;                                 ///< M, 1..kDecodeGemvMaxRows
-  int in_features = 0;                          ///< K, a positive multiple of 8
-  int out_features = 0;                         ///< N ≥ 1
+  int rows = 0;          ///< M, 1..kDecodeGemvMaxRows
+  int in_features = 0;   ///< K, a positive multiple of 8
+  int out_features = 0;  ///< N ≥ 1
   ElementType dtype = ElementType::kFloat16;    ///< T of weight, bias, LN, residual, out: fp16/bf16
   ElementType x_dtype = ElementType::kFloat16;  ///< dtype, or fp32 (rounded to T first)
-  const void* x = nullptr;                      ///< [rows, K] contiguous, 16-byte aligned
+  const void* x = nullptr;          ///< [rows, K] contiguous, 16-byte aligned
   const void* ln_weight = nullptr;  ///< [K] γ of the pre-LayerNorm, or null (no LayerNorm)
   const void* ln_bias = nullptr;    ///< [K] β, required with ln_weight
   float ln_eps = 1e-5f;
@@ -76,20 +63,14 @@ struct DecodeGemvParams {
   /// z: q = Q scaling + rotary, k = rotary, v = z, written as fp32 [rows, H · head_dim] to
   /// q_out / k_out / v_out, value for value what decode_gemv + qkv_rotary_to_float give. A warp
   /// then owns the rotate-half pair (j, j + head_dim / 2) of a head instead of two neighbours.
-  int head_dim = 0;            ///< even; N must be a multiple of 3 · head_dim
-  const float* cos = nullptr;  ///< [rows, head_dim] rotary table of each row's position
-  const float* sin = nullptr;  ///< [rows, head_dim]
-  float q_scale = 1.0f;        ///< head_dim^-0.5 (ESM scales q before rotary)
+  int head_dim = 0;               ///< even; N must be a multiple of 3 · head_dim
+  const float* cos = nullptr;     ///< [rows, head_dim] rotary table of each row's position
+  const float* sin = nullptr;     ///< [rows, head_dim]
+  float q_scale = 1.0f;           ///< head_dim^-0.5 (ESM scales q before rotary)
   float* q_out = nullptr;
   float* k_out = nullptr;
   float* v_out = nullptr;
-  DecodeGemvPath path = DecodeGemvPath::kAuto;
 };
-
-/// \brief kAuto's choice, process-wide: the shared-tile kernel where it fits (default, true) or
-/// always the register stream (e.g. to measure what the tile buys; same values either way).
-void set_decode_gemv_tile_path(bool enabled);
-bool decode_gemv_tile_path();
 
 /// \brief Why `p` cannot run (a static message naming the first violated condition), or null.
 const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);
