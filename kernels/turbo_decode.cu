@@ -5,6 +5,7 @@
 /// kernels/instances/ (one file each; the case lists below must match them exactly).
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 
@@ -68,6 +69,8 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
   }
 }
 
+std::atomic<bool> g_fused_merge{true};
+
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
 size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -127,8 +130,13 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
            "in [8, 8 * head_dim]";
   if (qjl != QjlMode::kNone && qjl != QjlMode::kSign && qjl != QjlMode::kProd)
     return "K QJL mode invalid";
+  if ((reinterpret_cast<uintptr_t>(p.split_counters) & 3u) != 0)
+    return "split_counters must be 4-byte aligned";
   return nullptr;
 }
+
+void set_turbo_decode_fused_merge(bool enabled) { detail::g_fused_merge.store(enabled); }
+bool turbo_decode_fused_merge() { return detail::g_fused_merge.load(); }
 
 int turbo_decode_num_splits(const quant::DecodeParams& p, int num_sms) {
   const int64_t rows = static_cast<int64_t>(p.batch) * p.heads * p.q_len;
@@ -171,6 +179,7 @@ cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t w
 
   detail::DecodeLaunch l;
   l.p = p;
+  if (!detail::g_fused_merge.load()) l.p.split_counters = nullptr;
   l.num_splits = splits;
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
   l.capacity = static_cast<int>(

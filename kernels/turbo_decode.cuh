@@ -37,7 +37,8 @@
 ///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
 /// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
 /// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
-/// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back.
+/// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back — or, with
+/// DecodeParams::split_counters, the last split CTA of the row does (merge_splits, same order).
 
 #include <cuda_runtime.h>
 
@@ -224,9 +225,8 @@ inline constexpr int kInverseRotateBatch = 32;
 /// issued before their products: a few load latencies per output instead of one per unrolled
 /// group. The output coordinate i of out = Πᵀ y.
 template <int D>
-__device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot,
-                                                const float* y, int i, int j0 = 0,
-                                                float o = 0.0f) {
+__device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot, const float* y,
+                                                int i, int j0 = 0, float o = 0.0f) {
   constexpr int kB = D < kInverseRotateBatch ? D : kInverseRotateBatch;
   for (int jb = j0; jb < D; jb += kB) {
     float r[kB];
@@ -236,6 +236,32 @@ __device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot,
     for (int k = 0; k < kB; ++k) o = fmaf(r[k], y[jb + k], o);
   }
   return o;
+}
+
+/// \brief Merges the num_splits partials of `row` (written by kernel 1, read through the L2):
+/// s_y = σ_V ⊙ acc / l in V's rotated space, the splits combined in split order. Ends with a
+/// __syncthreads (s_y complete). \return the merged softmax denominator l (0 for an empty row).
+template <int D>
+__device__ __forceinline__ float merge_splits(const DecodeLaunch& launch, int row, int h,
+                                              float* s_y) {
+  const quant::DecodeParams& p = launch.p;
+  const int ns = launch.num_splits;
+  const float* pm = launch.ws_m + static_cast<int64_t>(row) * ns;
+  const float* pl = launch.ws_l + static_cast<int64_t>(row) * ns;
+  const float* pa = launch.ws_acc + static_cast<int64_t>(row) * ns * D;
+  float m = -INFINITY;
+  for (int s = 0; s < ns; ++s) m = fmaxf(m, __ldcg(pm + s));
+  float l = 0.0f;
+  for (int s = 0; s < ns; ++s) l += rescale_factor(__ldcg(pm + s), m) * __ldcg(pl + s);
+  const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+  const float* sv = p.v.constants.scale;
+  for (int j = threadIdx.x; j < D; j += blockDim.x) {
+    float acc = 0.0f;
+    for (int s = 0; s < ns; ++s) acc += rescale_factor(__ldcg(pm + s), m) * __ldcg(pa + s * D + j);
+    s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
+  }
+  __syncthreads();
+  return l;
 }
 
 /// \brief Kernel 1: one CTA per (row, split); see the file comment.
@@ -627,6 +653,28 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
       launch.ws_m[part] = cta_m;
       launch.ws_l[part] = cta_l;
     }
+    if (p.split_counters == nullptr) return;  // kernel 2 merges
+    // The row's last split CTA to finish merges (the threadfence-reduction pattern): every CTA
+    // makes its partial visible device-wide, then counts itself in; the one that completes the
+    // count resets it for the next launch (all splits are in) and reads the partials via the L2.
+    __shared__ bool s_last;
+    __threadfence();
+    __syncthreads();
+    if (tid == 0) {
+      s_last = atomicAdd(p.split_counters + row, 1u) == static_cast<uint32_t>(num_splits - 1);
+      if (s_last) p.split_counters[row] = 0u;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    const float l = merge_splits<D>(launch, row, h, s_y);
+    const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+    const float* mu = p.v.constants.mean;
+    for (int i = tid; i < D; i += kDecodeThreads) {
+      float o = inverse_rotate<D>(rot, s_y, i);  // the merge kernel's sum, in the same order
+      if (mu && l > 0.0f) o += mu[h * D + i];
+      p.out[static_cast<int64_t>(row) * D + i] = o;
+    }
     return;
   }
   // One split: finish here. y = σ_V ⊙ acc / l, out = Π_Vᵀ y + μ_V (zeros for an empty row).
@@ -648,18 +696,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   }
 }
 
-/// \brief Kernel 2 (num_splits > 1): merges the splits of one row and rotates back.
-/// One CTA of kDecodeThreads per row.
+/// \brief Kernel 2 (num_splits > 1, no split_counters): merges the splits of one row and rotates
+/// back. One CTA of kDecodeThreads per row.
 template <int D>
 __global__ void __launch_bounds__(kDecodeThreads)
     turbo_decode_merge_kernel(const __grid_constant__ DecodeLaunch launch) {
   const quant::DecodeParams& p = launch.p;
   const int row = blockIdx.x;
   const int h = (row / p.q_len) % p.heads;
-  const int ns = launch.num_splits;
-  const float* pm = launch.ws_m + static_cast<int64_t>(row) * ns;
-  const float* pl = launch.ws_l + static_cast<int64_t>(row) * ns;
-  const float* pa = launch.ws_acc + static_cast<int64_t>(row) * ns * D;
   const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
   __shared__ float s_y[D];
   // Column i = threadIdx.x of Π_V, requested first: its HBM latency overlaps the partials' loads.
@@ -671,24 +715,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
     for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
   }
   pdl_wait();  // the partials come from kernel 1
-  float m = -INFINITY;
-  for (int s = 0; s < ns; ++s) m = fmaxf(m, pm[s]);
-  float l = 0.0f;
-  for (int s = 0; s < ns; ++s) l += rescale_factor(pm[s], m) * pl[s];
-  const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-  const float* sv = p.v.constants.scale;
-  for (int j = threadIdx.x; j < D; j += blockDim.x) {
-    float acc = 0.0f;
-    for (int s = 0; s < ns; ++s) acc += rescale_factor(pm[s], m) * pa[s * D + j];
-    s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
-  }
-  __syncthreads();
+  const float l = merge_splits<D>(launch, row, h, s_y);
   const float* mu = p.v.constants.mean;
   if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
     const int i = threadIdx.x;
     float o = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kHeld; ++j) o += col[j] * s_y[j];
+    for (int j = 0; j < kHeld; ++j) o = fmaf(col[j], s_y[j], o);
     o = inverse_rotate<D>(rot, s_y, i, kHeld, o);
     if (mu && l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
@@ -720,9 +753,9 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   }
   if (variant == DecodeVariant::kGeneral) {
     if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
-      const cudaError_t e = cudaFuncSetAttribute(
-          turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
-          cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      const cudaError_t e =
+          cudaFuncSetAttribute(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
+                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
     const cudaError_t e =
@@ -730,7 +763,7 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
                    dim3(rows, launch.num_splits), dim3(kDecodeThreads), smem, stream, launch);
     if (e != cudaSuccess) return e;
   }
-  if (launch.num_splits == 1) return cudaSuccess;
+  if (launch.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
   return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,
                     launch);
 }

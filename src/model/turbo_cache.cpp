@@ -312,8 +312,12 @@ TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
       v_quant_[l].push_back(spec_.layers[l].v.quantizer(h, vc, spec_.rotation));
     }
   }
-  if (shape.device.is_cuda())
-    device_status_ = at::zeros({1}, at::TensorOptions().dtype(at::kInt).device(shape.device));
+  if (shape.device.is_cuda()) {
+    const auto i32 = at::TensorOptions().dtype(at::kInt).device(shape.device);
+    device_status_ = at::zeros({1}, i32);
+    // One counter per (sequence, head) row of a decode step: zero, and every kernel leaves it so.
+    split_counters_ = at::zeros({int64_t{shape.batch} * shape.heads}, i32);
+  }
 }
 
 int64_t TurboKvCache::bytes_per_token_per_head() const { return spec_.bytes_per_token_per_head(); }
@@ -603,7 +607,7 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
       static_cast<int>((max_tokens + k_layout_.page_tokens - 1) / k_layout_.page_tokens);
   kv.max_pages = vv.max_pages = pages;
   const at::Tensor qf = q.to(at::kFloat).contiguous();
-  return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f).to(q.scalar_type());
+  return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
 #else
   TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
 #endif

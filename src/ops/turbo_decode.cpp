@@ -26,7 +26,8 @@ constexpr const char* kBuiltDevices = "cpu";
 }  // namespace
 
 at::Tensor turbo_decode(const at::Tensor& q, const at::Tensor& lengths, const quant::CacheView& k,
-                        const quant::CacheView& v, float sm_scale) {
+                        const quant::CacheView& v, float sm_scale,
+                        const at::Tensor& split_counters) {
   TORCH_CHECK(q.defined() && q.dim() == 4,
               "turbo_decode: q must be 4-D [batch, heads, q_len, head_dim], got ",
               q.defined() ? q.dim() : 0, "-D");
@@ -43,6 +44,16 @@ at::Tensor turbo_decode(const at::Tensor& q, const at::Tensor& lengths, const qu
               "turbo_decode: q head_dim ", q.size(3), " does not match the cache (K ",
               k.layout.head_dim, ", V ", v.layout.head_dim, ")");
   TORCH_CHECK(std::isfinite(sm_scale), "turbo_decode: sm_scale must be finite, got ", sm_scale);
+  if (split_counters.defined()) {
+    TORCH_CHECK(split_counters.scalar_type() == at::kInt && split_counters.is_contiguous() &&
+                    split_counters.device() == q.device() &&
+                    split_counters.numel() >= q.size(0) * q.size(1) * q.size(2),
+                "turbo_decode: split_counters must be a contiguous int32 tensor of at least "
+                "batch * heads * q_len = ",
+                q.size(0) * q.size(1) * q.size(2), " elements on ", q.device(), ", got ",
+                split_counters.scalar_type(), " ", split_counters.sizes(), " on ",
+                split_counters.device());
+  }
   const at::Tensor qc = q.contiguous();
   const at::Tensor lc = lengths.contiguous();
   at::Tensor out = at::empty_like(qc);
@@ -57,6 +68,8 @@ at::Tensor turbo_decode(const at::Tensor& q, const at::Tensor& lengths, const qu
   p.sm_scale = sm_scale;
   p.k = k;
   p.v = v;
+  if (split_counters.defined() && q.device().is_cuda())
+    p.split_counters = reinterpret_cast<uint32_t*>(split_counters.data_ptr<int32_t>());
   if (q.numel() == 0) return out;
   if (q.device().is_cpu()) {
     turbo_decode_cpu(p);

@@ -10,7 +10,8 @@
 //                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
 //                                              none) eager / CUDA graph, fp16 cache eager / graph;
 //                                              what the graph step is made of; the turbo graph
-//                                              step again with the eager dense ops and without
+//                                              step again with the eager dense ops, with the
+//                                              attention's second (merge) kernel and without
 //                                              programmatic dependent launch
 //   bench_model_cuda prefill [preset] [res] [batch]
 //                                              prefill of `batch` (1) sequences of `res` residues
@@ -50,6 +51,7 @@
 #include <vector>
 
 #include "turboesm/error.h"
+#include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -57,6 +59,7 @@
 
 namespace {
 
+namespace tk = turboesm::kernels;
 namespace tm = turboesm::model;
 namespace tq = turboesm::quant;
 
@@ -317,6 +320,9 @@ int section_decode(const std::string& preset, int64_t cached) {
   };
   // The dense layers on the eager ops (cuBLAS, LayerNorm, GELU, add launches), not decode_gemv.
   graph_step_without("turbo3_graph_eager_dense", [&](bool on) { m->set_fused_decode_gemv(on); });
+  // The attention's split partials merged by a second kernel, not by the last split CTA.
+  graph_step_without("turbo3_graph_merge_kernel",
+                     [](bool on) { tk::set_turbo_decode_fused_merge(on); });
   // Every kernel launched the plain way (no programmatic dependent launch).
   graph_step_without("turbo3_graph_no_pdl",
                      [](bool on) { tm::set_programmatic_dependent_launch(on); });

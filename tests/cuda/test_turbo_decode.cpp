@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <string>
 #include <vector>
@@ -34,6 +35,9 @@ struct DecodeCase {
   SideConfig k, v;
   float q_scale = 1.0f;  ///< multiplies the N(0, 1) queries (0: all scores equal)
   bool tiny_workspace = false;
+  /// Give DecodeParams::split_counters (the last split CTA merges); the call then runs 3 times
+  /// on the same counters and every run must give the same bits and leave them zero.
+  bool split_counters = false;
   uint64_t seed = 1;
 };
 
@@ -43,6 +47,9 @@ struct DecodeOutcome {
   int64_t unwritten = 0;
   int splits = 0;
   int64_t checked = 0;
+  std::vector<float> out;        ///< the kernel's output
+  int64_t counters_nonzero = 0;  ///< split counters not zero after the calls
+  int64_t rerun_differs = 0;     ///< outputs of runs 2, 3 that differ from run 1's
 };
 
 DecodeOutcome run_decode_case(const DecodeCase& c) {
@@ -102,16 +109,29 @@ DecodeOutcome run_decode_case(const DecodeCase& c) {
   int dev = 0, sms = 0;
   cudaGetDevice(&dev);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-  DecodeOutcome o;
-  o.splits = tk::turbo_decode_num_splits(p, sms);
   size_t ws_bytes = tk::turbo_decode_workspace_bytes(p, sms);
   if (c.tiny_workspace) ws_bytes /= 3;  // forces fewer splits
   DeviceBuffer d_ws(ws_bytes);
-  cudaError_t e = tk::turbo_decode(p, d_ws.get(), ws_bytes, nullptr);
-  EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
-  e = cudaDeviceSynchronize();
-  EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
-  const std::vector<float> out = d_out.to_host<float>();
+  DeviceBuffer d_counters =
+      DeviceBuffer::from(std::vector<uint32_t>(static_cast<size_t>(B) * H * Q, 0u));
+  if (c.split_counters) p.split_counters = d_counters.get<uint32_t>();
+  DecodeOutcome o;
+  o.splits = tk::turbo_decode_num_splits(p, sms);
+  std::vector<float> out;
+  for (int run = 0; run < (c.split_counters ? 3 : 1); ++run) {
+    cudaError_t e = tk::turbo_decode(p, d_ws.get(), ws_bytes, nullptr);
+    EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+    e = cudaDeviceSynchronize();
+    EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
+    const std::vector<float> r = d_out.to_host<float>();
+    if (run == 0) {
+      out = r;
+    } else {
+      for (size_t i = 0; i < r.size(); ++i) o.rerun_differs += std::memcmp(&r[i], &out[i], 4) != 0;
+    }
+  }
+  for (uint32_t v : d_counters.to_host<uint32_t>()) o.counters_nonzero += v != 0u;
+  o.out = out;
 
   // Oracle: exact softmax attention in double over the decoded caches.
   std::vector<double> s, ref(D);
@@ -253,6 +273,52 @@ TEST(TurboDecode, LongCacheSplitK) {
   expect_matches(run_decode_case(c), "batch 2 (16384, 9001), sign QJL");
 }
 
+// DecodeParams::split_counters: the last split CTA of each row merges (no second kernel), with
+// the merge kernel's operations in its order, so the output bits are the same; the counters end
+// at zero, so the next call (and a CUDA graph replay) starts clean.
+TEST(TurboDecode, InKernelMergeEqualsMergeKernel) {
+  TURBOESM_REQUIRE_GPU();
+  std::vector<DecodeCase> cases(4);
+  cases[0].heads = 20;  // the 650M decode step: batch 1, 20 heads, ~1k tokens, 3 bits, d 64
+  cases[0].lengths = {1025};
+  cases[0].k.norm = cases[0].v.norm = tq::NormMode::kNone;
+  cases[1].bits = 2;  // batch 13, unequal lengths with 0 and 1, d 128
+  cases[1].dim = 128;
+  cases[1].batch = 13;
+  cases[1].heads = 1;
+  cases[1].lengths = {0, 1, 7, 64, 1000, 5000, 300, 2, 999, 4096, 513, 257, 3000};
+  cases[2].bits = 4;  // long cache, many splits, d 16
+  cases[2].dim = 16;
+  cases[2].lengths = {16384};
+  cases[3].k.qjl = tq::QjlMode::kSign;  // general kernel: token norms, sign QJL, 2 queries
+  cases[3].q_len = 2;
+  cases[3].batch = 2;
+  cases[3].lengths = {2000, 700};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    DecodeCase c = cases[i];
+    c.seed = 40 + i;
+    const DecodeOutcome ref = run_decode_case(c);  // merge kernel
+    c.split_counters = true;
+    const DecodeOutcome fused = run_decode_case(c);
+    const std::string what = "case " + std::to_string(i);
+    EXPECT_GT(fused.splits, 1) << what << ": should be split";
+    expect_matches(fused, what);
+    ASSERT_EQ(fused.out.size(), ref.out.size());
+    int64_t differ = 0;
+    for (size_t j = 0; j < ref.out.size(); ++j)
+      differ += std::memcmp(&ref.out[j], &fused.out[j], 4) != 0;
+    EXPECT_EQ(differ, 0) << what << ": outputs differ from the merge kernel's";
+    EXPECT_EQ(fused.counters_nonzero, 0) << what << ": counters not reset";
+    EXPECT_EQ(fused.rerun_differs, 0) << what << ": a rerun on the same counters differs";
+    // The process-wide switch off: the merge kernel runs (same bits) and the counters stay zero.
+    tk::set_turbo_decode_fused_merge(false);
+    const DecodeOutcome off = run_decode_case(c);
+    tk::set_turbo_decode_fused_merge(true);
+    EXPECT_EQ(off.counters_nonzero, 0) << what;
+    EXPECT_EQ(std::memcmp(off.out.data(), ref.out.data(), ref.out.size() * 4), 0) << what;
+  }
+}
+
 // Pages of 40 tokens: a CTA iteration (128 tokens at D = 64, 64 at D = 128) is not a whole
 // number of pages, so page/slot advance wraps mid-page, and the fixed-mode kernels' L2 page
 // prefetch (D = 128, norm none) requests a partial window.
@@ -266,8 +332,8 @@ TEST(TurboDecode, PageTokensNotDividingTheIteration) {
       c.lengths = {1000, 333, 41};
       c.k.norm = c.v.norm = norm;
       c.k.page_tokens = c.v.page_tokens = 40;
-      expect_matches(run_decode_case(c), "page_tokens 40, d " + std::to_string(dim) + ", norm " +
-                                             tq::to_string(norm));
+      expect_matches(run_decode_case(c),
+                     "page_tokens 40, d " + std::to_string(dim) + ", norm " + tq::to_string(norm));
     }
 }
 
@@ -381,6 +447,8 @@ TEST(TurboDecodeArgs, RejectsInvalidParamsWithAReason) {
          p.v.layout = tq::make_page_layout(32, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
        }},
       {"NaN sm_scale", [](tq::DecodeParams& p) { p.sm_scale = std::nanf(""); }},
+      {"misaligned split_counters",
+       [](tq::DecodeParams& p) { p.split_counters = reinterpret_cast<uint32_t*>(0x1002); }},
   };
   for (const Bad& b : bad) {
     tq::DecodeParams p = valid_params_no_device();

@@ -16,7 +16,10 @@
 /// Work split (flash-decoding): grid = rows (b, h, i) × `num_splits` token ranges; each CTA
 /// streams its range with online softmax and writes a partial (m, l, acc) to the workspace; a
 /// second kernel merges the splits and applies the inverse rotation. With one split the first
-/// kernel finishes the row itself. See kernels/NOTES.md for the design and its measurements.
+/// kernel finishes the row itself. With DecodeParams::split_counters (zeroed, one per row, left
+/// zeroed) there is no second kernel: the last split CTA of a row to finish (an atomic count)
+/// merges the row, in the same operations and order as the second kernel (same output bits).
+/// See kernels/NOTES.md for the design and its measurements.
 ///
 /// Supported: bits ∈ {2, 3, 4} (the compiled instantiations), head_dim ∈ {16, 24, 32, 64, 128},
 /// K: norm none/token, QJL none/sign/prod (any m, multiple of 8, ≤ 8·head_dim); V: norm
@@ -53,6 +56,12 @@ size_t turbo_decode_workspace_bytes(const quant::DecodeParams& p, int num_sms);
 /// host can see (shapes, modes, non-null pointers, alignment); device data is not read.
 /// The op layer puts this text into its exception next to the shapes.
 const char* turbo_decode_invalid_reason(const quant::DecodeParams& p);
+
+/// \brief Whether DecodeParams::split_counters are used (default true). Off, the second kernel
+/// merges and the counters are not touched: the same values, for measuring what the in-kernel
+/// merge buys. Process-wide, not synchronised: set it before launching.
+void set_turbo_decode_fused_merge(bool enabled);
+bool turbo_decode_fused_merge();
 
 /// \brief Launches the fused decode attention on `stream`.
 /// \param p                 all pointers DEVICE pointers; q [batch, heads, q_len, head_dim] fp32,

@@ -165,6 +165,9 @@ class TurboKvCache final : public KvCache {
   bool reference_encode_ = false;
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
+  // CUDA: int32 [batch · heads], zero between calls: device_step's split counters (the decode
+  // kernel merges its splits itself; quant::DecodeParams::split_counters). One step at a time.
+  at::Tensor split_counters_;
   // CUDA: the last append's starts and counts ([starts..., counts...]) and their device copy.
   std::vector<int32_t> starts_counts_host_;
   at::Tensor starts_counts_dev_;

@@ -25,9 +25,13 @@ namespace turboesm::ops {
 /// \param lengths  [batch] int32, same device; each ≤ the cache capacity
 /// \param k, v     views of one layer's K and V cache (pages and constants on the same device)
 /// \param sm_scale score multiplier (1 for ESM-2: q is pre-scaled)
+/// \param split_counters CUDA, optional: int32 [≥ batch · heads · q_len] on q's device, all zero,
+///                 left zero (quant::DecodeParams::split_counters): the splits are then merged
+///                 inside the attention kernel instead of by a second launch. Ignored on the CPU.
 /// \return [batch, heads, q_len, head_dim] fp32
 at::Tensor turbo_decode(const at::Tensor& q, const at::Tensor& lengths, const quant::CacheView& k,
-                        const quant::CacheView& v, float sm_scale = 1.0f);
+                        const quant::CacheView& v, float sm_scale = 1.0f,
+                        const at::Tensor& split_counters = {});
 
 /// \brief Fast CPU implementation (at::parallel_for over (b, h, i) rows, split over tokens when
 /// there are fewer rows than threads and the cache is long). All pointers host pointers.

@@ -69,6 +69,10 @@ struct DecodeParams {
   CacheView k{};
   CacheView v{};
   int num_splits = 0;  ///< CUDA: token splits per row, 0 = automatic (benchmarks, tuning)
+  /// CUDA, optional: [batch · heads · q_len] counters, all zero before the call and left zero by
+  /// it. With them the last split CTA of each row merges the row's splits itself (no second
+  /// kernel; kernels/turbo_decode.h). One call at a time per buffer (a cache owns its own).
+  uint32_t* split_counters = nullptr;
 };
 
 }  // namespace turboesm::quant
