@@ -3,8 +3,9 @@
 /// \file pdl.h
 /// \brief Programmatic dependent launch (Hopper) for the kernels of a decode step.
 ///
-/// A decode step is a chain of small dependent kernels (per layer: decode_gemv ×4, the Q/K/V glue,
-/// quantize-on-append, turbo_decode and its merge), each latency-bound: its launch, then the
+/// A decode step is a chain of small dependent kernels (per layer: decode_gemv ×4 — the Q/K/V glue
+/// is the QKV product's epilogue —, quantize-on-append, turbo_decode, which merges its splits
+/// itself when given split counters), each latency-bound: its launch, then the
 /// loads of constants (weights, Π, codebooks) before any arithmetic. Launched with programmatic
 /// stream serialization, a kernel's CTAs start while its predecessor is still finishing; each
 /// kernel first lets its own successor launch (`griddepcontrol.launch_dependents`), loads what
