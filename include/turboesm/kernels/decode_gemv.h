@@ -9,11 +9,11 @@
 /// and residual add around them is a launch of its own. decode_gemv is one launch per product
 /// with those ops folded in, with the arithmetic of the eager ops (model dtype T = fp16 or bf16,
 /// fp32 inside, rounding to T where the eager ops store a T tensor):
-///   x'  = T(x)                                       (x in T, or fp32 rounded as x.to(T))
-///   x'' = LayerNorm(x') = T((x' − μ) · rsqrt(σ² + ε) · γ + β)   if ln_weight (μ, σ² over K, fp32)
-///   z   = T(Σ_k W[n, k] · x''[k] + b[n])            (fp32 sum, one rounding: cuBLAS's bias epilogue)
-///   out = T(gelu(z))                                 if gelu (erf form, as at::gelu)
-///   out = T(z + residual[m, n])                      if residual (as at::add)
+///   x'  = T(x)                              (x in T, or fp32 rounded as x.to(T))
+///   x'' = T((x' − μ) · rsqrt(σ² + ε) · γ + β)   if ln_weight (LayerNorm; μ, σ² over K, fp32)
+///   z   = T(Σ_k W[n, k] · x''[k] + b[n])    (fp32 sum, one rounding: cuBLAS's bias epilogue)
+///   out = T(gelu(z))                        if gelu (erf form, as at::gelu)
+///   out = T(z + residual[m, n])             if residual (as at::add)
 /// or, in the Q/K/V mode (head_dim > 0), q / k / v of attention from z (below).
 /// Only the order of the k-sum differs from cuBLAS (fp32 either way), so outputs agree with the
 /// eager ops to about one unit in the last place of T. src/model/esm2.cpp uses it for
@@ -44,12 +44,12 @@ inline constexpr int kDecodeGemvMaxRows = 8;
 inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
 
 struct DecodeGemvParams {
-  int rows = 0;          ///< M, 1..kDecodeGemvMaxRows
-  int in_features = 0;   ///< K, a positive multiple of 8
-  int out_features = 0;  ///< N ≥ 1
+  int rows = 0;                                 ///< M, 1..kDecodeGemvMaxRows
+  int in_features = 0;                          ///< K, a positive multiple of 8
+  int out_features = 0;                         ///< N ≥ 1
   ElementType dtype = ElementType::kFloat16;    ///< T of weight, bias, LN, residual, out: fp16/bf16
   ElementType x_dtype = ElementType::kFloat16;  ///< dtype, or fp32 (rounded to T first)
-  const void* x = nullptr;          ///< [rows, K] contiguous, 16-byte aligned
+  const void* x = nullptr;                      ///< [rows, K] contiguous, 16-byte aligned
   const void* ln_weight = nullptr;  ///< [K] γ of the pre-LayerNorm, or null (no LayerNorm)
   const void* ln_bias = nullptr;    ///< [K] β, required with ln_weight
   float ln_eps = 1e-5f;
@@ -63,10 +63,10 @@ struct DecodeGemvParams {
   /// z: q = Q scaling + rotary, k = rotary, v = z, written as fp32 [rows, H · head_dim] to
   /// q_out / k_out / v_out, value for value what decode_gemv + qkv_rotary_to_float give. A warp
   /// then owns the rotate-half pair (j, j + head_dim / 2) of a head instead of two neighbours.
-  int head_dim = 0;               ///< even; N must be a multiple of 3 · head_dim
-  const float* cos = nullptr;     ///< [rows, head_dim] rotary table of each row's position
-  const float* sin = nullptr;     ///< [rows, head_dim]
-  float q_scale = 1.0f;           ///< head_dim^-0.5 (ESM scales q before rotary)
+  int head_dim = 0;            ///< even; N must be a multiple of 3 · head_dim
+  const float* cos = nullptr;  ///< [rows, head_dim] rotary table of each row's position
+  const float* sin = nullptr;  ///< [rows, head_dim]
+  float q_scale = 1.0f;        ///< head_dim^-0.5 (ESM scales q before rotary)
   float* q_out = nullptr;
   float* k_out = nullptr;
   float* v_out = nullptr;
