@@ -219,6 +219,17 @@ TEST(TurboDecodeOp, TorchFacingChecksNameTheProblem) {
   } catch (const c10::Error& e) {
     EXPECT_NE(std::string(e.what()).find("int32"), std::string::npos) << e.what();
   }
+  // Split counters of the wrong dtype or too few for batch · heads · q_len are refused.
+  for (const at::Tensor& bad : {at::zeros({2}, at::kLong), at::zeros({1}, at::kInt)}) {
+    try {
+      ops::turbo_decode(at::zeros({1, 2, 1, 16}), lens, p.k, p.v, 1.0f, bad);
+      FAIL() << "no error";
+    } catch (const c10::Error& e) {
+      EXPECT_NE(std::string(e.what()).find("split_counters must be a contiguous int32"),
+                std::string::npos)
+          << e.what();
+    }
+  }
   // Lengths beyond the capacity are refused, not read out of bounds.
   at::Tensor too_long = at::tensor(std::vector<int32_t>{1 << 20}, at::kInt);
   EXPECT_THROW(ops::turbo_decode(at::zeros({1, 2, 1, 16}), too_long, p.k, p.v), Error);
@@ -228,6 +239,10 @@ TEST(TurboDecodeOp, TorchFacingChecksNameTheProblem) {
   at::Tensor out = ops::turbo_decode(q, lens, p.k, p.v);
   auto both = run_both(f, q, 0);
   EXPECT_EQ(test::max_abs_diff(out, both.first), 0.0);
+  // Valid counters are accepted and ignored on the CPU (same result, left untouched).
+  const at::Tensor counters = at::zeros({6}, at::kInt);
+  EXPECT_EQ(test::max_abs_diff(ops::turbo_decode(q, lens, p.k, p.v, 1.0f, counters), out), 0.0);
+  EXPECT_EQ(counters.abs().sum().item<int64_t>(), 0);
 }
 
 }  // namespace
