@@ -6,7 +6,6 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#include <atomic>
 #include <cstdint>
 
 #include "common.cuh"
@@ -225,10 +224,10 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
   return mine;
 }
 
-/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of
-/// K). A warp streams its two weight rows' slice in passes of kChunks 16-byte loads per lane, the
-/// first pass issued before the prologue (for the 650M model every slice is one pass: the whole
-/// product is requested at once). MM = rows rounded up to 1, 2, 4 or 8.
+/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A warp streams its two
+/// weight rows' slice in passes of kChunks 16-byte loads per lane, the first pass issued before
+/// the prologue (for the 650M model every slice is one pass: the whole product is requested at
+/// once). MM = rows rounded up to 1, 2, 4 or 8.
 template <typename T, int MM, int KSPLIT>
 __global__ void __launch_bounds__(kThreads)
     decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p) {
@@ -309,22 +308,17 @@ size_t smem_bytes(const DecodeGemvParams& p) {
 
 bool aligned16(const void* q) { return (reinterpret_cast<uintptr_t>(q) & 15u) == 0; }
 
-/// Streaming multiprocessors of the current device (cached per device; 132 if it cannot be read).
+/// Streaming multiprocessors of the current device (132, the H100/H200's, if it cannot be read).
 int sm_count() {
-  static std::atomic<int> cached[64];
-  int dev = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 64) return 132;
-  int n = cached[dev].load(std::memory_order_relaxed);
-  if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
-      n = 132;
-    cached[dev].store(n, std::memory_order_relaxed);
-  }
+  int dev = 0, n = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess ||
+      cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || n <= 0)
+    return 132;
   return n;
 }
 
-/// K slices per feature pair of the register-stream kernel: enough that a slice is one pass
-/// (≤ kPassVecs vectors), and more while fewer than 2 CTAs per SM would run.
+/// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
+/// while fewer than 2 CTAs per SM would run.
 int ksplit_for(const DecodeGemvParams& p) {
   const int kvec = p.in_features / 8;
   const int min_ctas = 2 * sm_count();
@@ -337,19 +331,15 @@ int ksplit_for(const DecodeGemvParams& p) {
   return ks;
 }
 
-cudaError_t allow_smem(const void* kernel, size_t smem) {
-  if (smem <= 48 * 1024) return cudaSuccess;
-  return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                              static_cast<int>(smem));
-}
-
 template <typename T, int MM, int KSPLIT>
-cudaError_t launch_stream(const DecodeGemvParams& p, cudaStream_t stream) {
+cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
   const size_t smem = smem_bytes(p);
-  if (const cudaError_t e =
-          allow_smem(reinterpret_cast<const void*>(decode_gemv_kernel<T, MM, KSPLIT>), smem);
-      e != cudaSuccess)
-    return e;
+  if (smem > 48 * 1024) {
+    const cudaError_t e =
+        cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
+                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
   const int ctas = (p.out_features + kPerCta - 1) / kPerCta;
   return detail::launch_pdl(decode_gemv_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads), smem,
@@ -360,11 +350,11 @@ template <typename T, int MM>
 cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
   switch (ksplit_for(p)) {
     case 1:
-      return launch_stream<T, MM, 1>(p, stream);
+      return launch<T, MM, 1>(p, stream);
     case 2:
-      return launch_stream<T, MM, 2>(p, stream);
+      return launch<T, MM, 2>(p, stream);
     default:
-      return launch_stream<T, MM, 4>(p, stream);
+      return launch<T, MM, 4>(p, stream);
   }
 }
 

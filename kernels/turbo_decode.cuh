@@ -238,6 +238,20 @@ __device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot, c
   return o;
 }
 
+/// \brief out[row] = Π_Vᵀ s_y + μ_V (μ_V only for a non-empty row, l > 0): the end of a row,
+/// after one split or after merging several. s_y complete (synchronised) before the call.
+template <int D>
+__device__ __forceinline__ void rotate_back_and_store(const quant::DecodeParams& p, int row, int h,
+                                                      const float* s_y, float l) {
+  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+  const float* mu = p.v.constants.mean;
+  for (int i = threadIdx.x; i < D; i += kDecodeThreads) {
+    float o = inverse_rotate<D>(rot, s_y, i);
+    if (mu && l > 0.0f) o += mu[h * D + i];
+    p.out[static_cast<int64_t>(row) * D + i] = o;
+  }
+}
+
 /// \brief Merges the num_splits partials of `row` (written by kernel 1, read through the L2):
 /// s_y = σ_V ⊙ acc / l in V's rotated space, the splits combined in split order. Ends with a
 /// __syncthreads (s_y complete). \return the merged softmax denominator l (0 for an empty row).
@@ -667,14 +681,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     __syncthreads();
     if (!s_last) return;
     __threadfence();
-    const float l = merge_splits<D>(launch, row, h, s_y);
-    const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
-    const float* mu = p.v.constants.mean;
-    for (int i = tid; i < D; i += kDecodeThreads) {
-      float o = inverse_rotate<D>(rot, s_y, i);  // the merge kernel's sum, in the same order
-      if (mu && l > 0.0f) o += mu[h * D + i];
-      p.out[static_cast<int64_t>(row) * D + i] = o;
-    }
+    // The merge kernel's sums, in its order (its held Π_V column is the first terms of the same
+    // sequential fma chain).
+    rotate_back_and_store<D>(p, row, h, s_y, merge_splits<D>(launch, row, h, s_y));
     return;
   }
   // One split: finish here. y = σ_V ⊙ acc / l, out = Π_Vᵀ y + μ_V (zeros for an empty row).
@@ -687,13 +696,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
   }
   __syncthreads();
-  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
-  const float* mu = p.v.constants.mean;
-  for (int i = tid; i < D; i += kDecodeThreads) {
-    float o = inverse_rotate<D>(rot, s_y, i);
-    if (mu && cta_l > 0.0f) o += mu[h * D + i];
-    p.out[static_cast<int64_t>(row) * D + i] = o;
-  }
+  rotate_back_and_store<D>(p, row, h, s_y, cta_l);
 }
 
 /// \brief Kernel 2 (num_splits > 1, no split_counters): merges the splits of one row and rotates
