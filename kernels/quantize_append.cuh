@@ -147,6 +147,108 @@ __device__ __forceinline__ void warp_pack(const uint8_t* vals, int n, int nbits,
   }
 }
 
+/// \brief TurboQuantizer::encode of one row by one warp, in the host's operation order (file
+/// comment), written into slot `slot` of `page`. Lane i owns coordinates i, i + 32, ...: x holds
+/// them (the raw row, widened), mu / inv_sigma this head's μ and 1/σ at them (used when `cst`
+/// has mean / scale). `pi(i, j)` returns Π_ij (the row kernel reads its shared-memory copy, the
+/// fused decode-append kernel the global matrix). bnd / cen: this head's boundaries and
+/// centroids; s_x [D] floats and s_codes [max(D, m)] bytes: this warp's scratch. Shared by the
+/// row kernel and turbo_decode's append CTA (kernels/turbo_decode.cuh), so both write the same
+/// bytes.
+template <int D, class Pi>
+__device__ __forceinline__ void encode_row_warp(const float (&x)[(D + 31) / 32],
+                                                const float (&mu)[(D + 31) / 32],
+                                                const float (&inv_sigma)[(D + 31) / 32], Pi&& pi,
+                                                const float* bnd, const float* cen, float* s_x,
+                                                uint8_t* s_codes, const quant::PageLayout& lay,
+                                                const quant::HeadConstantsView& cst, int h,
+                                                uint8_t* page, int slot, int lane, int* status) {
+  constexpr int kPerLane = (D + 31) / 32;
+  const int bits = lay.bits;
+  const int m = lay.qjl_dim;
+  // Center.
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int i = lane + 32 * k;
+    if (i < D) s_x[i] = cst.mean ? __fsub_rn(x[k], mu[k]) : x[k];
+  }
+  __syncwarp();
+  // n² in double and the rotation in fp32, both in increasing j with every operation rounded
+  // separately (as TurboQuantizer::encode); every lane computes the same sequential n². One
+  // loop for both: their dependent chains interleave instead of running one after the other.
+  double n2 = 0.0;
+  float z[kPerLane];
+  uint8_t code[kPerLane];
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
+  for (int j = 0; j < D; ++j) {
+    const float xj = s_x[j];
+    const double v = static_cast<double>(xj);
+    n2 = __dadd_rn(n2, __dmul_rn(v, v));
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int i = lane + 32 * k;
+      if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
+    }
+  }
+  const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, status);
+  // Scale, encode.
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    z[k] = __fmul_rn(z[k], inv);
+    if (cst.scale) z[k] = __fmul_rn(z[k], inv_sigma[k]);
+    uint32_t c = 0;
+    for (int t = 0; t < (1 << bits) - 1; ++t) c += z[k] > bnd[t] ? 1u : 0u;
+    code[k] = static_cast<uint8_t>(c);
+  }
+  __syncwarp();  // everyone is done reading s_x
+#pragma unroll
+  for (int k = 0; k < kPerLane; ++k) {
+    const int i = lane + 32 * k;
+    if (i < D) {
+      s_codes[i] = code[k];
+      s_x[i] = __fsub_rn(z[k], cen[code[k]]);  // residual r (code space)
+    }
+  }
+  __syncwarp();
+  warp_pack(s_codes, D, bits, quant::token_codes(page, lay, slot), lane);
+  if (lay.qjl == quant::QjlMode::kNone) {
+    __syncwarp();
+    return;
+  }
+  __syncwarp();  // s_codes is reused for sign bits
+  if (lay.qjl == quant::QjlMode::kSign) {
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int i = lane + 32 * k;
+      if (i < D) s_codes[i] = s_x[i] >= 0.0f ? 1 : 0;
+    }
+    __syncwarp();
+    warp_pack(s_codes, D, 1, quant::token_qjl(page, lay, slot), lane);
+    __syncwarp();
+    return;
+  }
+  // prod: u = S r (sequential j per output), signs, ‖r‖.
+  const float* proj = cst.qjl_proj + static_cast<int64_t>(h) * m * D;
+  for (int k = lane; k < m; k += 32) {
+    float u = 0.0f;
+    const float* srow = proj + static_cast<int64_t>(k) * D;
+    for (int j = 0; j < D; ++j) u = __fadd_rn(u, __fmul_rn(srow[j], s_x[j]));
+    s_codes[k] = u >= 0.0f ? 1 : 0;
+  }
+  if (lane == 0) {
+    double r2 = 0.0;
+    for (int j = 0; j < D; ++j) {
+      const double v = static_cast<double>(s_x[j]);
+      r2 = __dadd_rn(r2, __dmul_rn(v, v));
+    }
+    *quant::token_rnorm(page, lay, slot) = float_to_half_bits_dev(static_cast<float>(sqrt(r2)));
+  }
+  __syncwarp();
+  warp_pack(s_codes, m, 1, quant::token_qjl(page, lay, slot), lane);
+  __syncwarp();
+}
+
 template <int D>
 __global__ void __launch_bounds__(kAppendWarps * 32)
     quantize_append_kernel(const __grid_constant__ QuantizeAppendParams p) {
@@ -222,91 +324,15 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
     const int slot = static_cast<int>(pos % lay.page_tokens);
 
-    // Center.
+    float x[kPerLane];
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
-      if (i < D) {
-        const float xi = tw == 0 ? x_first[k] : load_input(x_rows, p.x_dtype, x0 + i);
-        s_x[i] = cst.mean ? __fsub_rn(xi, mu[k]) : xi;
-      }
+      x[k] = i < D ? (tw == 0 ? x_first[k] : load_input(x_rows, p.x_dtype, x0 + i)) : 0.0f;
     }
-    __syncwarp();
-    // n² in double and the rotation in fp32, both in increasing j with every operation rounded
-    // separately (as TurboQuantizer::encode); every lane computes the same sequential n². One
-    // loop for both: their dependent chains interleave instead of running one after the other.
-    double n2 = 0.0;
-    float z[kPerLane];
-    uint8_t code[kPerLane];
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
-    for (int j = 0; j < D; ++j) {
-      const float xj = s_x[j];
-      const double v = static_cast<double>(xj);
-      n2 = __dadd_rn(n2, __dmul_rn(v, v));
-      const float* col = s_pit + j * (D + 1);
-#pragma unroll
-      for (int k = 0; k < kPerLane; ++k) {
-        const int i = lane + 32 * k;
-        if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(col[i], xj));
-      }
-    }
-    const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, p.status);
-    // Scale, encode.
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      z[k] = __fmul_rn(z[k], inv);
-      if (cst.scale) z[k] = __fmul_rn(z[k], inv_sigma[k]);
-      uint32_t c = 0;
-      for (int t = 0; t < (1 << bits) - 1; ++t) c += z[k] > bnd[t] ? 1u : 0u;
-      code[k] = static_cast<uint8_t>(c);
-    }
-    __syncwarp();  // everyone is done reading s_x
-#pragma unroll
-    for (int k = 0; k < kPerLane; ++k) {
-      const int i = lane + 32 * k;
-      if (i < D) {
-        s_codes[i] = code[k];
-        s_x[i] = __fsub_rn(z[k], cen[code[k]]);  // residual r (code space)
-      }
-    }
-    __syncwarp();
-    warp_pack(s_codes, D, bits, quant::token_codes(page, lay, slot), lane);
-    if (lay.qjl == quant::QjlMode::kNone) {
-      __syncwarp();
-      continue;
-    }
-    __syncwarp();  // s_codes is reused for sign bits
-    if (lay.qjl == quant::QjlMode::kSign) {
-#pragma unroll
-      for (int k = 0; k < kPerLane; ++k) {
-        const int i = lane + 32 * k;
-        if (i < D) s_codes[i] = s_x[i] >= 0.0f ? 1 : 0;
-      }
-      __syncwarp();
-      warp_pack(s_codes, D, 1, quant::token_qjl(page, lay, slot), lane);
-      __syncwarp();
-      continue;
-    }
-    // prod: u = S r (sequential j per output), signs, ‖r‖.
-    const float* proj = cst.qjl_proj + static_cast<int64_t>(h) * m * D;
-    for (int k = lane; k < m; k += 32) {
-      float u = 0.0f;
-      const float* srow = proj + static_cast<int64_t>(k) * D;
-      for (int j = 0; j < D; ++j) u = __fadd_rn(u, __fmul_rn(srow[j], s_x[j]));
-      s_codes[k] = u >= 0.0f ? 1 : 0;
-    }
-    if (lane == 0) {
-      double r2 = 0.0;
-      for (int j = 0; j < D; ++j) {
-        const double v = static_cast<double>(s_x[j]);
-        r2 = __dadd_rn(r2, __dmul_rn(v, v));
-      }
-      *quant::token_rnorm(page, lay, slot) = float_to_half_bits_dev(static_cast<float>(sqrt(r2)));
-    }
-    __syncwarp();
-    warp_pack(s_codes, m, 1, quant::token_qjl(page, lay, slot), lane);
-    __syncwarp();
+    encode_row_warp<D>(
+        x, mu, inv_sigma, [&](int i, int j) { return s_pit[j * (D + 1) + i]; }, bnd, cen, s_x,
+        s_codes, lay, cst, h, page, slot, lane, p.status);
   }
 }
 

@@ -164,21 +164,25 @@ size_t turbo_decode_workspace_bytes(const quant::DecodeParams& p, int num_sms) {
   return detail::workspace_for(p, turbo_decode_num_splits(p, num_sms));
 }
 
-cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t workspace_bytes,
-                         cudaStream_t stream) {
-  if (turbo_decode_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
-  if (p.batch * p.heads * p.q_len == 0) return cudaSuccess;
-  int device = 0, sms = 0;
-  cudaError_t e = cudaGetDevice(&device);
-  if (e != cudaSuccess) return e;
-  e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-  if (e != cudaSuccess) return e;
-  int splits = turbo_decode_num_splits(p, sms);
-  if (workspace == nullptr || !detail::aligned16(workspace)) splits = 1;
-  while (splits > 1 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+namespace {
 
+/// The current device's SM count (0 and the error on failure).
+cudaError_t current_sms(int* sms) {
+  int device = 0;
+  const cudaError_t e = cudaGetDevice(&device);
+  if (e != cudaSuccess) return e;
+  return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
+}
+
+/// Fills the launch description for `splits` splits and launches (workspace large enough).
+cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int splits,
+                   void* workspace, cudaStream_t stream) {
   detail::DecodeLaunch l;
   l.p = p;
+  if (app != nullptr) {
+    l.append = true;
+    l.app = *app;
+  }
   if (!detail::g_fused_merge.load()) l.p.split_counters = nullptr;
   l.num_splits = splits;
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
@@ -195,6 +199,64 @@ cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t w
     l.ws_l = reinterpret_cast<float*>(ws);
   }
   return detail::dispatch(p.k.layout.bits, p.head_dim, l, stream);
+}
+
+}  // namespace
+
+cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t workspace_bytes,
+                         cudaStream_t stream) {
+  if (turbo_decode_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
+  if (p.batch * p.heads * p.q_len == 0) return cudaSuccess;
+  int sms = 0;
+  const cudaError_t e = current_sms(&sms);
+  if (e != cudaSuccess) return e;
+  int splits = turbo_decode_num_splits(p, sms);
+  if (workspace == nullptr || !detail::aligned16(workspace)) splits = 1;
+  while (splits > 1 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+  return launch(p, nullptr, splits, workspace, stream);
+}
+
+const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
+                                               const DecodeAppend& a) {
+  if (p.q_len != 1) return "turbo_decode_append: q_len must be 1 (one new token per sequence)";
+  if (p.head_dim > kDecodeAppendMaxHeadDim)
+    return "turbo_decode_append: head_dim must be <= 64 (the encoding CTA stages both sides' "
+           "rotations in shared memory); use quantize_append + turbo_decode";
+  quant::DecodeParams pl = p;
+  pl.lengths = a.starts;  // not read; the attended length is starts[b] + 1
+  if (const char* e = turbo_decode_invalid_reason(pl)) return e;
+  if (p.batch * p.heads == 0) return nullptr;
+  if (a.k == nullptr || a.v == nullptr || a.starts == nullptr)
+    return "turbo_decode_append: the new K and V rows and starts must be non-null device pointers";
+  if (a.stride_b < 0 || a.stride_h < 0) return "turbo_decode_append: row strides must be >= 0";
+  if (a.dtype != ElementType::kFloat32 && a.dtype != ElementType::kFloat16 &&
+      a.dtype != ElementType::kBFloat16)
+    return "turbo_decode_append: rows must be fp32, fp16 or bf16";
+  if (p.k.constants.boundaries == nullptr || p.v.constants.boundaries == nullptr)
+    return "turbo_decode_append: cache constants need the codebook boundaries (the encoder's)";
+  if (!detail::aligned16(p.k.constants.rotation) || !detail::aligned16(p.v.constants.rotation))
+    return "turbo_decode_append: rotations must be 16-byte aligned (staged with 16-byte loads)";
+  return nullptr;
+}
+
+size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms) {
+  return detail::workspace_for(p, turbo_decode_num_splits(p, num_sms) + 1);
+}
+
+cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend& a,
+                                void* workspace, size_t workspace_bytes, cudaStream_t stream) {
+  if (turbo_decode_append_invalid_reason(p, a) != nullptr) return cudaErrorInvalidValue;
+  if (p.batch * p.heads == 0) return cudaSuccess;
+  int sms = 0;
+  const cudaError_t e = current_sms(&sms);
+  if (e != cudaSuccess) return e;
+  // The cached positions' splits plus the new token's (at least one of each).
+  int splits = turbo_decode_num_splits(p, sms) + 1;
+  while (splits > 2 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+  if (workspace == nullptr || !detail::aligned16(workspace) ||
+      detail::workspace_for(p, splits) > workspace_bytes)
+    return cudaErrorInvalidValue;
+  return launch(p, &a, splits, workspace, stream);
 }
 
 }  // namespace turboesm::kernels

@@ -35,6 +35,10 @@
 ///  - mode variants (DecodeVariant): the general kernel reads the norm and QJL modes at run time;
 ///    for 2-bit and D = 128 (kDecodeModeVariants, where it measured faster) fixed-mode copies
 ///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
+///  - turbo_decode_append (DecodeLaunch::append): the row's last split CTA encodes the new token
+///    (warp 0 K, warp 1 V: quantize_append's encode_row_warp, Π staged transposed in dynamic
+///    shared memory before the dependency wait) while warps 2 and 3 build the tables, then scores
+///    it like a cached token; the other splits stream positions [0, starts[b]) meanwhile.
 /// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
 /// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
 /// `turbo_decode_merge_kernel<D>` merges the splits of each row and rotates back — or, with
@@ -46,6 +50,8 @@
 
 #include "common.cuh"
 #include "pdl.cuh"
+#include "quantize_append.cuh"
+#include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/format.h"
 
@@ -68,25 +74,41 @@ struct DecodeLaunch {
   float* ws_acc = nullptr;  ///< [rows, num_splits, D]
   float* ws_m = nullptr;    ///< [rows, num_splits] running max (log2 domain)
   float* ws_l = nullptr;    ///< [rows, num_splits] softmax denominators
+  /// turbo_decode_append: split num_splits − 1 of each row encodes the new token (app) and
+  /// scores it; splits [0, num_splits − 1) stream positions [0, starts[b]).
+  bool append = false;
+  DecodeAppend app{};
 };
 
-/// \brief Dynamic shared memory (floats) of turbo_decode_kernel: only QJL prod mode, whose m is a
-/// runtime value, uses it: S q' [m], then the nibble tables [(m/4) · 16 + 16]. Host and device
-/// agree on it through this function.
+/// \brief Dynamic shared memory (floats) of turbo_decode_kernel. QJL prod mode, whose m is a
+/// runtime value: S q' [m], then the nibble tables [(m/4) · 16 + 16]. The append CTA
+/// (turbo_decode_append): per side (K, V) Πᵀ padded [d][d + 1] (staged as quantize_append's row
+/// kernel does), the encoder's scratch xc/r [d], codes/bits [max(d, m)] bytes (rounded to 16),
+/// boundaries [16] and centroids [16], from `app`. Host and device agree on it through this
+/// function.
 struct DecodeDynSmem {
-  int sq, table, half_nibbles, total_floats;
+  int sq, table, half_nibbles, app, app_side, app_codes, app_scratch, total_floats;
 };
 
-__host__ __device__ inline DecodeDynSmem decode_dyn_smem(int d, int qjl_m, bool prod) {
+__host__ __device__ inline DecodeDynSmem decode_dyn_smem(int d, int qjl_m, bool prod,
+                                                         bool append = false) {
   DecodeDynSmem s{};
-  if (!prod) return s;
-  const int lpt = d > 64 ? 2 : 1;
-  const int mb = qjl_m / 8;
-  s.sq = 0;
-  s.table = (qjl_m + 3) / 4 * 4;
-  // Thread half 0 reads record bytes [0, ceil(mb/2)), half 1 the rest (lpt == 2).
-  s.half_nibbles = lpt == 2 ? 2 * ((mb + 1) / 2) : 2 * mb;
-  s.total_floats = s.table + (qjl_m / 4) * 16 + 16;
+  if (prod) {
+    const int lpt = d > 64 ? 2 : 1;
+    const int mb = qjl_m / 8;
+    s.sq = 0;
+    s.table = (qjl_m + 3) / 4 * 4;
+    // Thread half 0 reads record bytes [0, ceil(mb/2)), half 1 the rest (lpt == 2).
+    s.half_nibbles = lpt == 2 ? 2 * ((mb + 1) / 2) : 2 * mb;
+    s.total_floats = s.table + (qjl_m / 4) * 16 + 16;
+  }
+  if (append) {
+    s.app = (s.total_floats + 3) / 4 * 4;                    // 16-byte aligned
+    s.app_codes = ((d > qjl_m ? d : qjl_m) + 15) / 16 * 16;  // bytes
+    s.app_scratch = d * (d + 1);                             // after Πᵀ
+    s.app_side = s.app_scratch + d + s.app_codes / 4 + 32;
+    s.total_floats = s.app + 2 * s.app_side;
+  }
   return s;
 }
 
@@ -314,9 +336,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   __shared__ float s_red[kDecodeWarps * (D + 2)];
   __shared__ float s_y[D];
   extern __shared__ float s_dyn[];
-  const DecodeDynSmem dl = decode_dyn_smem(D, qjl_m, prod);
+  const DecodeDynSmem dl = decode_dyn_smem(D, qjl_m, prod, launch.append);
   float* s_sq = s_dyn + dl.sq;
   float* s_prod = s_dyn + dl.table;
+  // turbo_decode_append: the row's last split encodes the new token (warp 0 K, warp 1 V) before
+  // it scores it like any cached token; the other splits stream the cached positions meanwhile.
+  const bool app_cta = launch.append && split == num_splits - 1;
+  constexpr int kAppLane = (D + 31) / 32;  // coordinates per lane of the encoder
+  const quant::CacheView& app_cache = warp == 1 ? p.v : p.k;
 
   // Constants first (programmatic dependent launch, pdl.h): the codebooks and this warp's rows
   // of Π_K are requested before the wait for the kernels that wrote q, the lengths and the pages.
@@ -342,15 +369,93 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     for (int line = tid; line < D * D / 32; line += kDecodeThreads)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_k + line * 32));
   }
+  // The row's merge (the last split CTA, unknown yet) reads Π_V by columns at the very end of
+  // the chain; split 0 asks the L2 for it now, so those loads need not go to HBM.
+  if (split == 0 && num_splits > 1 && p.split_counters != nullptr) {
+    const float* rot_v = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+    for (int line = tid; line < D * D / 32; line += kDecodeThreads)
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_v + line * 32));
+  }
+  // The encoder's constants, also before the wait: μ, σ and the codebook in registers, Π (read
+  // by rows from the L2/L1 in the encode loop) prefetched into the L2.
+  float app_mu[kAppLane], app_sigma[kAppLane];
+  float app_bnd = 0.0f, app_cen = 0.0f;
+  if (app_cta && warp < 2) {
+    const quant::HeadConstantsView& cst = app_cache.constants;
+    const int levels = 1 << app_cache.layout.bits;
+#pragma unroll
+    for (int k = 0; k < kAppLane; ++k) {
+      const int i = lane + 32 * k;
+      app_mu[k] = (cst.mean && i < D) ? cst.mean[h * D + i] : 0.0f;
+      app_sigma[k] = (cst.scale && i < D) ? cst.scale[h * D + i] : 1.0f;
+    }
+    if (lane < levels - 1) app_bnd = cst.boundaries[h * (levels - 1) + lane];
+    if (lane < levels) app_cen = cst.centroids[h * levels + lane];
+  }
+  if (app_cta) {  // Πᵀ of both sides into shared memory (conflict-free column reads)
+    for (int side = 0; side < 2; ++side) {
+      const quant::CacheView& c = side ? p.v : p.k;
+      stage_matrix<D, kDecodeThreads>(c.constants.rotation + static_cast<int64_t>(h) * D * D,
+                                      s_dyn + dl.app + side * dl.app_side, 1, D + 1, tid);
+    }
+  }
   pdl_wait();
+  // The append CTA's warps 0 (K) and 1 (V) encode the new token into its slot while warps 2 and 3
+  // build the look-up tables (called between q' and the tables' barrier; Πᵀ is staged by then).
+  auto encode_new_token = [&] {
+    {
+      const quant::PageLayout& lay = app_cache.layout;
+      const quant::HeadConstantsView& cst = app_cache.constants;
+      const float* s_pit = s_dyn + dl.app + warp * dl.app_side;  // [D][D+1]: Π_ij at j(D+1)+i
+      float* scratch = s_dyn + dl.app + warp * dl.app_side + dl.app_scratch;
+      uint8_t* s_codes = reinterpret_cast<uint8_t*>(scratch + D);
+      float* s_bnd = scratch + D + dl.app_codes / 4;
+      float* s_cen = s_bnd + 16;
+      const int levels = 1 << lay.bits;
+      if (lane < levels - 1) s_bnd[lane] = app_bnd;
+      if (lane < levels) s_cen[lane] = app_cen;
+      const int start = launch.app.starts[b];
+      if (start < 0 || start >= launch.capacity) {
+        if (lane == 0 && launch.app.status)
+          atomicOr(launch.app.status, kQuantizeAppendOutOfCapacity);
+      } else {
+        const void* rows = warp == 1 ? launch.app.v : launch.app.k;
+        const int64_t x0 = b * launch.app.stride_b + h * launch.app.stride_h;
+        float x[kAppLane], inv_sigma[kAppLane];
+#pragma unroll
+        for (int k = 0; k < kAppLane; ++k) {
+          const int i = lane + 32 * k;
+          x[k] = i < D ? load_input(rows, launch.app.dtype, x0 + i) : 0.0f;
+          // 1/σ as the host computes it: a correctly rounded division.
+          inv_sigma[k] = cst.scale ? __fdiv_rn(1.0f, app_sigma[k]) : 1.0f;
+        }
+        __syncwarp();  // the codebook in s_bnd / s_cen
+        encode_row_warp<D>(
+            x, app_mu, inv_sigma, [&](int i, int j) { return s_pit[j * (D + 1) + i]; }, s_bnd,
+            s_cen, scratch, s_codes, lay, cst, h, app_cache.page(b, h, start / lay.page_tokens),
+            start % lay.page_tokens, lane, launch.app.status);
+      }
+    }
+  };
 
   // ---- stream this split's tokens -----------------------------------------------------------
   const quant::PageLayout& kl = p.k.layout;
   const quant::PageLayout& vl = p.v.layout;
-  const int len = min(p.lengths[b], launch.capacity);
-  const int chunk = (len + num_splits - 1) / num_splits;
-  const int t0 = min(len, split * chunk);
-  const int t1 = min(len, t0 + chunk);
+  int t0, t1;
+  if (launch.append) {  // splits [0, ns − 1) share the cached positions; the last, the new one
+    const int start = launch.app.starts[b];
+    const int cached = min(max(start, 0), launch.capacity);
+    const int ns = num_splits - 1;
+    const int chunk = (cached + ns - 1) / ns;
+    t0 = app_cta ? cached : min(cached, split * chunk);
+    t1 = app_cta ? (start >= 0 && start < launch.capacity ? start + 1 : cached)
+                 : min(cached, t0 + chunk);
+  } else {
+    const int len = min(p.lengths[b], launch.capacity);
+    const int chunk = (len + num_splits - 1) / num_splits;
+    t0 = min(len, split * chunk);
+    t1 = min(len, t0 + chunk);
+  }
   const int sub = kLpt == 2 ? (lane & 1) : 0;
   const uint8_t* kbase = p.k.pages + b * p.k.seq_stride + h * p.k.head_stride;
   const uint8_t* vbase = p.v.pages + b * p.v.seq_stride + h * p.v.head_stride;
@@ -440,7 +545,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   int scur = tv - pcur * pt;
   KeyRegs<BITS, D> kcur{};
   ValueRegs<BITS, D> vcur{};
-  if (tv < t1) {
+  if (tv < t1 && !app_cta) {  // the append CTA's token is not written yet
     load_k(kcur, pcur, scur);
     load_v(vcur, pcur, scur);
   }
@@ -449,7 +554,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   int sk = scur;
   advance(pk, sk);
   KeyRegs<BITS, D> knxt{};
-  if (tk < t1) load_k(knxt, pk, sk);
+  if (tk < t1 && !app_cta) load_k(knxt, pk, sk);
   // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K in registers; d 128: in L2) ---
   {
     const float* q = p.q + static_cast<int64_t>(row) * D;
@@ -498,9 +603,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
 
   // ---- tables -------------------------------------------------------------------------------
   const float alpha = p.sm_scale * kLog2e;  // scores in the log2 domain
-  {
+  // Table builders: every thread, or in the append CTA warps 2 and 3 only (0 and 1 encode).
+  const int tb0 = app_cta ? tid - 64 : tid;
+  const int tbs = app_cta ? kDecodeThreads - 64 : kDecodeThreads;
+  if (app_cta && warp < 2) {
+    encode_new_token();
+  } else {
     const float* ck = s_ck;
-    for (int idx = tid; idx < kLpt * T::kLutRows * kE; idx += kDecodeThreads) {
+    for (int idx = tb0; idx < kLpt * T::kLutRows * kE; idx += tbs) {
       const int half = idx / (T::kLutRows * kE);
       const int rem = idx - half * (T::kLutRows * kE);
       const int r = rem / kE, e = rem - (rem / kE) * kE;
@@ -515,7 +625,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     }
     if (qjl == quant::QjlMode::kSign) {
       const float coef = alpha * p.k.constants.qjl_scale[h];
-      for (int idx = tid; idx < (D / 4) * 16; idx += kDecodeThreads) {
+      for (int idx = tb0; idx < (D / 4) * 16; idx += tbs) {
         const int n = idx >> 4, v = idx & 15;
         float s = 0.0f;
 #pragma unroll
@@ -524,7 +634,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
         s_sign[half * T::kSignStride + nn * 16 + v] = coef * s;
       }
     } else if (prod) {
-      for (int idx = tid; idx < (qjl_m / 4) * 16; idx += kDecodeThreads) {
+      for (int idx = tb0; idx < (qjl_m / 4) * 16; idx += tbs) {
         const int n = idx >> 4, v = idx & 15;
         float s = 0.0f;
 #pragma unroll
@@ -534,14 +644,18 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     }
     if constexpr (T::kVPairLut) {
       const float* cv = s_cv;
-      for (int idx = tid; idx < T::kVPairEntries * 16; idx += kDecodeThreads) {
+      for (int idx = tb0; idx < T::kVPairEntries * 16; idx += tbs) {
         const int e = idx >> 4, copy = idx & 15;
         s_vpair[e * 32 + 2 * copy] = cv[e & (kL - 1)];
         s_vpair[e * 32 + 2 * copy + 1] = cv[e >> BITS];
       }
     }
   }
-  __syncthreads();
+  __syncthreads();           // tables built; the append CTA's new token is in the pages
+  if (app_cta && tv < t1) {  // read back like any cached token
+    load_k(kcur, pcur, scur);
+    load_v(vcur, pcur, scur);
+  }
 
   float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
   // The L2 page prefetch (below) is compiled into the fixed-mode variants only: measured, it
@@ -739,33 +853,31 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   const int rows = p.batch * p.heads * p.q_len;
   if (rows == 0) return cudaSuccess;
   const DecodeDynSmem dl =
-      decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd);
+      decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd, launch.append);
   const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
-  DecodeVariant variant = DecodeVariant::kGeneral;
-  if constexpr (kDecodeModeVariants<BITS, D>) {
-    variant = decode_variant(p);
-    cudaError_t e = cudaSuccess;
-    if (variant == DecodeVariant::kPlain) {
-      e = launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>,
-                     dim3(rows, launch.num_splits), dim3(kDecodeThreads), 0, stream, launch);
-    } else if (variant == DecodeVariant::kSignPlain) {
-      e = launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>,
-                     dim3(rows, launch.num_splits), dim3(kDecodeThreads), 0, stream, launch);
-    }
-    if (e != cudaSuccess) return e;
-  }
-  if (variant == DecodeVariant::kGeneral) {
-    if (smem > 32 * 1024) {  // static tables take up to ~22 KB of the default 48 KB
-      const cudaError_t e =
-          cudaFuncSetAttribute(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
-                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  // Static tables take up to ~22 KB of the default 48 KB; beyond 32 KB of dynamic memory (prod
+  // QJL with a large m, the append CTA's Πᵀ) the kernel must opt in to more.
+  const auto run = [&](auto kernel) {
+    if (smem > 32 * 1024) {
+      const cudaError_t e = cudaFuncSetAttribute(
+          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
-    const cudaError_t e =
-        launch_pdl(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>,
-                   dim3(rows, launch.num_splits), dim3(kDecodeThreads), smem, stream, launch);
-    if (e != cudaSuccess) return e;
+    return launch_pdl(kernel, dim3(rows, launch.num_splits), dim3(kDecodeThreads), smem, stream,
+                      launch);
+  };
+  DecodeVariant variant = DecodeVariant::kGeneral;
+  if constexpr (kDecodeModeVariants<BITS, D>) variant = decode_variant(p);
+  cudaError_t e = cudaSuccess;
+  if constexpr (kDecodeModeVariants<BITS, D>) {
+    if (variant == DecodeVariant::kPlain)
+      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>);
+    if (variant == DecodeVariant::kSignPlain)
+      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>);
   }
+  if (variant == DecodeVariant::kGeneral)
+    e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>);
+  if (e != cudaSuccess) return e;
   if (launch.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
   return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,
                     launch);

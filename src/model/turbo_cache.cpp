@@ -22,6 +22,7 @@
 
 #include "kernel_element_type.h"
 #include "turboesm/kernels/quantize_append.h"
+#include "turboesm/kernels/turbo_decode.h"
 #endif
 
 namespace turboesm::model {
@@ -598,8 +599,6 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   // widening is exact, so the codes equal those of fp32 copies.
   const at::Tensor kf = k.to(append_dtype(k.scalar_type()));  // no-op in the model dtype
   const at::Tensor vf = v.to(append_dtype(v.scalar_type()));
-  const int32_t* starts = lengths.data_ptr<int32_t>();
-  launch_quantize_append(layer, kf, vf, starts, nullptr);
   // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count
   // follows the bucket, not the reserved capacity.
   quant::CacheView kv = view(layer, true), vv = view(layer, false);
@@ -607,7 +606,49 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
       static_cast<int>((max_tokens + k_layout_.page_tokens - 1) / k_layout_.page_tokens);
   kv.max_pages = vv.max_pages = pages;
   const at::Tensor qf = q.to(at::kFloat).contiguous();
-  return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
+  if (!fused_step_append_ || shape_.head_dim > kernels::kDecodeAppendMaxHeadDim ||
+      kf.stride(3) != 1 || kf.strides() != vf.strides()) {
+    launch_quantize_append(layer, kf, vf, lengths.data_ptr<int32_t>(), nullptr);
+    return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
+  }
+  // One launch: the new rows are read through their strides (the QKV kernel's token-major
+  // output), encoded at lengths[b] and attended with the cached tokens.
+  kernels::DecodeAppend a;
+  a.k = kf.data_ptr();
+  a.v = vf.data_ptr();
+  TURBOESM_CHECK(kernel_element_type(kf.scalar_type(), &a.dtype),
+                 "turbo cache device_step: K/V rows must be fp32, fp16 or bf16, got ",
+                 c10::toString(kf.scalar_type()));
+  a.stride_b = kf.stride(0);
+  a.stride_h = kf.stride(1);
+  a.starts = lengths.data_ptr<int32_t>();
+  a.status = device_status_.data_ptr<int>();
+  at::Tensor out = at::empty_like(qf);
+  quant::DecodeParams p;
+  p.batch = shape_.batch;
+  p.heads = shape_.heads;
+  p.head_dim = shape_.head_dim;
+  p.q_len = 1;
+  p.q = qf.data_ptr<float>();
+  p.out = out.data_ptr<float>();
+  p.k = kv;
+  p.v = vv;
+  // No split counters: here the second (merge) kernel merges the splits. The row's last split
+  // CTA is then usually the encoding one, and merging there as well lengthened the step (1–4 %
+  // in 7 of 8 interleaved rounds, kernels/NOTES.md "Decode step v8"); the merge kernel loads its
+  // column of Π_V while the splits finish.
+  const char* why = kernels::turbo_decode_append_invalid_reason(p, a);
+  TURBOESM_CHECK(why == nullptr, "turbo cache device_step, layer ", layer, ": ", why);
+  const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const size_t ws_bytes = kernels::turbo_decode_append_workspace_bytes(p, sms);
+  const at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, qf.options().dtype(at::kByte));
+  const cudaError_t err =
+      kernels::turbo_decode_append(p, a, ws.data_ptr(), ws_bytes, at::cuda::getCurrentCUDAStream());
+  TURBOESM_CHECK(err == cudaSuccess, "turbo cache device_step, layer ", layer,
+                 ": CUDA kernel turbo_decode_append failed: ", cudaGetErrorString(err), " (batch ",
+                 p.batch, ", heads ", p.heads, ", head_dim ", p.head_dim, ", ", max_tokens,
+                 " slots)");
+  return out.to(q.scalar_type());
 #else
   TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
 #endif

@@ -10,9 +10,10 @@
 //                                              esm2_t33_650M, 1024): turbo 3-bit (hadamard, norm
 //                                              none) eager / CUDA graph, fp16 cache eager / graph;
 //                                              what the graph step is made of; the turbo graph
-//                                              step again with the eager dense ops, with the
-//                                              attention's second (merge) kernel and without
-//                                              programmatic dependent launch
+//                                              step again with the eager dense ops and without
+//                                              programmatic dependent launch; rounds of the
+//                                              fused decode-append vs the append as its own
+//                                              kernel, interleaved
 //   bench_model_cuda prefill [preset] [res] [batch]
 //                                              prefill of `batch` (1) sequences of `res` residues
 //                                              (default 1024): plain forward vs Session::prefill
@@ -51,7 +52,6 @@
 #include <vector>
 
 #include "turboesm/error.h"
-#include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -59,7 +59,6 @@
 
 namespace {
 
-namespace tk = turboesm::kernels;
 namespace tm = turboesm::model;
 namespace tq = turboesm::quant;
 
@@ -130,6 +129,12 @@ struct Json {
   }
   void add(const std::string& k, const std::string& v) {
     os << (first ? "" : ", ") << '"' << k << "\": \"" << v << '"';
+    first = false;
+  }
+  void add(const std::string& k, const std::vector<double>& v) {
+    os << (first ? "" : ", ") << '"' << k << "\": [";
+    for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+    os << ']';
     first = false;
   }
   std::string str() const { return "{" + os.str() + "}"; }
@@ -213,6 +218,21 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
     for (int i = 0; i < m.num_layers(); ++i)
       (void)cache.device_step(i, q, k, v, len, after, bucket);
   });
+  // Turbo: the same with the append as its own kernel before the decode kernel.
+  auto* turbo = dynamic_cast<tm::TurboKvCache*>(&cache);
+  if (turbo != nullptr) {
+    turbo->set_fused_step_append(false);
+    const double two = graph_ms([&] {
+      for (int i = 0; i < m.num_layers(); ++i)
+        (void)cache.device_step(i, q, k, v, len, after, bucket);
+    });
+    turbo->set_fused_step_append(true);
+    std::printf(
+        "  breakdown %s: attention via device_step alone, append + decode as two kernels "
+        "%.4f ms\n",
+        name.c_str(), two);
+    j.add(name + "_attention_only_two_kernels_ms", two);
+  }
   // The dense part of every layer as a step runs it (pre-LN + QKV projection; O projection +
   // residual, LN + FC1 + GELU, FC2 + residual), through decode_gemv and through the eager ops.
   const at::Tensor h1 = at::randn({1, 1, c.hidden_size}, o);
@@ -318,11 +338,30 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
+  // A/B, interleaved so that drift hits both: rounds of 50 graph steps on each of two sessions —
+  // the fused decode-append (one launch per layer + the merge kernel) and quantize_append +
+  // turbo_decode (two launches, splits merged in the decode kernel).
+  {
+    constexpr int kRounds = 4;
+    tm::Session fused(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+    tm::Session two(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+    dynamic_cast<tm::TurboKvCache&>(two.cache()).set_fused_step_append(false);
+    std::vector<double> a, b;
+    for (tm::Session* s : {&fused, &two}) {
+      s->enable_cuda_graph(cached + kRounds * (kWarmup + kSteps) + 1, 256);
+      s->prefill(prefix);
+    }
+    for (int r = 0; r < kRounds; ++r) {
+      a.push_back(median(time_appends(fused, kWarmup, kSteps, 20 + r)));
+      b.push_back(median(time_appends(two, kWarmup, kSteps, 20 + r)));
+      std::printf("  A/B round %d: fused append %.4f ms, append kernel + decode %.4f ms\n", r,
+                  a.back(), b.back());
+    }
+    j.add("ab_fused_append_ms", a);
+    j.add("ab_two_kernels_ms", b);
+  }
   // The dense layers on the eager ops (cuBLAS, LayerNorm, GELU, add launches), not decode_gemv.
   graph_step_without("turbo3_graph_eager_dense", [&](bool on) { m->set_fused_decode_gemv(on); });
-  // The attention's split partials merged by a second kernel, not by the last split CTA.
-  graph_step_without("turbo3_graph_merge_kernel",
-                     [](bool on) { tk::set_turbo_decode_fused_merge(on); });
   // Every kernel launched the plain way (no programmatic dependent launch).
   graph_step_without("turbo3_graph_no_pdl",
                      [](bool on) { tm::set_programmatic_dependent_launch(on); });

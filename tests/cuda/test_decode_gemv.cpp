@@ -382,8 +382,13 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
     EXPECT_EQ(worst_pdl, 0.0) << "launch mode changed the values";
     EXPECT_TRUE(tm::programmatic_dependent_launch());
   }
-  // Graph replays run the same kernels on the same inputs as the eager kernel session.
-  EXPECT_LE(worst_graph, 1e-5);
+  // Graph replays run the step's attention as one launch (kernels::turbo_decode_append: the new
+  // token's partial is a split of its own), the eager session as quantize_append + turbo_decode:
+  // the fp32 attention outputs differ by ~1e-7 relative (the order the splits are summed in),
+  // which can flip an fp16 rounding of a layer's output and then propagate (ulps of O(1)-O(10)
+  // hidden values, ~3e-3 measured on the H200) — the same bound as the eager-ops comparison.
+  // ModelDecodeCuda.GraphStepEqualsEagerStep checks the fp32 model at 1e-5.
+  EXPECT_LE(worst_graph, 3e-2);
   EXPECT_EQ(graph.cuda_graph()->replays(), 40);
   std::printf(
       "[decode_gemv model] 40 fp16 steps: kernel vs eager ops max|d| %.3g, graph vs eager "

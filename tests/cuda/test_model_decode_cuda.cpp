@@ -32,10 +32,11 @@ namespace tq = turboesm::quant;
 /// values; none is expected among the ~2e4 values here); one such flip moves the output by a
 /// fraction of a codebook step times its softmax weight, still below this bound.
 constexpr double kCpuCudaTol = 1e-3;
-/// Graph replay vs eager CUDA step. Turbo: the same kernels on the same inputs with the same split
-/// count (capacities < 512 tokens here: one split both ways), so the results are bit-identical;
-/// the bound only absorbs a different cuBLAS algorithm on the capture stream. Dense fp32: masked
-/// SDPA over the bucket vs SDPA over the real tokens (other reduction lengths): ~1e-6.
+/// Graph replay vs eager CUDA step. Turbo: the graph step encodes and attends in one launch
+/// (kernels::turbo_decode_append: the new token is a split of its own), the eager step appends,
+/// then attends over one split (capacities < 512 tokens here): the same pages, the sums in
+/// another order (~1e-7 relative per layer). Dense fp32: masked SDPA over the bucket vs SDPA
+/// over the real tokens (other reduction lengths): ~1e-6.
 constexpr double kGraphEagerTol = 1e-5;
 
 std::vector<int64_t> encode(const std::string& s) { return io::EsmTokenizer::instance().encode(s); }

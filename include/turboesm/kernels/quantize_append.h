@@ -15,7 +15,9 @@
 ///
 /// Two paths compute this (QuantizeAppendParams::path):
 /// - kRows, "exact": one warp per row, the d×d rotation as separately rounded multiplies and adds
-///   in the host's order (above). Used for decode steps (few rows) and as the reference.
+///   in the host's order (above). Used for appends of few rows and as the reference; the graph
+///   decode step runs the same per-row device function inside the attention launch
+///   (turbo_decode_append, turbo_decode.h), so its pages are the same bytes.
 /// - kTile, "prefill": a CTA encodes a tile of 128 rows of one (sequence, head); the rotation
 ///   Y = Xc·Πᵀ runs on tensor cores: fp16 rows that are not centered go through fp16 MMAs (the
 ///   rows are exact fp16 operands; Π split into fp16 hi + lo·2^-12 parts, ~22 bits), all other

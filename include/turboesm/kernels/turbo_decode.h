@@ -31,7 +31,9 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
+#include "turboesm/kernels/element_type.h"
 #include "turboesm/quant/cache_view.h"
 
 namespace turboesm::kernels {
@@ -76,5 +78,44 @@ bool turbo_decode_fused_merge();
 ///         or the launch error
 cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t workspace_bytes,
                          cudaStream_t stream);
+
+/// \brief Quantize-on-append of one new token per sequence, fused into the decode launch
+/// (turbo_decode_append): the row of (b, h) is read at element b · stride_b + h · stride_h of k
+/// and v (head_dim dense, RoPE applied to k), in `dtype` (widened exactly). All DEVICE pointers.
+struct DecodeAppend {
+  const void* k = nullptr;
+  const void* v = nullptr;
+  ElementType dtype = ElementType::kFloat32;
+  int64_t stride_b = 0, stride_h = 0;  ///< element strides over sequence and head (≥ 0)
+  const int32_t* starts = nullptr;     ///< [batch] cache position of the new token (old length)
+  int* status = nullptr;  ///< optional: OR of kQuantizeAppend* bits (quantize_append.h)
+};
+
+/// Largest head_dim turbo_decode_append takes (its encoding CTA holds both sides' Π in shared
+/// memory: 2 · d · (d + 1) floats, 33 KB at d = 64; d = 128 would need 132 KB).
+inline constexpr int kDecodeAppendMaxHeadDim = 64;
+
+/// \brief Why `p` with `a` cannot be run by turbo_decode_append, or nullptr when it can
+/// (host-side checks as turbo_decode_invalid_reason; p.lengths is not needed).
+const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p, const DecodeAppend& a);
+
+/// \brief Workspace bytes turbo_decode_append needs for `p` on `num_sms` SMs: the partials of
+/// turbo_decode_num_splits(p) token splits plus the new token's (never 0).
+size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms);
+
+/// \brief One decode step in one launch: encodes the new token of every sequence b into position
+/// starts[b] of p.k / p.v (the bytes quantize_append's row path writes: the same device function,
+/// host operation order) and attends over positions [0, starts[b]] — the same result as
+/// quantize_append followed by turbo_decode with lengths = starts + 1, up to the order in which
+/// the splits are summed. The new token is encoded and scored by one extra split CTA per row
+/// while the others stream the cached tokens, so the encode leaves the step's critical path.
+/// p.q_len must be 1; p.lengths is not read. Positions past the capacity are skipped and set
+/// kQuantizeAppendOutOfCapacity in a.status (the row then attends over the cached tokens only).
+/// \param workspace  ≥ 2 partials per row, 16-byte aligned; with less than
+///                   turbo_decode_append_workspace_bytes fewer splits are used
+/// \return cudaSuccess, cudaErrorInvalidValue (invalid_reason, or workspace below 2 partials),
+///         or the launch error
+cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend& a,
+                                void* workspace, size_t workspace_bytes, cudaStream_t stream);
 
 }  // namespace turboesm::kernels

@@ -115,10 +115,15 @@ class TurboKvCache final : public KvCache {
   /// operation order) for decode steps; kRows forces the row kernel (tests, benchmarks).
   enum class CudaAppendPath { kAuto = 0, kRows = 1, kTile = 2 };
   void set_cuda_append_path(CudaAppendPath path) { cuda_append_path_ = path; }
+  /// \brief device_step in one launch (default true) or as two (the append kernel, then the
+  /// decode kernel: same pages, outputs equal up to the order the splits are summed in).
+  void set_fused_step_append(bool on) { fused_step_append_ = on; }
 
-  /// \brief CUDA: fused quantize-on-append of the new K/V at lengths[b], then the fused decode
-  /// kernel over a view of max_tokens slots (its split count follows max_tokens, not the
-  /// capacity). See KvCache::device_step.
+  /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
+  /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity), in
+  /// one launch (kernels::turbo_decode_append: an extra split CTA per row encodes and scores the
+  /// new token while the others stream the cached ones), or, with set_fused_step_append(false),
+  /// quantize_append's row kernel then turbo_decode. See KvCache::device_step.
   bool supports_device_step() const override { return shape_.device.is_cuda(); }
   at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& lengths, const at::Tensor& lengths_after,
@@ -164,6 +169,7 @@ class TurboKvCache final : public KvCache {
   std::vector<std::vector<quant::TurboQuantizer>> k_quant_, v_quant_;
   bool reference_encode_ = false;
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
+  bool fused_step_append_ = true;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
   // CUDA: int32 [batch · heads], zero between calls: device_step's split counters (the decode
   // kernel merges its splits itself; quant::DecodeParams::split_counters). One step at a time.
