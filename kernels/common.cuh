@@ -119,6 +119,18 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) 
 #endif
 }
 
+/// \brief Asynchronous 4-byte copy global → shared (sm_80 `cp.async`, cached in L1): holds no
+/// register; complete for the calling thread after cp_async_wait_all().
+__device__ __forceinline__ void cp_async_4(float* smem, const float* gmem) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
+}
+
+/// Waits for every cp.async the calling thread issued (other threads' copies need a barrier).
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.wait_all;" ::: "memory");
+}
+
 /// Two consecutive floats of a table at a byte offset (one 8-byte shared-memory load).
 __device__ __forceinline__ float2 lut2_at(const float* table, uint32_t byte_offset) {
   return *reinterpret_cast<const float2*>(reinterpret_cast<const char*>(table) + byte_offset);

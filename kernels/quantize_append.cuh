@@ -150,9 +150,9 @@ __device__ __forceinline__ void warp_pack(const uint8_t* vals, int n, int nbits,
 /// \brief TurboQuantizer::encode of one row by one warp, in the host's operation order (file
 /// comment), written into slot `slot` of `page`. Lane i owns coordinates i, i + 32, ...: x holds
 /// them (the raw row, widened), mu / inv_sigma this head's μ and 1/σ at them (used when `cst`
-/// has mean / scale). `pi(i, j)` returns Π_ij (the row kernel reads its shared-memory copy, the
-/// fused decode-append kernel the global matrix). bnd / cen: this head's boundaries and
-/// centroids; s_x [D] floats and s_codes [max(D, m)] bytes: this warp's scratch. Shared by the
+/// has mean / scale). `pi(i, j)` returns Π_ij (both callers read a shared-memory copy: the row
+/// kernel's is transposed, the decode-append CTA's row-major). bnd / cen: this head's boundaries
+/// and centroids; s_x [D] floats and s_codes [max(D, m)] bytes: this warp's scratch. Shared by the
 /// row kernel and turbo_decode's append CTA (kernels/turbo_decode.cuh), so both write the same
 /// bytes.
 template <int D, class Pi>

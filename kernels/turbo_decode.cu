@@ -234,8 +234,6 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
     return "turbo_decode_append: rows must be fp32, fp16 or bf16";
   if (p.k.constants.boundaries == nullptr || p.v.constants.boundaries == nullptr)
     return "turbo_decode_append: cache constants need the codebook boundaries (the encoder's)";
-  if (!detail::aligned16(p.k.constants.rotation) || !detail::aligned16(p.v.constants.rotation))
-    return "turbo_decode_append: rotations must be 16-byte aligned (staged with 16-byte loads)";
   return nullptr;
 }
 

@@ -36,8 +36,8 @@
 ///    for 2-bit and D = 128 (kDecodeModeVariants, where it measured faster) fixed-mode copies
 ///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
 ///  - turbo_decode_append (DecodeLaunch::append): the row's last split CTA encodes the new token
-///    (warp 0 K, warp 1 V: quantize_append's encode_row_warp, Π staged transposed in dynamic
-///    shared memory before the dependency wait) while warps 2 and 3 build the tables, then scores
+///    (warp 0 K, warp 1 V: quantize_append's encode_row_warp, Π copied into dynamic shared memory
+///    by cp.async before the dependency wait) while warps 2 and 3 build the tables, then scores
 ///    it like a cached token; the other splits stream positions [0, starts[b]) meanwhile.
 /// At the end the threads' (m, l, acc) are merged (warp shuffles, then shared memory); with one
 /// split the CTA applies out = Π_Vᵀ(σ_V ⊙ acc)/l + μ_V itself, else it writes the partial and
@@ -82,8 +82,8 @@ struct DecodeLaunch {
 
 /// \brief Dynamic shared memory (floats) of turbo_decode_kernel. QJL prod mode, whose m is a
 /// runtime value: S q' [m], then the nibble tables [(m/4) · 16 + 16]. The append CTA
-/// (turbo_decode_append): per side (K, V) Πᵀ padded [d][d + 1] (staged as quantize_append's row
-/// kernel does), the encoder's scratch xc/r [d], codes/bits [max(d, m)] bytes (rounded to 16),
+/// (turbo_decode_append): per side (K, V) Π row-major with a padded stride [d][d + 1], the
+/// encoder's scratch xc/r [d], codes/bits [max(d, m)] bytes (rounded to 16),
 /// boundaries [16] and centroids [16], from `app`. Host and device agree on it through this
 /// function.
 struct DecodeDynSmem {
@@ -105,7 +105,7 @@ __host__ __device__ inline DecodeDynSmem decode_dyn_smem(int d, int qjl_m, bool 
   if (append) {
     s.app = (s.total_floats + 3) / 4 * 4;                    // 16-byte aligned
     s.app_codes = ((d > qjl_m ? d : qjl_m) + 15) / 16 * 16;  // bytes
-    s.app_scratch = d * (d + 1);                             // after Πᵀ
+    s.app_scratch = d * (d + 1);                             // after Π
     s.app_side = s.app_scratch + d + s.app_codes / 4 + 32;
     s.total_floats = s.app + 2 * s.app_side;
   }
@@ -392,50 +392,59 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     if (lane < levels - 1) app_bnd = cst.boundaries[h * (levels - 1) + lane];
     if (lane < levels) app_cen = cst.centroids[h * levels + lane];
   }
-  if (app_cta) {  // Πᵀ of both sides into shared memory (conflict-free column reads)
+  if (app_cta) {
+    // Π of both sides into shared memory, row-major with a padded stride D + 1 (the encoder's
+    // lane i reads Π_ij at i(D + 1) + j: conflict-free): 4-byte asynchronous copies, all in
+    // flight at once and holding no registers, completed after the wait.
     for (int side = 0; side < 2; ++side) {
-      const quant::CacheView& c = side ? p.v : p.k;
-      stage_matrix<D, kDecodeThreads>(c.constants.rotation + static_cast<int64_t>(h) * D * D,
-                                      s_dyn + dl.app + side * dl.app_side, 1, D + 1, tid);
+      const float* src = (side ? p.v : p.k).constants.rotation + static_cast<int64_t>(h) * D * D;
+      float* dst = s_dyn + dl.app + side * dl.app_side;
+      for (int e = tid; e < D * D; e += kDecodeThreads)
+        cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
     }
   }
   pdl_wait();
-  // The append CTA's warps 0 (K) and 1 (V) encode the new token into its slot while warps 2 and 3
-  // build the look-up tables (called between q' and the tables' barrier; Πᵀ is staged by then).
-  auto encode_new_token = [&] {
-    {
-      const quant::PageLayout& lay = app_cache.layout;
-      const quant::HeadConstantsView& cst = app_cache.constants;
-      const float* s_pit = s_dyn + dl.app + warp * dl.app_side;  // [D][D+1]: Π_ij at j(D+1)+i
-      float* scratch = s_dyn + dl.app + warp * dl.app_side + dl.app_scratch;
-      uint8_t* s_codes = reinterpret_cast<uint8_t*>(scratch + D);
-      float* s_bnd = scratch + D + dl.app_codes / 4;
-      float* s_cen = s_bnd + 16;
-      const int levels = 1 << lay.bits;
-      if (lane < levels - 1) s_bnd[lane] = app_bnd;
-      if (lane < levels) s_cen[lane] = app_cen;
-      const int start = launch.app.starts[b];
-      if (start < 0 || start >= launch.capacity) {
-        if (lane == 0 && launch.app.status)
-          atomicOr(launch.app.status, kQuantizeAppendOutOfCapacity);
-      } else {
-        const void* rows = warp == 1 ? launch.app.v : launch.app.k;
-        const int64_t x0 = b * launch.app.stride_b + h * launch.app.stride_h;
-        float x[kAppLane], inv_sigma[kAppLane];
+  // The append CTA's warps 0 (K) and 1 (V) request their new row now; they encode it into its
+  // slot while warps 2 and 3 build the look-up tables (between q' and the tables' barrier).
+  const int app_start = launch.append ? launch.app.starts[b] : 0;
+  const bool app_fits = app_start >= 0 && app_start < launch.capacity;
+  float app_x[kAppLane];
+  if (app_cta) {
+    cp_async_wait_all();
+    if (warp < 2) {
+      const void* rows = warp == 1 ? launch.app.v : launch.app.k;
+      const int64_t x0 = b * launch.app.stride_b + h * launch.app.stride_h;
 #pragma unroll
-        for (int k = 0; k < kAppLane; ++k) {
-          const int i = lane + 32 * k;
-          x[k] = i < D ? load_input(rows, launch.app.dtype, x0 + i) : 0.0f;
-          // 1/σ as the host computes it: a correctly rounded division.
-          inv_sigma[k] = cst.scale ? __fdiv_rn(1.0f, app_sigma[k]) : 1.0f;
-        }
-        __syncwarp();  // the codebook in s_bnd / s_cen
-        encode_row_warp<D>(
-            x, app_mu, inv_sigma, [&](int i, int j) { return s_pit[j * (D + 1) + i]; }, s_bnd,
-            s_cen, scratch, s_codes, lay, cst, h, app_cache.page(b, h, start / lay.page_tokens),
-            start % lay.page_tokens, lane, launch.app.status);
+      for (int k = 0; k < kAppLane; ++k) {
+        const int i = lane + 32 * k;
+        app_x[k] = i < D && app_fits ? load_input(rows, launch.app.dtype, x0 + i) : 0.0f;
       }
     }
+  }
+  auto encode_new_token = [&] {
+    const quant::PageLayout& lay = app_cache.layout;
+    const quant::HeadConstantsView& cst = app_cache.constants;
+    const float* s_pi = s_dyn + dl.app + warp * dl.app_side;  // [D][D+1]: Π_ij at i(D+1)+j
+    float* scratch = s_dyn + dl.app + warp * dl.app_side + dl.app_scratch;
+    uint8_t* s_codes = reinterpret_cast<uint8_t*>(scratch + D);
+    float* s_bnd = scratch + D + dl.app_codes / 4;
+    float* s_cen = s_bnd + 16;
+    const int levels = 1 << lay.bits;
+    if (lane < levels - 1) s_bnd[lane] = app_bnd;
+    if (lane < levels) s_cen[lane] = app_cen;
+    if (!app_fits) {
+      if (lane == 0 && launch.app.status) atomicOr(launch.app.status, kQuantizeAppendOutOfCapacity);
+      return;
+    }
+    float inv_sigma[kAppLane];
+#pragma unroll
+    for (int k = 0; k < kAppLane; ++k)  // 1/σ as the host computes it: correctly rounded
+      inv_sigma[k] = cst.scale ? __fdiv_rn(1.0f, app_sigma[k]) : 1.0f;
+    __syncwarp();  // the codebook in s_bnd / s_cen
+    encode_row_warp<D>(
+        app_x, app_mu, inv_sigma, [&](int i, int j) { return s_pi[i * (D + 1) + j]; }, s_bnd, s_cen,
+        scratch, s_codes, lay, cst, h, app_cache.page(b, h, app_start / lay.page_tokens),
+        app_start % lay.page_tokens, lane, launch.app.status);
   };
 
   // ---- stream this split's tokens -----------------------------------------------------------
@@ -856,7 +865,7 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
       decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd, launch.append);
   const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
   // Static tables take up to ~22 KB of the default 48 KB; beyond 32 KB of dynamic memory (prod
-  // QJL with a large m, the append CTA's Πᵀ) the kernel must opt in to more.
+  // QJL with a large m, the append CTA's Π) the kernel must opt in to more.
   const auto run = [&](auto kernel) {
     if (smem > 32 * 1024) {
       const cudaError_t e = cudaFuncSetAttribute(

@@ -238,4 +238,32 @@ inline int pages_for(int tokens, int page_tokens) {
   return (tokens + page_tokens - 1) / page_tokens;
 }
 
+/// \brief Valid DecodeParams for the host-side argument checks (turbo_decode*_invalid_reason):
+/// batch 2, 3 heads, d 64, 3-bit token-norm pages; the pointers are static host dummies that no
+/// check dereferences, so tests built on them run without a GPU.
+inline tq::DecodeParams host_only_decode_params() {
+  alignas(16) static float dummy_f[4];
+  static int32_t dummy_i[4];
+  alignas(16) static uint8_t dummy_pages[64];
+  tq::DecodeParams p;
+  p.batch = 2;
+  p.heads = 3;
+  p.head_dim = 64;
+  p.q_len = 1;
+  p.q = dummy_f;
+  p.out = dummy_f;
+  p.lengths = dummy_i;
+  for (tq::CacheView* c : {&p.k, &p.v}) {
+    c->layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
+    c->pages = dummy_pages;
+    c->max_pages = 4;
+    c->head_stride = 4 * c->layout.page_bytes;
+    c->seq_stride = 3 * c->head_stride;
+    c->constants.rotation = dummy_f;
+    c->constants.centroids = dummy_f;
+    c->constants.boundaries = dummy_f;
+  }
+  return p;
+}
+
 }  // namespace turboesm::testing_cuda

@@ -384,27 +384,7 @@ TEST(TurboDecode, ExtremeScoresStayFinite) {
 // Host-side checks (no GPU needed).
 // ---------------------------------------------------------------------------------------------
 tq::DecodeParams valid_params_no_device() {
-  static float dummy_f[4] __attribute__((aligned(16)));
-  static int32_t dummy_i[4];
-  static uint8_t dummy_pages[64] __attribute__((aligned(16)));
-  tq::DecodeParams p;
-  p.batch = 2;
-  p.heads = 3;
-  p.head_dim = 64;
-  p.q_len = 1;
-  p.q = dummy_f;
-  p.out = dummy_f;
-  p.lengths = dummy_i;
-  for (tq::CacheView* c : {&p.k, &p.v}) {
-    c->layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
-    c->pages = dummy_pages;
-    c->max_pages = 4;
-    c->head_stride = 4 * c->layout.page_bytes;
-    c->seq_stride = 3 * c->head_stride;
-    c->constants.rotation = dummy_f;
-    c->constants.centroids = dummy_f;
-  }
-  return p;
+  return turboesm::testing_cuda::host_only_decode_params();
 }
 
 TEST(TurboDecodeArgs, RejectsInvalidParamsWithAReason) {

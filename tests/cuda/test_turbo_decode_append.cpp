@@ -295,31 +295,16 @@ TEST(TurboDecodeAppend, PastCapacityIsFlaggedAndSkipped) {
 // Host-side checks (no GPU needed).
 // ---------------------------------------------------------------------------------------------
 TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
-  static float dummy_f[4] __attribute__((aligned(16)));
-  static int32_t dummy_i[4];
-  static uint8_t dummy_pages[64] __attribute__((aligned(16)));
+  static float rows[4];
+  static int32_t starts[2];
   auto valid = [] {
-    tq::DecodeParams p;
-    p.batch = 2;
-    p.heads = 3;
-    p.head_dim = 64;
-    p.q = dummy_f;
-    p.out = dummy_f;
-    for (tq::CacheView* c : {&p.k, &p.v}) {
-      c->layout = tq::make_page_layout(64, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
-      c->pages = dummy_pages;
-      c->max_pages = 4;
-      c->head_stride = 4 * c->layout.page_bytes;
-      c->seq_stride = 3 * c->head_stride;
-      c->constants.rotation = dummy_f;
-      c->constants.centroids = dummy_f;
-      c->constants.boundaries = dummy_f;
-    }
+    tq::DecodeParams p = turboesm::testing_cuda::host_only_decode_params();
+    p.lengths = nullptr;  // not read by turbo_decode_append
     return p;
   };
   tk::DecodeAppend a;
-  a.k = a.v = dummy_f;
-  a.starts = dummy_i;
+  a.k = a.v = rows;
+  a.starts = starts;
   a.stride_b = 3 * 64;
   a.stride_h = 64;
   EXPECT_EQ(tk::turbo_decode_append_invalid_reason(valid(), a), nullptr);
@@ -344,8 +329,6 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
          for (tq::CacheView* c : {&p.k, &p.v})
            c->layout = tq::make_page_layout(128, 3, tq::NormMode::kToken, tq::QjlMode::kNone);
        }},
-      {"misaligned rotation",
-       [](tq::DecodeParams& p, tk::DecodeAppend&) { p.k.constants.rotation = dummy_f + 1; }},
   };
   for (const Bad& b : bad) {
     tq::DecodeParams p = valid();

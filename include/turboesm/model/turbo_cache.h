@@ -120,10 +120,11 @@ class TurboKvCache final : public KvCache {
   void set_fused_step_append(bool on) { fused_step_append_ = on; }
 
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
-  /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity), in
-  /// one launch (kernels::turbo_decode_append: an extra split CTA per row encodes and scores the
-  /// new token while the others stream the cached ones), or, with set_fused_step_append(false),
-  /// quantize_append's row kernel then turbo_decode. See KvCache::device_step.
+  /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity): for
+  /// head_dim ≤ 64 in one attention launch (kernels::turbo_decode_append: an extra split CTA per
+  /// row encodes and scores the new token while the others stream the cached ones; the merge
+  /// kernel combines the splits), else, or with set_fused_step_append(false), quantize_append's
+  /// row kernel then turbo_decode (splits merged in-kernel). See KvCache::device_step.
   bool supports_device_step() const override { return shape_.device.is_cuda(); }
   at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& lengths, const at::Tensor& lengths_after,
@@ -171,8 +172,9 @@ class TurboKvCache final : public KvCache {
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   bool fused_step_append_ = true;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
-  // CUDA: int32 [batch · heads], zero between calls: device_step's split counters (the decode
-  // kernel merges its splits itself; quant::DecodeParams::split_counters). One step at a time.
+  // CUDA: int32 [batch · heads], zero between calls: the two-kernel device_step's split counters
+  // (the decode kernel merges its splits itself; quant::DecodeParams::split_counters). One step
+  // at a time.
   at::Tensor split_counters_;
   // CUDA: the last append's starts and counts ([starts..., counts...]) and their device copy.
   std::vector<int32_t> starts_counts_host_;
