@@ -222,12 +222,12 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
   if (p.head_dim > kDecodeAppendMaxHeadDim)
     return "turbo_decode_append: head_dim must be <= 64 (the encoding CTA stages both sides' "
            "rotations in shared memory); use quantize_append + turbo_decode";
+  if (p.batch * p.heads > 0 && (a.k == nullptr || a.v == nullptr || a.starts == nullptr))
+    return "turbo_decode_append: the new K and V rows and starts must be non-null device pointers";
   quant::DecodeParams pl = p;
   pl.lengths = a.starts;  // not read; the attended length is starts[b] + 1
   if (const char* e = turbo_decode_invalid_reason(pl)) return e;
   if (p.batch * p.heads == 0) return nullptr;
-  if (a.k == nullptr || a.v == nullptr || a.starts == nullptr)
-    return "turbo_decode_append: the new K and V rows and starts must be non-null device pointers";
   if (a.stride_b < 0 || a.stride_h < 0) return "turbo_decode_append: row strides must be >= 0";
   if (a.dtype != ElementType::kFloat32 && a.dtype != ElementType::kFloat16 &&
       a.dtype != ElementType::kBFloat16)

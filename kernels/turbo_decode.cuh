@@ -376,8 +376,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     for (int line = tid; line < D * D / 32; line += kDecodeThreads)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_v + line * 32));
   }
-  // The encoder's constants, also before the wait: μ, σ and the codebook in registers, Π (read
-  // by rows from the L2/L1 in the encode loop) prefetched into the L2.
+  // The encoder's constants, also before the wait: μ, σ and the codebook in registers (Π below).
   float app_mu[kAppLane], app_sigma[kAppLane];
   float app_bnd = 0.0f, app_cen = 0.0f;
   if (app_cta && warp < 2) {

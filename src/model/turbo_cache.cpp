@@ -611,8 +611,8 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
     launch_quantize_append(layer, kf, vf, lengths.data_ptr<int32_t>(), nullptr);
     return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
   }
-  // One launch: the new rows are read through their strides (the QKV kernel's token-major
-  // output), encoded at lengths[b] and attended with the cached tokens.
+  // One attention launch (+ the merge kernel): the new rows are read through their strides (the
+  // QKV kernel's token-major output), encoded at lengths[b] and attended with the cached tokens.
   kernels::DecodeAppend a;
   a.k = kf.data_ptr();
   a.v = vf.data_ptr();

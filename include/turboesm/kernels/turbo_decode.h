@@ -103,9 +103,10 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p, con
 /// turbo_decode_num_splits(p) token splits plus the new token's (never 0).
 size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms);
 
-/// \brief One decode step in one launch: encodes the new token of every sequence b into position
-/// starts[b] of p.k / p.v (the bytes quantize_append's row path writes: the same device function,
-/// host operation order) and attends over positions [0, starts[b]] — the same result as
+/// \brief A decode step's append and attention in one launch (plus the merge kernel unless
+/// p.split_counters are given, as turbo_decode): encodes the new token of every sequence b into
+/// position starts[b] of p.k / p.v (the bytes quantize_append's row path writes: the same device
+/// function, host operation order) and attends over positions [0, starts[b]] — the same result as
 /// quantize_append followed by turbo_decode with lengths = starts + 1, up to the order in which
 /// the splits are summed. The new token is encoded and scored by one extra split CTA per row
 /// while the others stream the cached tokens, so the encode leaves the step's critical path.

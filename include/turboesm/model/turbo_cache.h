@@ -115,8 +115,9 @@ class TurboKvCache final : public KvCache {
   /// operation order) for decode steps; kRows forces the row kernel (tests, benchmarks).
   enum class CudaAppendPath { kAuto = 0, kRows = 1, kTile = 2 };
   void set_cuda_append_path(CudaAppendPath path) { cuda_append_path_ = path; }
-  /// \brief device_step in one launch (default true) or as two (the append kernel, then the
-  /// decode kernel: same pages, outputs equal up to the order the splits are summed in).
+  /// \brief device_step's append inside the attention launch (default true; head_dim ≤ 64) or
+  /// as a kernel of its own before it (same pages, outputs equal up to the order the splits are
+  /// summed in).
   void set_fused_step_append(bool on) { fused_step_append_ = on; }
 
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
