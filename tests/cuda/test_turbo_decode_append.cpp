@@ -42,6 +42,9 @@ struct AppendCase {
   bool token_major = false;  ///< rows [B, 1, H, D] (the QKV kernel's layout) instead of [B, H, D]
   bool split_counters = true;
   int num_splits = 0;  ///< cached-token splits (0: automatic)
+  /// Give turbo_decode_append the smallest workspace it takes (two partials per row: one cached
+  /// split and the new token's), and check that one byte less is refused before any launch.
+  bool min_workspace = false;
   uint64_t seed = 1;
 };
 
@@ -177,7 +180,16 @@ AppendOutcome run_append_case(const AppendCase& c) {
     const tq::DecodeParams p = params(fused);
     EXPECT_EQ(tk::turbo_decode_append_invalid_reason(p, a), nullptr)
         << tk::turbo_decode_append_invalid_reason(p, a);
-    const size_t ws_bytes = tk::turbo_decode_append_workspace_bytes(p, sms);
+    size_t ws_bytes = tk::turbo_decode_append_workspace_bytes(p, sms);
+    if (c.min_workspace) {
+      tq::DecodeParams one = p;
+      one.num_splits = 1;  // one cached split + the new token's
+      ws_bytes = tk::turbo_decode_append_workspace_bytes(one, sms);
+      EXPECT_LT(ws_bytes, tk::turbo_decode_append_workspace_bytes(p, sms));
+      DeviceBuffer small(ws_bytes - 1);
+      EXPECT_EQ(tk::turbo_decode_append(p, a, small.get(), ws_bytes - 1, nullptr),
+                cudaErrorInvalidValue);
+    }
     DeviceBuffer ws(ws_bytes);
     const cudaError_t e = tk::turbo_decode_append(p, a, ws.get(), ws_bytes, nullptr);
     EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -249,6 +261,14 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     c.starts = {700, 3};
     c.k.qjl = tq::QjlMode::kSign;
     c.num_splits = 9;
+    cases.push_back(c);
+  }
+  {
+    AppendCase c;  // the smallest workspace: every row's cached tokens in one split
+    c.name = "min workspace";
+    c.heads = 4;
+    c.starts = {3000, 17};
+    c.min_workspace = true;
     cases.push_back(c);
   }
   {
