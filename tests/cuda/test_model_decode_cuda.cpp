@@ -173,6 +173,29 @@ INSTANTIATE_TEST_SUITE_P(Specs, ModelDecodeCuda,
                            return std::string(i.param.name);
                          });
 
+// The two-launch graph step (quantize_append's row kernel, then turbo_decode: the step of
+// head_dim > 64, e.g. the 15B model, and of set_fused_step_append(false)) runs the eager step's
+// kernels with its split count (one split below 512 tokens of capacity): the same values.
+TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
+  TURBOESM_REQUIRE_GPU();
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const SpecCase sc{"random_token_sign", tq::RotationKind::kRandom, tq::NormMode::kToken,
+                    tq::QjlMode::kSign};
+  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
+  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_fused_step_append(false);
+  graph.enable_cuda_graph(128, 32);
+  const auto seq = encode(kProtein.substr(0, 100));
+  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
+  eager.prefill(row(prefix));
+  graph.prefill(row(prefix));
+  const double d = graph_vs_eager(eager, graph, seq, 20, 60);
+  EXPECT_LE(d, kGraphEagerTol);
+  EXPECT_EQ(graph.cuda_graph()->captures(), 3);  // lengths 21..80: buckets 32, 64, 96
+  std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
+}
+
 TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
   auto gpu = tiny(c10::Device(c10::kCUDA, 0));
