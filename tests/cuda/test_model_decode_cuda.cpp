@@ -173,6 +173,20 @@ INSTANTIATE_TEST_SUITE_P(Specs, ModelDecodeCuda,
                            return std::string(i.param.name);
                          });
 
+/// Prefills 20 tokens into both sessions, then 60 single-token appends (lengths 21..80: buckets
+/// 32, 64, 96 of a graph enabled with max_length 128, bucket 32); checks the graph captured 3
+/// times and returns the largest difference of the appended hidden states.
+double graph_vs_eager_80(tm::Session& eager, tm::Session& graph) {
+  graph.enable_cuda_graph(128, 32);
+  const auto seq = encode(kProtein.substr(0, 100));
+  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
+  eager.prefill(row(prefix));
+  graph.prefill(row(prefix));
+  const double d = graph_vs_eager(eager, graph, seq, 20, 60);
+  EXPECT_EQ(graph.cuda_graph()->captures(), 3);
+  return d;
+}
+
 // The two-launch graph step (quantize_append's row kernel, then turbo_decode: the step of
 // head_dim > 64, e.g. the 15B model, and of set_fused_step_append(false)) runs the eager step's
 // kernels with its split count (one split below 512 tokens of capacity): the same values.
@@ -185,14 +199,8 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
   tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
   tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
   dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_fused_step_append(false);
-  graph.enable_cuda_graph(128, 32);
-  const auto seq = encode(kProtein.substr(0, 100));
-  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
-  eager.prefill(row(prefix));
-  graph.prefill(row(prefix));
-  const double d = graph_vs_eager(eager, graph, seq, 20, 60);
+  const double d = graph_vs_eager_80(eager, graph);
   EXPECT_LE(d, kGraphEagerTol);
-  EXPECT_EQ(graph.cuda_graph()->captures(), 3);  // lengths 21..80: buckets 32, 64, 96
   std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
 }
 
@@ -202,15 +210,9 @@ TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {
   for (tm::CacheKind kind : {tm::CacheKind::kFp32, tm::CacheKind::kFp16}) {
     tm::Session eager = make_session(gpu, kind, nullptr);
     tm::Session graph = make_session(gpu, kind, nullptr);
-    graph.enable_cuda_graph(128, 32);
-    const auto seq = encode(kProtein.substr(0, 100));
-    const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
-    eager.prefill(row(prefix));
-    graph.prefill(row(prefix));
-    const double d = graph_vs_eager(eager, graph, seq, 20, 60);
+    const double d = graph_vs_eager_80(eager, graph);
     // fp16 storage with an fp32 model computes in fp32 both ways (same rounded K/V).
     EXPECT_LE(d, kGraphEagerTol) << tm::to_string(kind);
-    EXPECT_EQ(graph.cuda_graph()->captures(), 3);  // lengths 21..80: buckets 32, 64, 96
     std::printf("[model decode graph vs eager %s cache] max|d| %.2e\n", tm::to_string(kind), d);
   }
 }
