@@ -82,6 +82,14 @@ size_t workspace_for(const quant::DecodeParams& p, int splits) {
   return align16(parts * p.head_dim * sizeof(float)) + 2 * align16(parts * sizeof(float));
 }
 
+/// The most splits in [min_splits, want] whose partials fit in `bytes` (min_splits when none do;
+/// the caller checks that case).
+int splits_that_fit(const quant::DecodeParams& p, int want, int min_splits, size_t bytes) {
+  int splits = want;
+  while (splits > min_splits && workspace_for(p, splits) > bytes) --splits;
+  return splits;
+}
+
 const char* check_cache(const quant::CacheView& c, int heads, int head_dim) {
   const quant::PageLayout& l = c.layout;
   if (l.head_dim != head_dim) return "cache layout head_dim differs from DecodeParams::head_dim";
@@ -212,7 +220,7 @@ cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t w
   if (e != cudaSuccess) return e;
   int splits = turbo_decode_num_splits(p, sms);
   if (workspace == nullptr || !detail::aligned16(workspace)) splits = 1;
-  while (splits > 1 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+  splits = detail::splits_that_fit(p, splits, 1, workspace_bytes);  // 1 needs none
   return launch(p, nullptr, splits, workspace, stream);
 }
 
@@ -234,6 +242,7 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
     return "turbo_decode_append: rows must be fp32, fp16 or bf16";
   if (p.k.constants.boundaries == nullptr || p.v.constants.boundaries == nullptr)
     return "turbo_decode_append: cache constants need the codebook boundaries (the encoder's)";
+  if (const char* e = l2_prefetch_invalid_reason(a.l2_prefetch)) return e;
   return nullptr;
 }
 
@@ -249,8 +258,8 @@ cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend
   const cudaError_t e = current_sms(&sms);
   if (e != cudaSuccess) return e;
   // The cached positions' splits plus the new token's (at least one of each).
-  int splits = turbo_decode_num_splits(p, sms) + 1;
-  while (splits > 2 && detail::workspace_for(p, splits) > workspace_bytes) --splits;
+  const int splits =
+      detail::splits_that_fit(p, turbo_decode_num_splits(p, sms) + 1, 2, workspace_bytes);
   if (workspace == nullptr || !detail::aligned16(workspace) ||
       detail::workspace_for(p, splits) > workspace_bytes)
     return cudaErrorInvalidValue;

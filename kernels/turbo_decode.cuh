@@ -839,6 +839,8 @@ __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
   }
+  // turbo_decode_append: the hint (the step's next weights) while kernel 1 runs.
+  if (launch.append) issue_l2_prefetch(launch.app.l2_prefetch, blockIdx.x, gridDim.x);
   pdl_wait();  // the partials come from kernel 1
   const float l = merge_splits<D>(launch, row, h, s_y);
   const float* mu = p.v.constants.mean;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "turboesm/error.h"
 
@@ -100,6 +101,20 @@ struct CudaDecodeGraph::Impl {
     return out;
   }
 
+  /// The memory the launches after layer `layer`'s attention read: its O, FC1 and FC2 weights
+  /// (KvCache::set_step_l2_prefetch).
+  kernels::L2Prefetch dense_after(int layer) const {
+    kernels::L2Prefetch r;
+    const LayerWeights& w = model.weights().layers[static_cast<size_t>(layer)];
+    for (const at::Tensor* t : {&w.o_weight, &w.fc1_weight, &w.fc2_weight}) {
+      const auto addr = reinterpret_cast<uintptr_t>(t->defined() ? t->data_ptr() : nullptr);
+      if (t->defined() && t->is_cuda() && t->is_contiguous() && addr % 16 == 0 &&
+          t->nbytes() % 16 == 0)
+        r.add(t->data_ptr(), t->nbytes());
+    }
+    return r;
+  }
+
   /// The step on the current stream; with `advance` it also moves lengths/positions forward.
   at::Tensor body(int64_t max_tokens, bool advance) {
     at::Tensor h = model.embed_with_ratio(tokens, mask, observed);
@@ -109,7 +124,9 @@ struct CudaDecodeGraph::Impl {
     const bool fused = fused_qkv();
     for (int i = 0; i < model.num_layers(); ++i) {
       const Qkv qkv = fused ? fused_layer_qkv(i, h, cos, sin) : model.layer_qkv(i, h, cos, sin);
+      cache.set_step_l2_prefetch(i, dense_after(i));  // read at launch (capture) time only
       at::Tensor attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
+      cache.set_step_l2_prefetch(i, {});   // no pointer outlives the call
       h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
     }
     at::Tensor o = model.final_norm(h);

@@ -42,11 +42,13 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -338,27 +340,50 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
-  // A/B, interleaved so that drift hits both: rounds of 50 graph steps on each of two sessions —
-  // the fused decode-append (one launch per layer + the merge kernel) and quantize_append +
+  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of four
+  // sessions — the default step (the append inside the attention launch: one launch per layer +
+  // the merge kernel), the same with the merge kernel asking the L2 for the layer's O + FC1
+  // weights (the first 16 384 000 bytes of the hint for the 650M model) or for O + FC1 + FC2
+  // while the attention runs (TurboKvCache::set_step_l2_prefetch_bytes), and quantize_append +
   // turbo_decode (two launches, splits merged in the decode kernel).
   {
     constexpr int kRounds = 4;
-    tm::Session fused(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
-    tm::Session two(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
-    dynamic_cast<tm::TurboKvCache&>(two.cache()).set_fused_step_append(false);
-    std::vector<double> a, b;
-    for (tm::Session* s : {&fused, &two}) {
-      s->enable_cuda_graph(cached + kRounds * (kWarmup + kSteps) + 1, 256);
-      s->prefill(prefix);
+    struct Variant {
+      const char* key;
+      const char* label;
+      std::function<void(tm::TurboKvCache&)> setup;
+    };
+    const uint64_t o_fc1 = static_cast<uint64_t>(m->weights().layers[0].o_weight.nbytes() +
+                                                 m->weights().layers[0].fc1_weight.nbytes());
+    const std::vector<Variant> variants = {
+        {"ab_fused_append_ms", "fused append", [](tm::TurboKvCache&) {}},
+        {"ab_fused_l2_o_fc1_ms", "+ L2 hint O/FC1",
+         [o_fc1](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc1); }},
+        {"ab_fused_l2_all_ms", "+ L2 hint O/FC1/FC2",
+         [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); }},
+        {"ab_two_kernels_ms", "append kernel + decode",
+         [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
+    };
+    j.add("l2_cache_bytes",
+          static_cast<double>(at::cuda::getCurrentDeviceProperties()->l2CacheSize));
+    std::vector<std::unique_ptr<tm::Session>> sessions;
+    for (const Variant& v : variants) {
+      sessions.push_back(
+          std::make_unique<tm::Session>(m, make_cache(*m, tm::CacheKind::kTurbo, &spec)));
+      v.setup(dynamic_cast<tm::TurboKvCache&>(sessions.back()->cache()));
+      sessions.back()->enable_cuda_graph(cached + kRounds * (kWarmup + kSteps) + 1, 256);
+      sessions.back()->prefill(prefix);
     }
+    std::vector<std::vector<double>> ms(variants.size());
     for (int r = 0; r < kRounds; ++r) {
-      a.push_back(median(time_appends(fused, kWarmup, kSteps, 20 + r)));
-      b.push_back(median(time_appends(two, kWarmup, kSteps, 20 + r)));
-      std::printf("  A/B round %d: fused append %.4f ms, append kernel + decode %.4f ms\n", r,
-                  a.back(), b.back());
+      std::printf("  A/B round %d:", r);
+      for (size_t i = 0; i < variants.size(); ++i) {
+        ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
+        std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
+      }
+      std::printf("\n");
     }
-    j.add("ab_fused_append_ms", a);
-    j.add("ab_two_kernels_ms", b);
+    for (size_t i = 0; i < variants.size(); ++i) j.add(variants[i].key, ms[i]);
   }
   // The dense layers on the eager ops (cuBLAS, LayerNorm, GELU, add launches), not decode_gemv.
   graph_step_without("turbo3_graph_eager_dense", [&](bool on) { m->set_fused_decode_gemv(on); });

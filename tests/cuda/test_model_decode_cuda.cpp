@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -202,6 +203,22 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
   const double d = graph_vs_eager_80(eager, graph);
   EXPECT_LE(d, kGraphEagerTol);
   std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
+}
+
+// The fused graph step with the L2 hint on (the merge kernel asks the L2 for every layer's O,
+// FC1 and FC2 weights while the attention runs): a hint only, so the same values.
+TEST(ModelDecodeCudaL2Hint, GraphStepEqualsEagerStep) {
+  TURBOESM_REQUIRE_GPU();
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const SpecCase sc{"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone,
+                    tq::QjlMode::kNone};
+  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
+  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_step_l2_prefetch_bytes(UINT64_MAX);
+  const double d = graph_vs_eager_80(eager, graph);
+  EXPECT_LE(d, kGraphEagerTol);
+  std::printf("[model decode graph vs eager, L2 hint] max|d| %.2e\n", d);
 }
 
 TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {

@@ -45,6 +45,9 @@ struct AppendCase {
   /// Give turbo_decode_append the smallest workspace it takes (two partials per row: one cached
   /// split and the new token's), and check that one byte less is refused before any launch.
   bool min_workspace = false;
+  /// Pass DecodeAppend::l2_prefetch: three ranges over a scratch buffer of this many MB (sizes
+  /// not multiples of the 64 KB chunks), issued by the merge kernel; must change nothing.
+  int l2_prefetch_mb = 0;
   uint64_t seed = 1;
 };
 
@@ -177,6 +180,14 @@ AppendOutcome run_append_case(const AppendCase& c) {
     a.stride_h = stride_h;
     a.starts = d_starts.get<int32_t>();
     a.status = fused.status.get<int>();
+    DeviceBuffer hinted(static_cast<size_t>(c.l2_prefetch_mb) << 20);
+    if (c.l2_prefetch_mb > 0) {
+      const uint64_t n = static_cast<uint64_t>(c.l2_prefetch_mb) << 20;
+      const char* base = static_cast<const char*>(hinted.get());
+      EXPECT_TRUE(a.l2_prefetch.add(base, n / 2 + 16));
+      EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16, 64 << 10));
+      EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16 + (64 << 10), n / 2 - 16 - (64 << 10)));
+    }
     const tq::DecodeParams p = params(fused);
     EXPECT_EQ(tk::turbo_decode_append_invalid_reason(p, a), nullptr)
         << tk::turbo_decode_append_invalid_reason(p, a);
@@ -280,6 +291,19 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     c.k.norm = c.v.norm = tq::NormMode::kNone;
     cases.push_back(c);
   }
+  {
+    AppendCase c;  // the 650M step as the model runs it: merge kernel + the weights' L2 hint
+    c.name = "650M step, L2 hint";
+    c.heads = 20;
+    c.starts = {1024};
+    c.capacity_tokens = 1088;
+    c.k.norm = c.v.norm = tq::NormMode::kNone;
+    c.dtype = tk::ElementType::kFloat16;
+    c.token_major = true;
+    c.split_counters = false;
+    c.l2_prefetch_mb = 30;
+    cases.push_back(c);
+  }
   for (size_t i = 0; i < cases.size(); ++i) {
     AppendCase c = cases[i];
     c.seed = 60 + i;
@@ -315,7 +339,7 @@ TEST(TurboDecodeAppend, PastCapacityIsFlaggedAndSkipped) {
 // Host-side checks (no GPU needed).
 // ---------------------------------------------------------------------------------------------
 TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
-  static float rows[4];
+  alignas(16) static float rows[4];
   static int32_t starts[2];
   auto valid = [] {
     tq::DecodeParams p = turboesm::testing_cuda::host_only_decode_params();
@@ -343,6 +367,14 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
        [](tq::DecodeParams& p, tk::DecodeAppend&) { p.v.constants.boundaries = nullptr; }},
       {"null q", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.q = nullptr; }},
       {"head_dim 40", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.head_dim = 40; }},
+      {"L2 hint: null range",
+       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(nullptr, 64); }},
+      {"L2 hint: misaligned start",
+       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(rows + 1, 16); }},
+      {"L2 hint: size not a multiple of 16",
+       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(rows, 12); }},
+      {"L2 hint: count past kMaxRanges",
+       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.count = 5; }},
       {"head_dim 128 (Π of both sides would not fit in shared memory)",
        [](tq::DecodeParams& p, tk::DecodeAppend&) {
          p.head_dim = 128;

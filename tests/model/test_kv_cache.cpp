@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
 #include <vector>
 
 #include "model/model_test_util.h"
@@ -296,6 +297,56 @@ TEST(KvCache, ErrorsNameTheProblem) {
   EXPECT_THROW(model::TurboCacheSpec::random(c, 3, 3, quant::RotationKind::kSvd, NormMode::kToken,
                                              QjlMode::kNone, 1),
                Error);
+}
+
+// The step's L2 hint (KvCache::set_step_l2_prefetch): a bad layer or range is refused with the
+// problem named; caches without a fused step accept and ignore it; an empty hint clears it.
+TEST(KvCache, StepL2PrefetchHintIsValidated) {
+  const auto c = cfg(2, 2, 16);
+  auto spec = spec_for(c, 3);
+  model::TurboKvCache turbo(model::CacheShape::of(c, 1, c10::Device(c10::kCPU)), spec);
+  alignas(16) static float weights[64];
+  kernels::L2Prefetch ok;
+  ok.add(weights, sizeof(weights));
+  EXPECT_NO_THROW(turbo.set_step_l2_prefetch(1, ok));
+  EXPECT_NO_THROW(turbo.set_step_l2_prefetch(1, {}));
+  const auto message = [&](int layer, const kernels::L2Prefetch& r) {
+    try {
+      turbo.set_step_l2_prefetch(layer, r);
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(message(2, ok).find("layer 2 is outside [0, 2)"), std::string::npos) << message(2, ok);
+  EXPECT_NE(message(-1, ok).find("layer -1"), std::string::npos);
+  kernels::L2Prefetch odd;
+  odd.add(weights + 1, 16);
+  EXPECT_NE(message(0, odd).find("16-byte aligned"), std::string::npos) << message(0, odd);
+  kernels::L2Prefetch null;
+  null.add(nullptr, 16);
+  EXPECT_NE(message(0, null).find("must not be null"), std::string::npos) << message(0, null);
+  kernels::L2Prefetch full;
+  for (int i = 0; i < kernels::L2Prefetch::kMaxRanges; ++i) EXPECT_TRUE(full.add(weights, 16));
+  EXPECT_FALSE(full.add(weights, 16));  // refused, not dropped silently
+  EXPECT_EQ(full.count, kernels::L2Prefetch::kMaxRanges);
+  EXPECT_EQ(full.total_bytes(), 16u * kernels::L2Prefetch::kMaxRanges);
+  // The byte budget keeps the first bytes in range order, cut to multiples of 16.
+  kernels::L2Prefetch three;
+  three.add(weights, 64);
+  three.add(weights + 16, 128);
+  three.add(weights + 48, 64);
+  EXPECT_EQ(three.truncated(0).count, 0);
+  EXPECT_EQ(three.truncated(15).count, 0);
+  const kernels::L2Prefetch cut = three.truncated(64 + 100);
+  ASSERT_EQ(cut.count, 2);
+  EXPECT_EQ(cut.ptr[1], static_cast<const void*>(weights + 16));
+  EXPECT_EQ(cut.bytes[1], 96u);
+  EXPECT_EQ(cut.total_bytes(), 160u);
+  EXPECT_EQ(three.truncated(UINT64_MAX).total_bytes(), 256u);
+  EXPECT_EQ(turbo.step_l2_prefetch_bytes(), 0u);  // off until measured (turbo_cache.h)
+  auto fp32 = make(CacheKind::kFp32, c, 1);
+  EXPECT_NO_THROW(fp32->set_step_l2_prefetch(7, odd));  // no fused step: ignored
 }
 
 }  // namespace

@@ -34,6 +34,7 @@
 #include <cstdint>
 
 #include "turboesm/kernels/element_type.h"
+#include "turboesm/kernels/l2_prefetch.h"
 #include "turboesm/quant/cache_view.h"
 
 namespace turboesm::kernels {
@@ -89,6 +90,11 @@ struct DecodeAppend {
   int64_t stride_b = 0, stride_h = 0;  ///< element strides over sequence and head (≥ 0)
   const int32_t* starts = nullptr;     ///< [batch] cache position of the new token (old length)
   int* status = nullptr;  ///< optional: OR of kQuantizeAppend* bits (quantize_append.h)
+  /// Optional hint (l2_prefetch.h): device memory the launches after this one read (a decode
+  /// step passes the layer's O, FC1 and FC2 weights). The merge kernel asks the L2 for it before
+  /// its wait, i.e. while the attention runs; ignored when there is no merge kernel
+  /// (p.split_counters given).
+  L2Prefetch l2_prefetch{};
 };
 
 /// Largest head_dim turbo_decode_append takes (its encoding CTA holds both sides' Π in shared
