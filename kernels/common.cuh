@@ -122,22 +122,12 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) 
 }
 
 /// \brief Issues the L2 prefetch hint `r` (l2_prefetch.h) from part `part` of `parts` equal
-/// groups of blockDim.x threads: 64 KB chunks, chunk g of all ranges taken by thread
-/// g mod (parts · blockDim.x) of the launch.
+/// groups of blockDim.x threads: chunk g of all ranges goes to thread g mod (parts · blockDim.x).
 __device__ inline void issue_l2_prefetch(const L2Prefetch& r, int part, int parts) {
-  constexpr uint64_t kChunk = 64u << 10;
-  const uint64_t stride = static_cast<uint64_t>(parts) * blockDim.x;
-  uint64_t first = static_cast<uint64_t>(part) * blockDim.x + threadIdx.x;  // in this range
-  for (int i = 0; i < r.count; ++i) {
-    const uint64_t chunks = (r.bytes[i] + kChunk - 1) / kChunk;
-    const char* base = static_cast<const char*>(r.ptr[i]);
-    for (uint64_t c = first; c < chunks; c += stride) {
-      const uint64_t n = r.bytes[i] - c * kChunk < kChunk ? r.bytes[i] - c * kChunk : kChunk;
-      prefetch_l2_bulk(base + c * kChunk, static_cast<uint32_t>(n));
-    }
-    // The next range continues the global chunk numbering where this one stopped.
-    first = (first + stride - chunks % stride) % stride;
-  }
+  for_each_l2_prefetch_chunk(
+      r, static_cast<uint64_t>(part) * blockDim.x + threadIdx.x,
+      static_cast<uint64_t>(parts) * blockDim.x,
+      [](const void* p, uint64_t n) { prefetch_l2_bulk(p, static_cast<uint32_t>(n)); });
 }
 
 /// \brief Asynchronous 4-byte copy global → shared (sm_80 `cp.async`, cached in L1): holds no

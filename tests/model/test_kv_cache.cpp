@@ -3,6 +3,7 @@
 // INT8/FP8 round-trip bounds, Turbo error vs bits, padded batches vs single sequences.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -347,6 +348,64 @@ TEST(KvCache, StepL2PrefetchHintIsValidated) {
   EXPECT_EQ(turbo.step_l2_prefetch_bytes(), 0u);  // off until measured (turbo_cache.h)
   auto fp32 = make(CacheKind::kFp32, c, 1);
   EXPECT_NO_THROW(fp32->set_step_l2_prefetch(7, odd));  // no fused step: ignored
+}
+
+// The kernels' split of a hint into bulk requests (for_each_l2_prefetch_chunk, the loop the
+// merge kernel runs per thread): over all threads every byte of every range exactly once, in
+// requests of at most 64 KB that start 16-byte aligned and are multiples of 16 bytes.
+TEST(KvCache, StepL2PrefetchChunksCoverEveryByteOnce) {
+  constexpr uint64_t kChunk = kernels::kL2PrefetchChunk;
+  // Addresses only (never dereferenced): ranges of a fake 16-byte aligned address space.
+  const auto at = [](uint64_t offset) { return reinterpret_cast<const void*>(0x100000 + offset); };
+  const std::vector<std::vector<uint64_t>> sizes = {
+      {16},                                            // one tiny range
+      {kChunk},                                        // exactly one chunk
+      {3276800, 13107200, 13107200},                   // the 650M layer's O, FC1, FC2 weights
+      {kChunk + 16, 5 * kChunk - 48, 32, 7 * kChunk},  // odd tails, 4 ranges
+  };
+  for (const auto& sz : sizes) {
+    kernels::L2Prefetch r;
+    uint64_t offset = 0;
+    for (uint64_t n : sz) {
+      ASSERT_TRUE(r.add(at(offset), n));
+      offset += n + 4096;  // gaps between ranges
+    }
+    for (uint64_t threads : {1u, 7u, 128u, 2560u}) {
+      std::vector<std::pair<uint64_t, uint64_t>> seen;  // (start, bytes)
+      uint64_t fewest = UINT64_MAX, most = 0;           // requests per thread
+      for (uint64_t t = 0; t < threads; ++t) {
+        uint64_t mine = 0;
+        kernels::for_each_l2_prefetch_chunk(r, t, threads, [&](const void* p, uint64_t n) {
+          seen.emplace_back(reinterpret_cast<uint64_t>(p) - 0x100000, n);
+          ++mine;
+        });
+        fewest = std::min(fewest, mine);
+        most = std::max(most, mine);
+      }
+      // Numbered across ranges, the requests are dealt round-robin: balanced to one.
+      EXPECT_LE(most - fewest, 1u) << threads << " threads";
+      std::sort(seen.begin(), seen.end());
+      // Walk the ranges in order: the sorted requests must tile each of them exactly.
+      size_t k = 0;
+      offset = 0;
+      for (uint64_t n : sz) {
+        uint64_t pos = offset;
+        while (pos < offset + n) {
+          ASSERT_LT(k, seen.size()) << "range at " << offset << " not covered, " << threads;
+          EXPECT_EQ(seen[k].first, pos) << threads << " threads";
+          EXPECT_GT(seen[k].second, 0u);
+          EXPECT_LE(seen[k].second, kChunk);
+          EXPECT_EQ(seen[k].first % 16, 0u);
+          EXPECT_EQ(seen[k].second % 16, 0u);
+          pos += seen[k].second;
+          ++k;
+        }
+        EXPECT_EQ(pos, offset + n);
+        offset += n + 4096;
+      }
+      EXPECT_EQ(k, seen.size()) << "requests outside the ranges, " << threads << " threads";
+    }
+  }
 }
 
 }  // namespace

@@ -13,13 +13,16 @@
 ///
 /// Who honours it: turbo_decode_append's merge kernel (DecodeAppend::l2_prefetch), before its
 /// `griddepcontrol.wait`, i.e. while the attention launch runs. The ranges are split into 64 KB
-/// chunks over all threads of that launch. The model's decode step (model/decode_graph.cpp)
-/// hands every layer's O, FC1 and FC2 weights to the turbo cache, which passes them on only
-/// with TurboKvCache::set_step_l2_prefetch_bytes > 0 — default 0: not yet measured on a GPU
-/// (kernels/NOTES.md, "Decode step v9"). A similar prefetch issued from the products themselves
-/// lost (NOTES, "Decode step v6"): there it competed with their own weight stream.
+/// chunks over all threads of that launch (for_each_l2_prefetch_chunk). The model's decode step
+/// (model/decode_graph.cpp) hands every layer's O, FC1 and FC2 weights to the turbo cache, which
+/// passes them on only with TurboKvCache::set_step_l2_prefetch_bytes > 0 — default 0: not yet
+/// measured on a GPU (kernels/NOTES.md, "Decode step v9"). A similar prefetch issued from the
+/// products themselves lost (NOTES, "Decode step v6"): there it competed with their own weight
+/// stream.
 
 #include <cstdint>
+
+#include "turboesm/quant/host_device.h"
 
 namespace turboesm::kernels {
 
@@ -55,6 +58,29 @@ struct L2Prefetch {
     return r;
   }
 };
+
+/// Bytes of one prefetch request (`cp.async.bulk.prefetch.L2`).
+inline constexpr uint64_t kL2PrefetchChunk = 64u << 10;
+
+/// \brief The requests thread `thread` of `threads` issues for `r`: f(pointer, bytes) for every
+/// chunk g (kL2PrefetchChunk bytes, the last of a range shorter) of the ranges numbered in order
+/// with g mod threads = thread. Over all threads every byte of every range once (tested on the
+/// host: tests/model/test_kv_cache.cpp); the kernels call it with the bulk prefetch as `f`.
+template <typename F>
+TURBOESM_HOST_DEVICE inline void for_each_l2_prefetch_chunk(const L2Prefetch& r, uint64_t thread,
+                                                            uint64_t threads, F&& f) {
+  uint64_t first = thread;  // this thread's first chunk index within the current range
+  for (int i = 0; i < r.count; ++i) {
+    const uint64_t chunks = (r.bytes[i] + kL2PrefetchChunk - 1) / kL2PrefetchChunk;
+    const char* base = static_cast<const char*>(r.ptr[i]);
+    for (uint64_t c = first; c < chunks; c += threads) {
+      const uint64_t left = r.bytes[i] - c * kL2PrefetchChunk;
+      f(base + c * kL2PrefetchChunk, left < kL2PrefetchChunk ? left : kL2PrefetchChunk);
+    }
+    // The next range continues the global chunk numbering where this one stopped.
+    first = (first + threads - chunks % threads) % threads;
+  }
+}
 
 /// \brief Why `r` cannot be issued, or nullptr: count in [0, kMaxRanges], non-null 16-byte
 /// aligned pointers, sizes multiples of 16.
