@@ -292,14 +292,8 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     cases.push_back(c);
   }
   {
-    AppendCase c;  // the 650M step as the model runs it: merge kernel + the weights' L2 hint
-    c.name = "650M step, L2 hint";
-    c.heads = 20;
-    c.starts = {1024};
-    c.capacity_tokens = 1088;
-    c.k.norm = c.v.norm = tq::NormMode::kNone;
-    c.dtype = tk::ElementType::kFloat16;
-    c.token_major = true;
+    AppendCase c = cases.front();   // the 650M step as the model runs it: merge kernel + the
+    c.name = "650M step, L2 hint";  // weights' L2 hint
     c.split_counters = false;
     c.l2_prefetch_mb = 30;
     cases.push_back(c);
