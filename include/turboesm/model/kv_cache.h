@@ -8,14 +8,15 @@
 /// ignored), `attend` lets queries attend to every cached token of their sequence (including the
 /// ones just appended). Formats:
 ///
-/// | kind  | per token per head (DESIGN "Memory accounting")         | attend |
-/// |-------|---------------------------------------------------------|------------------------------|
-/// | fp32  | 4·d                                                     | exact softmax attention | |
-/// fp16  | 2·d                                                     | exact on fp16-rounded K/V    |
-/// | int8  | d + 2 (symmetric int8, one fp16 scale per token·head)   | exact on dequantized K/V |
-/// | fp8   | d + 2 (e4m3, one fp16 scale per token·head)             | exact on dequantized K/V |
-/// | turbo | format.h bytes_per_token_per_head (codes, norms, QJL)   | code space
-/// (ops/turbo_decode)|
+// clang-format off
+/// | kind  | per token per head (DESIGN "Memory accounting")   | attend                           |
+/// |-------|---------------------------------------------------|----------------------------------|
+/// | fp32  | 4·d                                               | exact softmax attention          |
+/// | fp16  | 2·d                                               | exact on fp16-rounded K/V        |
+/// | int8  | d + 2 (symmetric int8, fp16 scale per token·head) | exact on dequantized K/V         |
+/// | fp8   | d + 2 (e4m3, fp16 scale per token·head)           | exact on dequantized K/V         |
+/// | turbo | format.h bytes_per_token_per_head                 | in code space (ops/turbo_decode) |
+// clang-format on
 ///
 /// `kv_bytes()` counts exactly these bytes × cached tokens × heads × layers for K and V;
 /// `allocated_bytes()` is what the buffers really take (capacity slack, page padding, scales).
@@ -131,8 +132,8 @@ class KvCache {
   /// decode step passes the layer's O, FC1 and FC2 weights). A cache whose step has a launch that
   /// waits on latency-bound attention asks the L2 for it there (the turbo cache's fused step,
   /// kernels/l2_prefetch.h, given TurboKvCache::set_step_l2_prefetch_bytes > 0); the others
-  /// ignore it. The pointers must stay valid while steps using
-  /// them (or graphs capturing them) run; an empty hint clears it.
+  /// ignore it. The pointers must stay valid while steps using them (or graphs capturing them)
+  /// run; an empty hint clears it.
   virtual void set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) {
     (void)layer;
     (void)after;

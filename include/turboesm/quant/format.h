@@ -9,13 +9,14 @@
 /// `kPageTokens` = 64). Inside a page, separate regions, each starting on a 16-byte boundary so a
 /// kernel can use 16-byte vector loads on every region:
 ///
-/// | region   | present when        | size (bytes)                        | per-token record |
-/// |----------|---------------------|-------------------------------------|---------------------------|
-/// | codes    | always              | T × d·bits/8                        | d codes, bitpack.h
-/// layout | | norms    | norm == kToken      | T × 2                               | fp16 ‖x − μ‖ |
-/// | qjl      | qjl != kNone        | T × m/8                             | m sign bits, bitpack
-/// 1-bit| | rnorms   | qjl == kProd        | T × 2                               | fp16 ‖r‖ (code
-/// space)     |
+// clang-format off
+/// | region   | present when        | size (bytes)   | per-token record                  |
+/// |----------|---------------------|----------------|-----------------------------------|
+/// | codes    | always              | T × d·bits/8   | d codes, bitpack.h layout         |
+/// | norms    | norm == kToken      | T × 2          | fp16 ‖x − μ‖                      |
+/// | qjl      | qjl != kNone        | T × m/8        | m sign bits, bitpack 1-bit        |
+/// | rnorms   | qjl == kProd        | T × 2          | fp16 ‖r‖ (code space)             |
+// clang-format on
 ///
 /// Records are token-major (token t's record is contiguous at `offset + t * record_bytes`), at true
 /// density: d·bits is a multiple of 8 for every supported d (16, 24, 32, 64, 128) and bits 1..4, so
