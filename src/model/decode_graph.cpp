@@ -124,9 +124,18 @@ struct CudaDecodeGraph::Impl {
     const bool fused = fused_qkv();
     for (int i = 0; i < model.num_layers(); ++i) {
       const Qkv qkv = fused ? fused_layer_qkv(i, h, cos, sin) : model.layer_qkv(i, h, cos, sin);
-      cache.set_step_l2_prefetch(i, dense_after(i));  // read at launch (capture) time only
-      at::Tensor attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
-      cache.set_step_l2_prefetch(i, {});   // no pointer outlives the call
+      at::Tensor attn;
+      {
+        // The hint is read at launch (capture) time only; cleared on every exit, also when
+        // device_step throws, so that no weight pointer outlives the call in the cache.
+        cache.set_step_l2_prefetch(i, dense_after(i));
+        struct Clear {
+          KvCache& c;
+          int layer;
+          ~Clear() { c.set_step_l2_prefetch(layer, {}); }
+        } clear{cache, i};
+        attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
+      }
       h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
     }
     at::Tensor o = model.final_norm(h);
