@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -188,19 +189,26 @@ double graph_vs_eager_80(tm::Session& eager, tm::Session& graph) {
   return d;
 }
 
+/// graph_vs_eager_80 on the tiny model with a turbo cache of spec case `sc` in both sessions,
+/// `setup` applied to the graph session's cache only.
+double turbo_graph_vs_eager_80(const SpecCase& sc,
+                               const std::function<void(tm::TurboKvCache&)>& setup) {
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
+  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
+  setup(dynamic_cast<tm::TurboKvCache&>(graph.cache()));
+  return graph_vs_eager_80(eager, graph);
+}
+
 // The two-launch graph step (quantize_append's row kernel, then turbo_decode: the step of
 // head_dim > 64, e.g. the 15B model, and of set_fused_step_append(false)) runs the eager step's
 // kernels with its split count (one split below 512 tokens of capacity): the same values.
 TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
-  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
-  const SpecCase sc{"random_token_sign", tq::RotationKind::kRandom, tq::NormMode::kToken,
-                    tq::QjlMode::kSign};
-  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
-  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-  dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_fused_step_append(false);
-  const double d = graph_vs_eager_80(eager, graph);
+  const double d = turbo_graph_vs_eager_80(
+      {"random_token_sign", tq::RotationKind::kRandom, tq::NormMode::kToken, tq::QjlMode::kSign},
+      [](tm::TurboKvCache& c) { c.set_fused_step_append(false); });
   EXPECT_LE(d, kGraphEagerTol);
   std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
 }
@@ -209,14 +217,9 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
 // FC1 and FC2 weights while the attention runs): a hint only, so the same values.
 TEST(ModelDecodeCudaL2Hint, GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
-  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
-  const SpecCase sc{"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone,
-                    tq::QjlMode::kNone};
-  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
-  tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-  tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-  dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_step_l2_prefetch_bytes(UINT64_MAX);
-  const double d = graph_vs_eager_80(eager, graph);
+  const double d = turbo_graph_vs_eager_80(
+      {"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone, tq::QjlMode::kNone},
+      [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); });
   EXPECT_LE(d, kGraphEagerTol);
   std::printf("[model decode graph vs eager, L2 hint] max|d| %.2e\n", d);
 }
