@@ -107,9 +107,8 @@ struct CudaDecodeGraph::Impl {
     kernels::L2Prefetch r;
     const LayerWeights& w = model.weights().layers[static_cast<size_t>(layer)];
     for (const at::Tensor* t : {&w.o_weight, &w.fc1_weight, &w.fc2_weight}) {
-      const auto addr = reinterpret_cast<uintptr_t>(t->defined() ? t->data_ptr() : nullptr);
-      if (t->defined() && t->is_cuda() && t->is_contiguous() && addr % 16 == 0 &&
-          t->nbytes() % 16 == 0)
+      if (!t->defined() || !t->is_cuda() || !t->is_contiguous()) continue;
+      if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->nbytes() % 16 == 0)
         r.add(t->data_ptr(), t->nbytes());
     }
     return r;
