@@ -11,6 +11,7 @@
 #include "turboesm/error.h"
 #include "turboesm/model/contact_head.h"
 #include "turboesm/model/random_init.h"
+#include "turboesm/model/token_batch.h"
 
 #ifdef TURBOESM_WITH_CUDA
 #include <ATen/cuda/CUDAContext.h>
@@ -153,11 +154,10 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
                                   Qkv* qkv) const {
 #ifdef TURBOESM_WITH_CUDA
   kernels::ElementType t, xt;
-  if (!kernel_element_type(dtype_, &t) || !kernel_element_type(x.scalar_type(), &xt))
-    return {};
+  if (!kernel_element_type(dtype_, &t) || !kernel_element_type(x.scalar_type(), &xt)) return {};
   const auto same = [&](const at::Tensor& a) {
-    return !a.defined() || (a.is_contiguous() && a.scalar_type() == dtype_ &&
-                            a.device() == x.device());
+    return !a.defined() ||
+           (a.is_contiguous() && a.scalar_type() == dtype_ && a.device() == x.device());
   };
   if (!same(weight) || !same(bias) || !same(residual) ||
       (ln != nullptr && (!same(ln->weight) || !same(ln->bias))) || weight.dim() != 2)
@@ -212,8 +212,7 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
                  ", dtype ", c10::toString(dtype_), "): ", cudaGetErrorString(e));
   return out;
 #else
-  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual, (void)rotary,
-      (void)qkv;
+  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual, (void)rotary, (void)qkv;
   return {};
 #endif
 }
@@ -338,27 +337,23 @@ at::Tensor Esm2Model::lm_head(const at::Tensor& hidden) const {
 ForwardOutput Esm2Model::forward(const at::Tensor& tokens_in, const at::Tensor& mask_in,
                                  const ForwardOptions& opts) const {
   c10::InferenceMode guard;
-  TURBOESM_CHECK(tokens_in.defined() && tokens_in.dim() == 2,
-                 "tokens must be 2-D [batch, tokens], got ",
-                 tokens_in.defined() ? tokens_in.dim() : 0, "-D");
-  TURBOESM_CHECK(tokens_in.size(0) > 0 && tokens_in.size(1) > 0, "tokens must be non-empty, got ",
-                 tokens_in.sizes());
-  TURBOESM_CHECK(!at::isFloatingType(tokens_in.scalar_type()),
-                 "tokens must be an integer tensor, got ", c10::toString(tokens_in.scalar_type()));
-  at::Tensor tokens = tokens_in.to(device_, at::kLong);
-  {
-    const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
-    TURBOESM_CHECK(lo >= 0 && hi < config_.vocab_size, "token ids must be in [0, ",
-                   config_.vocab_size, "), got range [", lo, ", ", hi, "]");
-  }
-  at::Tensor mask;
-  bool padded = false;
-  if (mask_in.defined()) {
-    TURBOESM_CHECK(mask_in.sizes() == tokens.sizes(), "attention_mask must match tokens ",
-                   tokens.sizes(), ", got ", mask_in.sizes());
-    mask = mask_in.to(device_).ne(0);
-    padded = !mask.all().item<bool>();
-  }
+  // Checked on the host: host tokens cost no device round trip (token_batch.h).
+  return forward(
+      make_token_batch(tokens_in, mask_in, config_.vocab_size, config_.mask_token_id, device_),
+      opts);
+}
+
+ForwardOutput Esm2Model::forward(const TokenBatch& tb, const ForwardOptions& opts) const {
+  c10::InferenceMode guard;
+  TURBOESM_CHECK(tb.tokens.defined() && tb.tokens.dim() == 2 &&
+                     tb.tokens.device().type() == device_.type() &&
+                     tb.real.size() == static_cast<size_t>(tb.tokens.size(0)),
+                 "forward: expected a token batch from make_token_batch for the model's device ",
+                 device_.str(), ", got tokens ",
+                 tb.tokens.defined() ? tb.tokens.device().str() : std::string("undefined"));
+  const at::Tensor& tokens = tb.tokens;
+  const at::Tensor& mask = tb.mask;
+  const bool padded = tb.padded;
   const int n = num_layers();
   std::set<int> want;
   for (int k : opts.repr_layers) want.insert(normalize_layer(k));
@@ -389,7 +384,10 @@ ForwardOutput Esm2Model::forward(const at::Tensor& tokens_in, const at::Tensor& 
     in.q = qkv.q;
     in.k = qkv.k;
     in.v = qkv.v;
-    if (padded) in.key_padding_mask = mask;
+    if (padded) {
+      in.key_padding_mask = mask;
+      in.key_padding_mask_host = tb.mask_host;
+    }
     in.need_probs = opts.need_contacts;
     at::Tensor probs;
     at::Tensor attn = backend->attend(in, opts.need_contacts ? &probs : nullptr);

@@ -3,6 +3,8 @@
 
 #include <c10/core/InferenceMode.h>
 
+#include <string>
+
 #include "turboesm/error.h"
 #include "turboesm/model/decode_graph.h"
 
@@ -47,74 +49,60 @@ void Session::enable_cuda_graph(int64_t max_length, int64_t bucket_tokens) {
 
 void Session::disable_cuda_graph() { graph_.reset(); }
 
-std::pair<at::Tensor, at::Tensor> Session::prepare(const at::Tensor& tokens_in,
-                                                   const at::Tensor& mask_in,
-                                                   const char* what) const {
-  TURBOESM_CHECK(tokens_in.defined() && tokens_in.dim() == 2, "Session::", what,
+TokenBatch Session::prepare(const at::Tensor& tokens_in, const at::Tensor& mask_in,
+                            const char* what) const {
+  const std::string pre = std::string("Session::") + what;
+  TURBOESM_CHECK(tokens_in.defined() && tokens_in.dim() == 2, pre,
                  ": tokens must be 2-D [batch, tokens], got ",
                  tokens_in.defined() ? tokens_in.dim() : 0, "-D");
-  TURBOESM_CHECK(tokens_in.size(0) == cache_->batch(), "Session::", what, ": tokens have batch ",
+  TURBOESM_CHECK(tokens_in.size(0) == cache_->batch(), pre, ": tokens have batch ",
                  tokens_in.size(0), ", the cache was made for batch ", cache_->batch());
-  TURBOESM_CHECK(tokens_in.size(1) > 0, "Session::", what, ": no tokens");
-  TURBOESM_CHECK(!at::isFloatingType(tokens_in.scalar_type()), "Session::", what,
-                 ": tokens must be integer, got ", c10::toString(tokens_in.scalar_type()));
-  const at::Tensor tokens = tokens_in.to(model_->device(), at::kLong);
-  const int64_t lo = tokens.min().item<int64_t>(), hi = tokens.max().item<int64_t>();
-  const int64_t vocab = model_->config().vocab_size;
-  TURBOESM_CHECK(lo >= 0 && hi < vocab, "Session::", what, ": token ids must be in [0, ", vocab,
-                 "), got range [", lo, ", ", hi, "]");
-  at::Tensor mask;
-  if (mask_in.defined()) {
-    TURBOESM_CHECK(mask_in.sizes() == tokens.sizes(), "Session::", what,
-                   ": attention_mask must match tokens ", tokens.sizes(), ", got ",
-                   mask_in.sizes());
-    mask = mask_in.to(model_->device()).ne(0);
-  } else {
-    mask = at::ones(tokens.sizes(), tokens.options().dtype(at::kBool));
-  }
-  return {tokens, mask};
+  TURBOESM_CHECK(tokens_in.size(1) > 0, pre, ": no tokens");
+  const EsmConfig& c = model_->config();
+  TokenBatch tb =
+      make_token_batch(tokens_in, mask_in, c.vocab_size, c.mask_token_id, model_->device(), pre);
+  TURBOESM_CHECK(tb.right_padded, pre,
+                 ": the KV cache needs right-padded batches (real tokens first, then padding); "
+                 "the attention mask has a padding position before a real token");
+  return tb;
 }
 
 at::Tensor Session::prefill(const at::Tensor& tokens_in, const at::Tensor& mask_in) {
   c10::InferenceMode guard;
-  auto tm = prepare(tokens_in, mask_in, "prefill");
-  const at::Tensor counts =
-      TurboAttention::counts_from_mask(tm.second, tm.first.size(0), tm.first.size(1));
+  const TokenBatch tb = prepare(tokens_in, mask_in, "prefill");
   cache_->clear();
   attention_.set_mode(TurboAttention::Mode::kPrefill);
   ForwardOptions opts;
   opts.backend = &attention_;
   // The plain forward with a caching backend: outputs identical to Esm2Model::forward.
-  ForwardOutput out = model_->forward(tm.first, mask_in.defined() ? tm.second : at::Tensor(), opts);
+  ForwardOutput out = model_->forward(tb, opts);
   last_hidden_ = out.last_hidden_state;
-  const at::Tensor masks =
-      (tm.first.eq(model_->config().mask_token_id) & tm.second).sum(-1).to(at::kCPU);
-  for (int64_t b = 0; b < cache_->batch(); ++b) {
-    real_tokens_[b] = counts[b].item<int64_t>();
-    mask_tokens_[b] = masks[b].item<int64_t>();
-  }
+  real_tokens_ = tb.real;
+  mask_tokens_ = tb.mask_tokens;
   cache_->check_device_status();
   return last_hidden_;
 }
 
-at::Tensor Session::embed_appended(const at::Tensor& tokens, const at::Tensor& mask,
-                                   const at::Tensor& counts) const {
+at::Tensor Session::embed_appended(const TokenBatch& tb) const {
   const EsmConfig& c = model_->config();
   at::Tensor obs;
   if (c.token_dropout) {
     // As Esm2Model::embed, but the <mask> ratio is over the whole sequence so far.
-    const at::Tensor is_mask = tokens.eq(c.mask_token_id) & mask;
-    std::vector<double> observed(static_cast<size_t>(cache_->batch()));
-    const at::Tensor new_masks = is_mask.sum(-1).to(at::kCPU);
-    for (int64_t b = 0; b < cache_->batch(); ++b) {
-      const int64_t real = real_tokens_[b] + counts[b].item<int64_t>();
-      const int64_t masks = mask_tokens_[b] + new_masks[b].item<int64_t>();
+    std::vector<float> observed(static_cast<size_t>(cache_->batch()));
+    for (size_t b = 0; b < observed.size(); ++b) {
+      const int64_t real = real_tokens_[b] + tb.real[b];
+      const int64_t masks = mask_tokens_[b] + tb.mask_tokens[b];
       // A sequence of masks only has every row zeroed: any finite factor will do.
-      observed[b] = (real > 0 && masks < real) ? double(masks) / double(real) : 0.0;
+      observed[b] = (real > 0 && masks < real)
+                        ? static_cast<float>(static_cast<double>(masks) / static_cast<double>(real))
+                        : 0.0f;
     }
-    obs = at::tensor(observed, at::kDouble).to(tokens.device(), at::kFloat);
+    obs = to_device_async(at::tensor(observed, at::kFloat), tb.tokens.device());
   }
-  return model_->embed_with_ratio(tokens, mask, obs);
+  // The mask multiply needs a mask: all real when none was given.
+  const at::Tensor mask =
+      tb.mask.defined() ? tb.mask : at::ones_like(tb.tokens, tb.tokens.options().dtype(at::kBool));
+  return model_->embed_with_ratio(tb.tokens, mask, obs);
 }
 
 at::Tensor Session::append(const at::Tensor& tokens_in, const at::Tensor& mask_in) {
@@ -146,20 +134,17 @@ at::Tensor Session::append(const at::Tensor& tokens_in, const at::Tensor& mask_i
       return last_hidden_;
     }
   }
-  auto tm = prepare(tokens_in, mask_in, "append");
-  const at::Tensor& tokens = tm.first;
-  const at::Tensor& mask = tm.second;
-  const int64_t B = tokens.size(0), T = tokens.size(1);
-  const at::Tensor counts = TurboAttention::counts_from_mask(mask, B, T);
+  const TokenBatch tb = prepare(tokens_in, mask_in, "append");
+  const int64_t T = tb.length();
   // Positions continue each sequence: lengths[b] + 0, 1, ...
   const std::vector<int64_t>& len = cache_->lengths(cache_->num_layers() - 1);
   const auto lopt = at::TensorOptions().dtype(at::kLong).device(model_->device());
-  const at::Tensor pos = at::tensor(len, at::kLong).to(model_->device()).unsqueeze(1) +
-                         at::arange(T, lopt).unsqueeze(0);  // [B, T]
-  at::Tensor h = embed_appended(tokens, mask, counts);
+  const at::Tensor pos =
+      to_device_async(at::tensor(len, at::kLong), model_->device()).unsqueeze(1) +
+      at::arange(T, lopt).unsqueeze(0);  // [B, T]
+  at::Tensor h = embed_appended(tb);
   auto cs = model_->rotary().cos_sin(pos, model_->dtype());
   attention_.set_mode(TurboAttention::Mode::kAppend);
-  const bool padded = !mask.all().item<bool>();
   for (int i = 0; i < model_->num_layers(); ++i) {
     Qkv qkv = model_->layer_qkv(i, h, cs.first, cs.second);
     AttentionInputs in;
@@ -167,15 +152,17 @@ at::Tensor Session::append(const at::Tensor& tokens_in, const at::Tensor& mask_i
     in.q = qkv.q;
     in.k = qkv.k;
     in.v = qkv.v;
-    if (padded) in.key_padding_mask = mask;
+    if (tb.padded) {
+      in.key_padding_mask = tb.mask;
+      in.key_padding_mask_host = tb.mask_host;
+    }
     at::Tensor attn = attention_.attend(in, nullptr);
     h = model_->layer_finish(i, h, attn);
   }
   last_hidden_ = model_->final_norm(h);
-  const at::Tensor masks = (tokens.eq(model_->config().mask_token_id) & mask).sum(-1).to(at::kCPU);
-  for (int64_t b = 0; b < B; ++b) {
-    real_tokens_[b] += counts[b].item<int64_t>();
-    mask_tokens_[b] += masks[b].item<int64_t>();
+  for (size_t b = 0; b < tb.real.size(); ++b) {
+    real_tokens_[b] += tb.real[b];
+    mask_tokens_[b] += tb.mask_tokens[b];
   }
   cache_->check_device_status();
   return last_hidden_;

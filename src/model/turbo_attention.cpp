@@ -24,7 +24,10 @@ at::Tensor TurboAttention::counts_from_mask(const at::Tensor& mask, int64_t batc
 
 at::Tensor TurboAttention::attend(const AttentionInputs& in, at::Tensor* probs_out) {
   TURBOESM_CHECK(in.k.dim() == 4, "TurboAttention: k must be 4-D [batch, heads, tokens, head_dim]");
-  const at::Tensor counts = counts_from_mask(in.key_padding_mask, in.k.size(0), in.k.size(2));
+  // The host copy, when the caller passed one, spares a device→host copy in every layer.
+  const at::Tensor& mask =
+      in.key_padding_mask_host.defined() ? in.key_padding_mask_host : in.key_padding_mask;
+  const at::Tensor counts = counts_from_mask(mask, in.k.size(0), in.k.size(2));
   if (mode_ == Mode::kPrefill) {
     for (int64_t n : cache_->lengths(in.layer))
       TURBOESM_CHECK(n == 0, "TurboAttention prefill: layer ", in.layer,

@@ -20,6 +20,10 @@ struct AttentionInputs {
   /// [B, T] bool, true = real token; keys at false positions get zero weight. Undefined = no
   /// padding (every key is real).
   at::Tensor key_padding_mask;
+  /// The same mask on the host, when the caller has it (Esm2Model::forward does): backends that
+  /// need per-row counts on the host (TurboAttention) read it instead of copying the device mask
+  /// back in every layer. Undefined = not given.
+  at::Tensor key_padding_mask_host;
   /// The caller needs the attention probabilities (contacts): fill `*probs_out`.
   bool need_probs = false;
 };

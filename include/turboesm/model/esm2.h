@@ -19,6 +19,7 @@
 #include "turboesm/model/attention.h"
 #include "turboesm/model/config.h"
 #include "turboesm/model/rotary.h"
+#include "turboesm/model/token_batch.h"
 #include "turboesm/model/weights.h"
 
 namespace turboesm::model {
@@ -69,6 +70,9 @@ class Esm2Model {
   /// real.
   ForwardOutput forward(const at::Tensor& tokens, const at::Tensor& attention_mask,
                         const ForwardOptions& opts = {}) const;
+  /// \brief The same on a batch already checked and moved by make_token_batch (token_batch.h)
+  /// with this model's vocabulary and device (Session::prefill: checks once, no second copy).
+  ForwardOutput forward(const TokenBatch& batch, const ForwardOptions& opts = {}) const;
 
   /// \brief Word embeddings + token dropout (+ emb_layer_norm_before) × mask: [B, T, hidden].
   at::Tensor embed(const at::Tensor& tokens, const at::Tensor& attention_mask) const;

@@ -34,6 +34,7 @@
 
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/kv_cache.h"
+#include "turboesm/model/token_batch.h"
 #include "turboesm/model/turbo_attention.h"
 
 namespace turboesm::model {
@@ -93,12 +94,11 @@ class Session {
   const Esm2Model& model() const { return *model_; }
 
  private:
-  /// tokens → device int64 [B, T] with range checks; mask → device bool [B, T].
-  std::pair<at::Tensor, at::Tensor> prepare(const at::Tensor& tokens, const at::Tensor& mask,
-                                            const char* what) const;
+  /// Shape checks against the cache, then make_token_batch (ids, mask, counts checked on the
+  /// host; token_batch.h); the mask must be right-padded.
+  TokenBatch prepare(const at::Tensor& tokens, const at::Tensor& mask, const char* what) const;
   /// Embeddings of appended tokens with the cumulative token-dropout ratio.
-  at::Tensor embed_appended(const at::Tensor& tokens, const at::Tensor& mask,
-                            const at::Tensor& counts) const;
+  at::Tensor embed_appended(const TokenBatch& batch) const;
 
   std::shared_ptr<const Esm2Model> model_;
   std::unique_ptr<KvCache> cache_;
