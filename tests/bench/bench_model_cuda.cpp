@@ -19,7 +19,10 @@
 //                                              (default 1024): plain forward vs Session::prefill
 //                                              writing the turbo cache (quantize-on-append: tile
 //                                              path, and the row path for comparison) and the
-//                                              fp16 cache; SDPA backend
+//                                              fp16 cache; SDPA backend; the forward with
+//                                              each layer's cache write between CUDA events
+//                                              (the writes' time inside a prefill); the writes
+//                                              alone (head-major and token-major K/V)
 //   bench_model_cuda profile_step [preset] [tokens] [turbo|fp16]
 //                                              one CUDA-graph decode step between
 //                                              cudaProfilerStart/Stop (for `ncu
@@ -394,6 +397,41 @@ int section_decode(const std::string& preset, int64_t cached) {
   return 0;
 }
 
+/// TurboAttention's prefill step (exact attention, then the layer's cache write) with CUDA events
+/// around each write: the writes' GPU time inside a real forward (other L2 contents and
+/// neighbours than the write-alone loop), without Session's bookkeeping. The events are recorded
+/// on the stream (no synchronisation); read them after the forward. Where the forward is
+/// host-bound (batch 1), an interval also holds the GPU's wait for the write's launch.
+class TimedPrefillAttention final : public tm::AttentionBackend {
+ public:
+  explicit TimedPrefillAttention(tm::KvCache* cache) : cache_(cache) {}
+  at::Tensor attend(const tm::AttentionInputs& in, at::Tensor* probs_out) override {
+    at::Tensor out = exact_.attend(in, probs_out);
+    auto ev = std::make_unique<std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent>>(
+        at::cuda::CUDAEvent(cudaEventDefault), at::cuda::CUDAEvent(cudaEventDefault));
+    ev->first.record();
+    cache_->append(in.layer, in.k, in.v, at::Tensor());
+    ev->second.record();
+    events_.push_back(std::move(ev));
+    return out;
+  }
+  /// Σ over the layers of the write's event interval, ms (synchronises); forgets the events.
+  double take_append_ms() {
+    double ms = 0.0;
+    for (auto& ev : events_) {
+      ev->second.synchronize();
+      ms += static_cast<double>(ev->first.elapsed_time(ev->second));
+    }
+    events_.clear();
+    return ms;
+  }
+
+ private:
+  tm::KvCache* cache_;
+  tm::ExactAttention exact_;
+  std::vector<std::unique_ptr<std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent>>> events_;
+};
+
 int section_prefill(const std::string& preset, int64_t residues, int64_t batch) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
@@ -460,6 +498,41 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
     j.add(mo.first + "_min_ms", *std::min_element(gpu[mo.first].begin(), gpu[mo.first].end()));
     if (mo.first != "forward") j.add("overhead_" + mo.first + "_pct", 100.0 * (med / base - 1.0));
   }
+  // Where a prefill's extra time goes: the same forward with each layer's cache write between
+  // CUDA events (in-situ write time), against the plain forward, interleaved.
+  {
+    TimedPrefillAttention timed_turbo(&st.cache()), timed_fp16(&sf.cache());
+    std::map<std::string, std::vector<double>> total, writes;
+    for (int i = 0; i < kWarmup + kIters; ++i) {
+      for (auto* t : {&timed_turbo, &timed_fp16}) {
+        const std::string name = t == &timed_turbo ? "turbo3" : "fp16";
+        tm::KvCache& cache = t == &timed_turbo ? st.cache() : sf.cache();
+        tm::ForwardOptions fo;
+        fo.backend = t;
+        cache.clear();
+        const double x = time_ms([&] { m->forward(tokens, at::Tensor(), fo); });
+        const double w = t->take_append_ms();
+        if (i >= kWarmup) {
+          total[name].push_back(x);
+          writes[name].push_back(w);
+        }
+      }
+      const double f = time_ms([&] { m->forward(tokens, at::Tensor()); });
+      if (i >= kWarmup) total["forward"].push_back(f);
+    }
+    const double f = median(total["forward"]);
+    for (const std::string name : {"turbo3", "fp16"}) {
+      const double x = median(total[name]), w = median(writes[name]);
+      std::printf(
+          "in-situ %-6s: forward + writes %.3f ms (forward alone %.3f, %+.1f%%), writes inside "
+          "it %.3f ms, the rest %+.3f ms\n",
+          name.c_str(), x, f, 100.0 * (x / f - 1.0), w, x - f - w);
+      j.add("insitu_" + name + "_ms", x);
+      j.add("insitu_" + name + "_writes_ms", w);
+      j.add("insitu_" + name + "_forward_ms", f);
+    }
+    st.cache().check_device_status();
+  }
   // GPU-side time of the plain forward: embeddings, layers and final norm (the part without host
   // synchronisation) captured in one CUDA graph, with the default SDPA backend choice and with
   // cuDNN attention disabled (flash). Shows how much of the eager forward is host launch time.
@@ -515,6 +588,10 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
     const int64_t d = m->config().head_dim();
     const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
     const at::Tensor k = at::randn({batch, H, T, d}, o), v = at::randn({batch, H, T, d}, o);
+    // The model's own layout: token-major [B, T, H, d] buffers viewed as [B, H, T, d]
+    // (layer_qkv's outputs; the turbo kernel reads them in place, the FP16 cache copies them).
+    const at::Tensor k_tm = at::randn({batch, T, H, d}, o).permute({0, 2, 1, 3});
+    const at::Tensor v_tm = at::randn({batch, T, H, d}, o).permute({0, 2, 1, 3});
     const tm::TurboCacheSpec spec_random =
         tm::TurboCacheSpec::random(m->config(), 3, 3, tq::RotationKind::kRandom,
                                    tq::NormMode::kNone, tq::QjlMode::kNone, 1, 0, 4.0);
@@ -524,6 +601,7 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
       tm::KvCache* cache;
       at::ScalarType dtype;
       tm::TurboKvCache::CudaAppendPath path;
+      bool token_major = false;  // K/V as layer_qkv makes them (else head-major contiguous)
     };
     using Path = tm::TurboKvCache::CudaAppendPath;
     const std::vector<WriteCase> cases = {
@@ -532,10 +610,13 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
         {"cache_write_turbo3_bf16", &st.cache(), at::kBFloat16, Path::kAuto},
         {"cache_write_turbo3_fp32_random", random_cache.get(), at::kFloat, Path::kAuto},
         {"cache_write_turbo3_rows", &st.cache(), at::kHalf, Path::kRows},
-        {"cache_write_fp16", &sf.cache(), at::kHalf, Path::kAuto}};
+        {"cache_write_fp16", &sf.cache(), at::kHalf, Path::kAuto},
+        {"cache_write_turbo3_token_major", &st.cache(), at::kHalf, Path::kAuto, true},
+        {"cache_write_fp16_token_major", &sf.cache(), at::kHalf, Path::kAuto, true}};
     for (const WriteCase& wc : cases) {
       if (auto* tc = dynamic_cast<tm::TurboKvCache*>(wc.cache)) tc->set_cuda_append_path(wc.path);
-      const at::Tensor kx = k.to(wc.dtype), vx = v.to(wc.dtype);
+      const at::Tensor kx = (wc.token_major ? k_tm : k).to(wc.dtype);
+      const at::Tensor vx = (wc.token_major ? v_tm : v).to(wc.dtype);
       std::vector<double> g, h;
       for (int i = 0; i < kWarmup + kIters; ++i) {
         wc.cache->clear();
