@@ -101,12 +101,17 @@ struct CudaDecodeGraph::Impl {
     return out;
   }
 
-  /// The memory the launches after layer `layer`'s attention read: its O, FC1 and FC2 weights
-  /// (KvCache::set_step_l2_prefetch).
+  /// The memory the launches after layer `layer`'s attention read, in their order: its O, FC1
+  /// and FC2 weights and the next layer's fused QKV weight (KvCache::set_step_l2_prefetch; the
+  /// cache passes the first set_step_l2_prefetch_bytes of them).
   kernels::L2Prefetch dense_after(int layer) const {
     kernels::L2Prefetch r;
-    const LayerWeights& w = model.weights().layers[static_cast<size_t>(layer)];
-    for (const at::Tensor* t : {&w.o_weight, &w.fc1_weight, &w.fc2_weight}) {
+    const auto& layers = model.weights().layers;
+    const LayerWeights& w = layers[static_cast<size_t>(layer)];
+    const size_t next = static_cast<size_t>(layer) + 1;
+    const at::Tensor none;
+    const at::Tensor& next_qkv = next < layers.size() ? layers[next].qkv_weight : none;
+    for (const at::Tensor* t : {&w.o_weight, &w.fc1_weight, &w.fc2_weight, &next_qkv}) {
       if (!t->defined() || !t->is_cuda() || !t->is_contiguous()) continue;
       if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->nbytes() % 16 == 0)
         r.add(t->data_ptr(), t->nbytes());

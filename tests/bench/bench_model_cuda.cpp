@@ -343,12 +343,13 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
-  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of four
+  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of five
   // sessions — the default step (the append inside the attention launch: one launch per layer +
-  // the merge kernel), the same with the merge kernel asking the L2 for the layer's O + FC1
-  // weights (the first 16 384 000 bytes of the hint for the 650M model) or for O + FC1 + FC2
-  // while the attention runs (TurboKvCache::set_step_l2_prefetch_bytes), and quantize_append +
-  // turbo_decode (two launches, splits merged in the decode kernel).
+  // the merge kernel), the same with the merge kernel asking the L2, while the attention runs,
+  // for the first bytes of what the next launches read (TurboKvCache::set_step_l2_prefetch_bytes:
+  // the layer's O + FC1 weights, 16.4 MB for the 650M model; + FC2, 29.5 MB; + the next layer's
+  // QKV weight, 39.3 MB), and quantize_append + turbo_decode (two launches, splits merged in the
+  // decode kernel).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -356,13 +357,16 @@ int section_decode(const std::string& preset, int64_t cached) {
       const char* label;
       std::function<void(tm::TurboKvCache&)> setup;
     };
-    const uint64_t o_fc1 = static_cast<uint64_t>(m->weights().layers[0].o_weight.nbytes() +
-                                                 m->weights().layers[0].fc1_weight.nbytes());
+    const tm::LayerWeights& w0 = m->weights().layers[0];
+    const uint64_t o_fc1 = static_cast<uint64_t>(w0.o_weight.nbytes() + w0.fc1_weight.nbytes());
+    const uint64_t o_fc2 = o_fc1 + static_cast<uint64_t>(w0.fc2_weight.nbytes());
     const std::vector<Variant> variants = {
         {"ab_fused_append_ms", "fused append", [](tm::TurboKvCache&) {}},
         {"ab_fused_l2_o_fc1_ms", "+ L2 hint O/FC1",
          [o_fc1](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc1); }},
-        {"ab_fused_l2_all_ms", "+ L2 hint O/FC1/FC2",
+        {"ab_fused_l2_o_fc2_ms", "+ L2 hint O/FC1/FC2",
+         [o_fc2](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc2); }},
+        {"ab_fused_l2_all_ms", "+ L2 hint O/FC1/FC2/next QKV",
          [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},

@@ -360,7 +360,7 @@ TEST(KvCache, StepL2PrefetchChunksCoverEveryByteOnce) {
   const std::vector<std::vector<uint64_t>> sizes = {
       {16},                                            // one tiny range
       {kChunk},                                        // exactly one chunk
-      {3276800, 13107200, 13107200},                   // the 650M layer's O, FC1, FC2 weights
+      {3276800, 13107200, 13107200, 9830400},          // 650M: O, FC1, FC2, next QKV weights
       {kChunk + 16, 5 * kChunk - 48, 32, 7 * kChunk},  // odd tails, 4 ranges
   };
   for (const auto& sz : sizes) {

@@ -14,11 +14,11 @@
 /// Who honours it: turbo_decode_append's merge kernel (DecodeAppend::l2_prefetch), before its
 /// `griddepcontrol.wait`, i.e. while the attention launch runs. The ranges are split into 64 KB
 /// chunks over all threads of that launch (for_each_l2_prefetch_chunk). The model's decode step
-/// (model/decode_graph.cpp) hands every layer's O, FC1 and FC2 weights to the turbo cache, which
-/// passes them on only with TurboKvCache::set_step_l2_prefetch_bytes > 0 — default 0: not yet
-/// measured on a GPU (kernels/NOTES.md, "Decode step v9"). A similar prefetch issued from the
-/// products themselves lost (NOTES, "Decode step v6"): there it competed with their own weight
-/// stream.
+/// (model/decode_graph.cpp) hands every layer's O, FC1, FC2 and the next layer's QKV weights to
+/// the turbo cache, which passes them on only with TurboKvCache::set_step_l2_prefetch_bytes > 0
+/// — default 0: not yet measured on a GPU (kernels/NOTES.md, "Decode step v9"). A similar
+/// prefetch issued from the products themselves lost (NOTES, "Decode step v6"): there it competed
+/// with their own weight stream.
 
 #include <cstdint>
 

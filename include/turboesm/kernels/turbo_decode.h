@@ -91,9 +91,9 @@ struct DecodeAppend {
   const int32_t* starts = nullptr;     ///< [batch] cache position of the new token (old length)
   int* status = nullptr;  ///< optional: OR of kQuantizeAppend* bits (quantize_append.h)
   /// Optional hint (l2_prefetch.h): device memory the launches after this one read (a decode
-  /// step passes the layer's O, FC1 and FC2 weights). The merge kernel asks the L2 for it before
-  /// its wait, i.e. while the attention runs; ignored when there is no merge kernel
-  /// (p.split_counters given).
+  /// step passes the layer's O, FC1, FC2 and the next layer's QKV weights). The merge kernel asks
+  /// the L2 for it before its wait, i.e. while the attention runs; ignored when there is no merge
+  /// kernel (p.split_counters given).
   L2Prefetch l2_prefetch{};
 };
 

@@ -122,7 +122,7 @@ class TurboKvCache final : public KvCache {
   /// \brief How many bytes of set_step_l2_prefetch's hint the fused step's merge kernel asks
   /// the L2 for (its first bytes, in range order; UINT64_MAX: all). Default 0 — off: the hint
   /// (kernels/l2_prefetch.h) has not been measured on a GPU yet; bench_model_cuda's decode A/B
-  /// compares 0, the O + FC1 weights and all of them.
+  /// compares 0, the O + FC1 weights, + FC2, and all (+ the next layer's QKV).
   void set_step_l2_prefetch_bytes(uint64_t max_bytes) { step_l2_prefetch_bytes_ = max_bytes; }
   uint64_t step_l2_prefetch_bytes() const { return step_l2_prefetch_bytes_; }
   void set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) override;
