@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "io/io_test_util.h"
 #include "model/model_test_util.h"
 #include "turboesm/error.h"
 #include "turboesm/model/esm2.h"
@@ -20,14 +21,7 @@ namespace {
 
 namespace tm = turboesm::model;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using io::testing::error_of;
 
 TEST(DecodeStepHost, ReserveAvoidsRegrowthForEveryKind) {
   const tm::EsmConfig c = test::small_config(3);

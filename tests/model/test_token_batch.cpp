@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "io/io_test_util.h"
 #include "model/model_test_util.h"
 #include "turboesm/error.h"
 #include "turboesm/model/esm2.h"
@@ -27,14 +28,7 @@ at::Tensor ids(std::vector<int64_t> v, int64_t rows) {
   return at::tensor(v, at::kLong).view({rows, static_cast<int64_t>(v.size()) / rows});
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "(no error)";
-}
+using io::testing::error_of;
 
 TEST(TokenBatch, CountsRealAndMaskTokensPerRow) {
   // Row 0: 4 real, one <mask>; row 1: 2 real then padding, one <mask> among the real ones and
