@@ -27,6 +27,10 @@
 //                                              one CUDA-graph decode step between
 //                                              cudaProfilerStart/Stop (for `ncu
 //                                              --profile-from-start off`: every kernel's time)
+//   bench_model_cuda trace_step [preset] [tokens] [turbo|fp16]
+//                                              graph decode steps traced by CUPTI (kernels not
+//                                              serialised): each kernel's start/end, how far it
+//                                              moves the step's end, per role (builds with CUPTI)
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
@@ -52,6 +56,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <set>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -62,10 +67,17 @@
 #include "turboesm/model/session.h"
 #include "turboesm/model/turbo_cache.h"
 
+#ifdef TURBOESM_BENCH_CUPTI
+#include "bench/kernel_trace.h"
+#endif
+
 namespace {
 
 namespace tm = turboesm::model;
 namespace tq = turboesm::quant;
+#ifdef TURBOESM_BENCH_CUPTI
+namespace bench = turboesm::bench;
+#endif
 
 const c10::Device kCuda(c10::kCUDA, 0);
 
@@ -296,6 +308,145 @@ int section_profile_step(const std::string& preset, int64_t cached, const std::s
               static_cast<long long>(s.cuda_graph()->captures()));
   return 0;
 }
+
+#ifdef TURBOESM_BENCH_CUPTI
+/// One CUDA-graph decode step as it really runs: every kernel's GPU start and end from CUPTI (not
+/// serialised, so programmatic dependent launch keeps its overlap). For each kernel, in start
+/// order: how far it moved the step's end (its end minus the latest end before it; these sum to
+/// the step's span) and how early it started (its start minus that latest end: negative = it
+/// was already resident, e.g. launched early by PDL). Summed per role over a step; medians over
+/// the traced steps. A role is the kernel's name, numbered by its position within a layer when
+/// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2).
+int section_trace_step(const std::string& preset, int64_t cached, const std::string& kind) {
+  c10::InferenceMode guard;
+  TURBOESM_CHECK(kind == "turbo" || kind == "fp16",
+                 "trace_step: cache kind must be turbo or fp16, got '", kind, "'");
+  auto m = fp16_model(preset);
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  const bool turbo = kind == "turbo";
+  constexpr int kWarmup = 5, kSteps = 30;
+  const at::Tensor prefix = protein_tokens(cached - 2, 7);
+  auto session = [&] {
+    auto s = std::make_unique<tm::Session>(
+        m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
+                      turbo ? &spec : nullptr));
+    s->enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
+    s->prefill(prefix);
+    return s;
+  };
+  // The same step untraced first, then traced (CUPTI on before that session's graph capture).
+  const double plain_ms = median(time_appends(*session(), kWarmup, kSteps, 11));
+  bench::KernelTrace trace;
+  auto s = session();
+  c10::cuda::device_synchronize();
+  (void)trace.take();  // the prefill's kernels
+  const double traced_ms = median(time_appends(*s, kWarmup, kSteps, 11));
+  c10::cuda::device_synchronize();
+  std::vector<bench::KernelRecord> all = trace.take();
+  // Graph replays: a replay ends where a graph node repeats.
+  std::vector<std::vector<bench::KernelRecord>> steps;
+  std::set<uint64_t> nodes;
+  for (const auto& r : all) {
+    if (r.graph_id == 0) continue;
+    if (steps.empty() || nodes.count(r.graph_node_id)) {
+      steps.emplace_back();
+      nodes.clear();
+    }
+    nodes.insert(r.graph_node_id);
+    steps.back().push_back(r);
+  }
+  TURBOESM_CHECK(steps.size() >= static_cast<size_t>(kSteps), "trace_step: CUPTI reported ",
+                 steps.size(), " graph replays, expected ", kWarmup + kSteps, " (", all.size(),
+                 " kernels in all)");
+  steps.erase(steps.begin(), steps.end() - kSteps);
+  const int layers = m->num_layers();
+  struct Row {
+    std::string role;
+    double start_us, end_us, dur_us, moved_us, early_us;
+  };
+  auto analyse = [&](const std::vector<bench::KernelRecord>& k) {
+    std::map<std::string, int> count, seen;
+    for (const auto& r : k) ++count[r.name];
+    std::vector<Row> rows;
+    const uint64_t t0 = k.front().start_ns;
+    uint64_t latest = k.front().start_ns;
+    for (const auto& r : k) {
+      const int n = count[r.name];
+      std::string role = r.name;
+      if (n > layers && n % layers == 0) role += "#" + std::to_string(seen[r.name] % (n / layers));
+      ++seen[r.name];
+      const double us = 1e-3;
+      rows.push_back({role, us * double(r.start_ns - t0), us * double(r.end_ns - t0),
+                      us * double(r.end_ns - r.start_ns),
+                      us * double(r.end_ns > latest ? r.end_ns - latest : 0),
+                      us * (double(r.start_ns) - double(latest))});
+      latest = std::max(latest, r.end_ns);
+    }
+    return rows;
+  };
+  std::map<std::string, std::vector<double>> moved, dur, early, count;
+  std::vector<double> span;
+  std::vector<std::string> order;
+  for (const auto& k : steps) {
+    std::map<std::string, double> mv, du, ea;
+    std::map<std::string, int> n;
+    double total = 0.0;
+    for (const Row& r : analyse(k)) {
+      if (!mv.count(r.role) && std::find(order.begin(), order.end(), r.role) == order.end())
+        order.push_back(r.role);
+      mv[r.role] += r.moved_us;
+      du[r.role] += r.dur_us;
+      ea[r.role] += r.early_us;
+      ++n[r.role];
+      total += r.moved_us;
+    }
+    for (const auto& [role, x] : mv) {
+      moved[role].push_back(x);
+      dur[role].push_back(du[role]);
+      early[role].push_back(ea[role] / n[role]);
+      count[role].push_back(n[role]);
+    }
+    span.push_back(total);
+  }
+  Json j;
+  j.add("preset", preset);
+  j.add("cache", kind);
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  j.add("step_ms_untraced", plain_ms);
+  j.add("step_ms_traced", traced_ms);
+  j.add("span_us", median(span));
+  j.add("kernels_per_step", static_cast<double>(steps.front().size()));
+  std::printf(
+      "%s graph step, %lld cached: %.4f ms untraced, %.4f ms traced (CUPTI), kernel span %.1f "
+      "us, %zu kernels\n",
+      kind.c_str(), static_cast<long long>(cached), plain_ms, traced_ms, median(span),
+      steps.front().size());
+  std::printf("%-32s %10s %12s %12s %14s\n", "role (per step, medians)", "kernels", "sum dur us",
+              "moved end us", "mean early us");
+  for (const std::string& role : order) {
+    std::printf("%-32s %10.0f %12.1f %12.1f %14.2f\n", role.c_str(), median(count[role]),
+                median(dur[role]), median(moved[role]), median(early[role]));
+    j.add("moved_us_" + role, median(moved[role]));
+    j.add("dur_us_" + role, median(dur[role]));
+    j.add("early_us_" + role, median(early[role]));
+  }
+  // One whole step (the one with the median span), kernel by kernel.
+  size_t mid = 0;
+  {
+    std::vector<size_t> idx(steps.size());
+    for (size_t i = 0; i < idx.size(); ++i) idx[i] = i;
+    std::sort(idx.begin(), idx.end(), [&](size_t a, size_t b) { return span[a] < span[b]; });
+    mid = idx[idx.size() / 2];
+  }
+  std::printf("step %zu kernel by kernel:\n%-32s %10s %10s %9s %9s %9s\n", mid, "role", "start us",
+              "end us", "dur", "moved", "early");
+  for (const Row& r : analyse(steps[mid]))
+    std::printf("%-32s %10.2f %10.2f %9.2f %9.2f %9.2f\n", r.role.c_str(), r.start_us, r.end_us,
+                r.dur_us, r.moved_us, r.early_us);
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+#endif
 
 int section_decode(const std::string& preset, int64_t cached) {
   c10::InferenceMode guard;
@@ -728,11 +879,22 @@ int main(int argc, char** argv) {
     if (section == "profile_step")
       return section_profile_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
                                   arg(4, "turbo"));
+#ifdef TURBOESM_BENCH_CUPTI
+    if (section == "trace_step")
+      return section_trace_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
+                                arg(4, "turbo"));
+#else
+    if (section == "trace_step") {
+      std::fprintf(stderr, "bench_model_cuda: trace_step needs CUPTI (not found at build time)\n");
+      return 2;
+    }
+#endif
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
     std::fprintf(stderr,
-                 "usage: bench_model_cuda config|decode|prefill|profile_step|big [preset] [tokens] "
+                 "usage: bench_model_cuda config|decode|prefill|profile_step|trace_step|big "
+                 "[preset] [tokens] "
                  "[steps (big) | batch (prefill)]\n");
     return 2;
   } catch (const std::exception& e) {

@@ -4,7 +4,6 @@
 // Session) refusing the same inputs with their own prefixes.
 #include <gtest/gtest.h>
 
-#include <functional>
 #include <string>
 #include <vector>
 
