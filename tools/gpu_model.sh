@@ -7,6 +7,8 @@
 #   3. bench_model_cuda prefill: esm2_t33_650M, 1024 residues, forward vs prefill writing the turbo
 #      cache (quantize-on-append) and the FP16 cache; the SDPA backend of the exact attention;
 #      again at batch 4 (more GPU work per launch; prefill_b4.txt);
+#   3b. bench_model_cuda trace_step: the turbo graph decode step's kernels as they really run
+#      (CUPTI timeline, not serialised: how far each kernel moves the step's end; trace.txt);
 #   4. bench_prefill_hf.py     : HF transformers EsmModel, same config, random init, FP16, eager
 #      (and sdpa) attention, same sequence length, same GPU, same run → speed-up;
 #   5. bench_model_cuda big    : esm2_t48_15B shapes (head dim 128), random FP16 weights created in
@@ -17,9 +19,10 @@
 #   cmake --build <dir> --target test_cuda bench_model_cuda
 # or built here first with TURBOESM_GPU_BUILD=1 (needs the build dependencies on this machine).
 #   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda-m)
-#   TURBOESM_SKIP       space-separated subset of: test memcheck decode prefill prefill_b4 hf big
+#   TURBOESM_SKIP       space-separated subset of: test memcheck decode prefill prefill_b4 trace
+#                       hf big
 # Output in ${OUT:-gpu-out}: gpu.txt, test_model_decode.log, decode.txt, prefill.txt,
-# prefill_b4.txt, hf_prefill.txt, big.txt, summary.json (every JSON line of the sections, plus the
+# prefill_b4.txt, trace.txt, hf_prefill.txt, big.txt, summary.json (every JSON line of the sections, plus the
 # HF speed-ups).
 set -uo pipefail
 # shellcheck source=tools/gpu_env.sh
@@ -54,6 +57,10 @@ if [[ "${_skip}" != *" prefill_b4 "* ]]; then
     || { echo "bench prefill batch 4 failed"; _rc=1; }
   cat "${_out}/prefill_b4.txt"
 fi
+if [[ "${_skip}" != *" trace "* ]]; then
+  timeout 300 "${_bench}" trace_step > "${_out}/trace.txt" 2>&1 || { echo "bench trace_step failed"; _rc=1; }
+  grep -v "^JSON" "${_out}/trace.txt" | head -30
+fi
 if [[ "${_skip}" != *" hf "* ]]; then
   "${_bench}" config esm2_t33_650M > "${_out}/esm2_t33_650M.config.json"
   timeout 300 python3 "${_root}/tests/bench/bench_prefill_hf.py" \
@@ -71,7 +78,7 @@ python3 - "${_out}" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 summary = {}
-for name in ("decode", "prefill", "prefill_b4", "hf_prefill", "big"):
+for name in ("decode", "prefill", "prefill_b4", "trace", "hf_prefill", "big"):
     path = os.path.join(out, name + ".txt")
     if not os.path.exists(path):
         continue
