@@ -214,7 +214,8 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
 }
 
 // The fused graph step with the L2 hint on (the merge kernel asks the L2 for every layer's O,
-// FC1 and FC2 weights while the attention runs): a hint only, so the same values.
+// FC1, FC2 and the next layer's QKV weights while the attention runs): a hint only, so the same
+// values.
 TEST(ModelDecodeCudaL2Hint, GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
   const double d = turbo_graph_vs_eager_80(
