@@ -402,6 +402,39 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
         cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
     }
   }
+  // This split's positions [t0, t1): splits [0, ns − 1) of an append launch share the cached
+  // positions, its last one takes the new token.
+  auto split_range = [&](int& t0, int& t1) {
+    if (launch.append) {
+      const int start = launch.app.starts[b];
+      const int cached = min(max(start, 0), launch.capacity);
+      const int ns = num_splits - 1;
+      const int chunk = (cached + ns - 1) / ns;
+      t0 = app_cta ? cached : min(cached, split * chunk);
+      t1 = app_cta ? (start >= 0 && start < launch.capacity ? start + 1 : cached)
+                   : min(cached, t0 + chunk);
+    } else {
+      const int len = min(p.lengths[b], launch.capacity);
+      const int chunk = (len + num_splits - 1) / num_splits;
+      t0 = min(len, split * chunk);
+      t1 = min(len, t0 + chunk);
+    }
+  };
+  // DecodeAppend::prefetch_pages: this split's cached pages of K (thread 0) and V (thread 32)
+  // asked of the L2 before the wait. Earlier steps wrote them; the range read here is a hint.
+  if (launch.append && launch.app.prefetch_pages && !app_cta && (tid & ~32) == 0) {
+    int a, e;
+    split_range(a, e);
+    if (e > a) {
+      const quant::CacheView& cv = tid ? p.v : p.k;
+      const int pt = cv.layout.page_tokens;
+      const uint8_t* first = cv.page(b, h, a / pt);
+      const uint64_t bytes =
+          static_cast<uint64_t>((e - 1) / pt - a / pt + 1) * cv.layout.page_bytes;
+      for (uint64_t o = 0; o < bytes; o += kL2PrefetchChunk)
+        prefetch_l2_bulk(first + o, static_cast<uint32_t>(min(bytes - o, kL2PrefetchChunk)));
+    }
+  }
   pdl_wait();
   // The append CTA's warps 0 (K) and 1 (V) request their new row now; they encode it into its
   // slot while warps 2 and 3 build the look-up tables (between q' and the tables' barrier).
@@ -450,20 +483,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const quant::PageLayout& kl = p.k.layout;
   const quant::PageLayout& vl = p.v.layout;
   int t0, t1;
-  if (launch.append) {  // splits [0, ns − 1) share the cached positions; the last, the new one
-    const int start = launch.app.starts[b];
-    const int cached = min(max(start, 0), launch.capacity);
-    const int ns = num_splits - 1;
-    const int chunk = (cached + ns - 1) / ns;
-    t0 = app_cta ? cached : min(cached, split * chunk);
-    t1 = app_cta ? (start >= 0 && start < launch.capacity ? start + 1 : cached)
-                 : min(cached, t0 + chunk);
-  } else {
-    const int len = min(p.lengths[b], launch.capacity);
-    const int chunk = (len + num_splits - 1) / num_splits;
-    t0 = min(len, split * chunk);
-    t1 = min(len, t0 + chunk);
-  }
+  split_range(t0, t1);
   const int sub = kLpt == 2 ? (lane & 1) : 0;
   const uint8_t* kbase = p.k.pages + b * p.k.seq_stride + h * p.k.head_stride;
   const uint8_t* vbase = p.v.pages + b * p.v.seq_stride + h * p.v.head_stride;

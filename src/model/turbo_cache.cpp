@@ -623,6 +623,7 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   a.stride_h = kf.stride(1);
   a.starts = lengths.data_ptr<int32_t>();
   a.status = device_status_.data_ptr<int>();
+  a.prefetch_pages = step_page_prefetch_;
   if (step_l2_prefetch_bytes_ > 0 && layer < static_cast<int>(step_l2_prefetch_.size()))
     a.l2_prefetch =
         step_l2_prefetch_[static_cast<size_t>(layer)].truncated(step_l2_prefetch_bytes_);

@@ -494,13 +494,14 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
-  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of five
+  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of six
   // sessions — the default step (the append inside the attention launch: one launch per layer +
   // the merge kernel), the same with the merge kernel asking the L2, while the attention runs,
   // for the first bytes of what the next launches read (TurboKvCache::set_step_l2_prefetch_bytes:
   // the layer's O + FC1 weights, 16.4 MB for the 650M model; + FC2, 29.5 MB; + the next layer's
-  // QKV weight, 39.3 MB), and quantize_append + turbo_decode (two launches, splits merged in the
-  // decode kernel).
+  // QKV weight, 39.3 MB), the same with every cached split asking the L2 for its pages before
+  // its wait (TurboKvCache::set_step_page_prefetch), and quantize_append + turbo_decode (two
+  // launches, splits merged in the decode kernel).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -519,6 +520,8 @@ int section_decode(const std::string& preset, int64_t cached) {
          [o_fc2](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc2); }},
         {"ab_fused_l2_all_ms", "+ L2 hint O/FC1/FC2/next QKV",
          [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); }},
+        {"ab_fused_page_prefetch_ms", "+ page prefetch",
+         [](tm::TurboKvCache& c) { c.set_step_page_prefetch(true); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
     };

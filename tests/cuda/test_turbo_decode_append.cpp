@@ -48,6 +48,9 @@ struct AppendCase {
   /// Pass DecodeAppend::l2_prefetch: three ranges over a scratch buffer of this many MB (sizes
   /// not multiples of the 64 KB chunks), issued by the merge kernel; must change nothing.
   int l2_prefetch_mb = 0;
+  /// DecodeAppend::prefetch_pages (each cached split asks the L2 for its pages before its
+  /// wait); must change nothing.
+  bool prefetch_pages = false;
   uint64_t seed = 1;
 };
 
@@ -188,6 +191,7 @@ AppendOutcome run_append_case(const AppendCase& c) {
       EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16, 64 << 10));
       EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16 + (64 << 10), n / 2 - 16 - (64 << 10)));
     }
+    a.prefetch_pages = c.prefetch_pages;
     const tq::DecodeParams p = params(fused);
     EXPECT_EQ(tk::turbo_decode_append_invalid_reason(p, a), nullptr)
         << tk::turbo_decode_append_invalid_reason(p, a);
@@ -296,6 +300,15 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     c.name = "650M step, L2 hint";  // weights' L2 hint
     c.split_counters = false;
     c.l2_prefetch_mb = 30;
+    cases.push_back(c);
+  }
+  {
+    AppendCase c = cases.front();  // the same with the cached pages asked of the L2 first,
+    c.name = "650M step, page prefetch, long cache";  // over several 64 KB chunks per split
+    c.split_counters = false;
+    c.prefetch_pages = true;
+    c.starts = {20000};
+    c.capacity_tokens = 0;
     cases.push_back(c);
   }
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -95,6 +95,12 @@ struct DecodeAppend {
   /// the L2 for it before its wait, i.e. while the attention runs; ignored when there is no merge
   /// kernel (p.split_counters given).
   L2Prefetch l2_prefetch{};
+  /// Optional: every split CTA that streams cached positions asks the L2 for its K and V pages
+  /// before its dependency wait (one bulk prefetch per side, kernels/common.cuh), so that its
+  /// record loads after the wait hit the L2 instead of HBM. Those pages were written by earlier
+  /// steps; the range comes from a read of `starts` before the wait — a hint only: a stale value
+  /// misdirects a prefetch, never a result.
+  bool prefetch_pages = false;
 };
 
 /// Largest head_dim turbo_decode_append takes (its encoding CTA holds both sides' Π in shared

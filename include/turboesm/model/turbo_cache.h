@@ -126,6 +126,10 @@ class TurboKvCache final : public KvCache {
   void set_step_l2_prefetch_bytes(uint64_t max_bytes) { step_l2_prefetch_bytes_ = max_bytes; }
   uint64_t step_l2_prefetch_bytes() const { return step_l2_prefetch_bytes_; }
   void set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) override;
+  /// \brief Whether the fused step's split CTAs ask the L2 for their cached pages before their
+  /// dependency wait (kernels::DecodeAppend::prefetch_pages; a hint, same values). Default off —
+  /// not yet measured on a GPU; bench_model_cuda's decode A/B compares it.
+  void set_step_page_prefetch(bool on) { step_page_prefetch_ = on; }
 
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
   /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity): for
@@ -180,6 +184,7 @@ class TurboKvCache final : public KvCache {
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   bool fused_step_append_ = true;
   uint64_t step_l2_prefetch_bytes_ = 0;
+  bool step_page_prefetch_ = false;
   std::vector<kernels::L2Prefetch> step_l2_prefetch_;  // [layer], set_step_l2_prefetch
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
   // CUDA: int32 [batch · heads], zero between calls: the two-kernel device_step's split counters
