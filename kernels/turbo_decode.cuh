@@ -51,6 +51,7 @@
 #include "common.cuh"
 #include "pdl.cuh"
 #include "quantize_append.cuh"
+#include "turboesm/kernels/decode_split.h"
 #include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/format.h"
@@ -402,35 +403,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
         cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
     }
   }
-  // This split's positions [t0, t1): splits [0, ns − 1) of an append launch share the cached
-  // positions, its last one takes the new token.
-  auto split_range = [&](int& t0, int& t1) {
-    if (launch.append) {
-      const int start = launch.app.starts[b];
-      const int cached = min(max(start, 0), launch.capacity);
-      const int ns = num_splits - 1;
-      const int chunk = (cached + ns - 1) / ns;
-      t0 = app_cta ? cached : min(cached, split * chunk);
-      t1 = app_cta ? (start >= 0 && start < launch.capacity ? start + 1 : cached)
-                   : min(cached, t0 + chunk);
-    } else {
-      const int len = min(p.lengths[b], launch.capacity);
-      const int chunk = (len + num_splits - 1) / num_splits;
-      t0 = min(len, split * chunk);
-      t1 = min(len, t0 + chunk);
-    }
-  };
   // DecodeAppend::prefetch_pages: this split's cached pages of K (thread 0) and V (thread 32)
   // asked of the L2 before the wait. Earlier steps wrote them; the range read here is a hint.
   if (launch.append && launch.app.prefetch_pages && !app_cta && (tid & ~32) == 0) {
-    int a, e;
-    split_range(a, e);
-    if (e > a) {
-      const quant::CacheView& cv = tid ? p.v : p.k;
-      const int pt = cv.layout.page_tokens;
-      const uint8_t* first = cv.page(b, h, a / pt);
-      const uint64_t bytes =
-          static_cast<uint64_t>((e - 1) / pt - a / pt + 1) * cv.layout.page_bytes;
+    const quant::CacheView& cv = tid ? p.v : p.k;
+    const PageSpan pages = decode_split_pages(
+        decode_split_range(true, launch.app.starts[b], launch.capacity, num_splits, split),
+        cv.layout.page_tokens);
+    if (pages.count > 0) {
+      const uint8_t* first = cv.page(b, h, pages.first);
+      const uint64_t bytes = static_cast<uint64_t>(pages.count) * cv.layout.page_bytes;
       for (uint64_t o = 0; o < bytes; o += kL2PrefetchChunk)
         prefetch_l2_bulk(first + o, static_cast<uint32_t>(min(bytes - o, kL2PrefetchChunk)));
     }
@@ -482,8 +464,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // ---- stream this split's tokens -----------------------------------------------------------
   const quant::PageLayout& kl = p.k.layout;
   const quant::PageLayout& vl = p.v.layout;
-  int t0, t1;
-  split_range(t0, t1);
+  // This split's positions [t0, t1) (decode_split.h).
+  const SplitRange range =
+      decode_split_range(launch.append, launch.append ? launch.app.starts[b] : p.lengths[b],
+                         launch.capacity, num_splits, split);
+  const int t0 = range.first, t1 = range.last;
   const int sub = kLpt == 2 ? (lane & 1) : 0;
   const uint8_t* kbase = p.k.pages + b * p.k.seq_stride + h * p.k.head_stride;
   const uint8_t* vbase = p.v.pages + b * p.v.seq_stride + h * p.v.head_stride;
