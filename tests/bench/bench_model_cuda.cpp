@@ -284,19 +284,30 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
   j.add(name + "_attention_only_ms", attn);
 }
 
+/// A session of the section's cache `kind` ("turbo": 3-bit, `spec`; "fp16") with the CUDA graph
+/// on up to `max_length` tokens, prefilled with `cached` tokens.
+std::unique_ptr<tm::Session> graph_session(const std::shared_ptr<tm::Esm2Model>& m,
+                                           const std::string& kind, const tm::TurboCacheSpec& spec,
+                                           int64_t cached, int64_t max_length, const char* what) {
+  TURBOESM_CHECK(kind == "turbo" || kind == "fp16", what,
+                 ": cache kind must be turbo or fp16, got '", kind, "'");
+  const bool turbo = kind == "turbo";
+  auto s = std::make_unique<tm::Session>(
+      m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
+                    turbo ? &spec : nullptr));
+  s->enable_cuda_graph(max_length, 256);
+  s->prefill(protein_tokens(cached - 2, 7));
+  return s;
+}
+
 /// One graph replay between cudaProfilerStart and cudaProfilerStop, after the capture and a few
 /// replays: run under `ncu --profile-from-start off` to time every kernel of a decode step.
 int section_profile_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
-  TURBOESM_CHECK(kind == "turbo" || kind == "fp16",
-                 "profile_step: cache kind must be turbo or fp16, got '", kind, "'");
   auto m = fp16_model(preset);
   const tm::TurboCacheSpec spec = turbo3(m->config());
-  const bool turbo = kind == "turbo";
-  tm::Session s(m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
-                              turbo ? &spec : nullptr));
-  s.enable_cuda_graph(cached + 16, 256);
-  s.prefill(protein_tokens(cached - 2, 7));
+  const auto session = graph_session(m, kind, spec, cached, cached + 16, "profile_step");
+  tm::Session& s = *session;
   const at::Tensor toks = protein_tokens(8, 11);
   for (int i = 0; i < 4; ++i) (void)s.append(toks.narrow(1, 1 + i, 1).contiguous());
   c10::cuda::device_synchronize();
@@ -319,20 +330,11 @@ int section_profile_step(const std::string& preset, int64_t cached, const std::s
 /// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2).
 int section_trace_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
-  TURBOESM_CHECK(kind == "turbo" || kind == "fp16",
-                 "trace_step: cache kind must be turbo or fp16, got '", kind, "'");
   auto m = fp16_model(preset);
   const tm::TurboCacheSpec spec = turbo3(m->config());
-  const bool turbo = kind == "turbo";
   constexpr int kWarmup = 5, kSteps = 30;
-  const at::Tensor prefix = protein_tokens(cached - 2, 7);
   auto session = [&] {
-    auto s = std::make_unique<tm::Session>(
-        m, make_cache(*m, turbo ? tm::CacheKind::kTurbo : tm::CacheKind::kFp16,
-                      turbo ? &spec : nullptr));
-    s->enable_cuda_graph(cached + kWarmup + kSteps + 1, 256);
-    s->prefill(prefix);
-    return s;
+    return graph_session(m, kind, spec, cached, cached + kWarmup + kSteps + 1, "trace_step");
   };
   // The same step untraced first, then traced (CUPTI on before that session's graph capture).
   const double plain_ms = median(time_appends(*session(), kWarmup, kSteps, 11));
