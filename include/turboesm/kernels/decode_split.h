@@ -3,7 +3,7 @@
 /// \file decode_split.h
 /// \brief Which cached positions a split CTA of turbo_decode / turbo_decode_append streams, and
 /// which pages hold them. Host and device share these functions, so the partition is tested on
-/// the host (tests/model/test_kv_cache.cpp) and the kernel computes the same ranges.
+/// the host (tests/core/test_decode_split.cpp) and the kernel computes the same ranges.
 ///
 /// turbo_decode: a row's `num_splits` CTAs share positions [0, min(length, capacity)) in equal
 /// chunks (the last ones may be short or empty). turbo_decode_append: splits [0, num_splits − 1)
