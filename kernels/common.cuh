@@ -9,8 +9,6 @@
 #include <cstdint>
 #include <type_traits>
 
-#include "turboesm/kernels/l2_prefetch.h"
-
 namespace turboesm::kernels::detail {
 
 inline constexpr unsigned kFullMask = 0xffffffffu;
@@ -119,15 +117,6 @@ __device__ __forceinline__ void prefetch_l2_bulk(const void* p, uint32_t bytes) 
   (void)p;
   (void)bytes;
 #endif
-}
-
-/// \brief Issues the L2 prefetch hint `r` (l2_prefetch.h) from part `part` of `parts` equal
-/// groups of blockDim.x threads: chunk g of all ranges goes to thread g mod (parts · blockDim.x).
-__device__ inline void issue_l2_prefetch(const L2Prefetch& r, int part, int parts) {
-  for_each_l2_prefetch_chunk(
-      r, static_cast<uint64_t>(part) * blockDim.x + threadIdx.x,
-      static_cast<uint64_t>(parts) * blockDim.x,
-      [](const void* p, uint64_t n) { prefetch_l2_bulk(p, static_cast<uint32_t>(n)); });
 }
 
 /// \brief Asynchronous 4-byte copy global → shared (sm_80 `cp.async`, cached in L1): holds no

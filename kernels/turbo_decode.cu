@@ -8,8 +8,10 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "turbo_decode.cuh"
+#include "turboesm/kernels/decode_timeline.h"
 #include "turboesm/kernels/turbo_decode.h"
 
 namespace turboesm::kernels {
@@ -70,6 +72,12 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
 }
 
 std::atomic<bool> g_fused_merge{true};
+// decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
+void* g_timeline = nullptr;
+uint32_t g_timeline_capacity = 0;
+#if TURBOESM_DECODE_TIMELINE
+std::atomic<uint32_t> g_timeline_launches{0};
+#endif
 
 bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15u) == 0; }
 
@@ -144,6 +152,16 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
 }
 
 void set_turbo_decode_fused_merge(bool enabled) { detail::g_fused_merge.store(enabled); }
+
+bool decode_timeline_compiled() { return TURBOESM_DECODE_TIMELINE != 0; }
+
+bool set_decode_timeline(void* buffer, size_t capacity) {
+  if (!decode_timeline_compiled()) return false;
+  detail::g_timeline = buffer;
+  detail::g_timeline_capacity =
+      static_cast<uint32_t>(std::min<size_t>(capacity, std::numeric_limits<uint32_t>::max()));
+  return true;
+}
 bool turbo_decode_fused_merge() { return detail::g_fused_merge.load(); }
 
 int turbo_decode_num_splits(const quant::DecodeParams& p, int num_sms) {
@@ -192,6 +210,11 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
     l.app = *app;
   }
   if (!detail::g_fused_merge.load()) l.p.split_counters = nullptr;
+#if TURBOESM_DECODE_TIMELINE
+  l.timeline = detail::g_timeline;
+  l.timeline_capacity = detail::g_timeline_capacity;
+  l.timeline_launch = detail::g_timeline_launches.fetch_add(1);
+#endif
   l.num_splits = splits;
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
   l.capacity = static_cast<int>(
@@ -242,7 +265,6 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
     return "turbo_decode_append: rows must be fp32, fp16 or bf16";
   if (p.k.constants.boundaries == nullptr || p.v.constants.boundaries == nullptr)
     return "turbo_decode_append: cache constants need the codebook boundaries (the encoder's)";
-  if (const char* e = l2_prefetch_invalid_reason(a.l2_prefetch)) return e;
   return nullptr;
 }
 

@@ -52,9 +52,15 @@
 #include "pdl.cuh"
 #include "quantize_append.cuh"
 #include "turboesm/kernels/decode_split.h"
+#include "turboesm/kernels/decode_timeline.h"
 #include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/format.h"
+
+// Phase stamps (decode_timeline.h): CMake -DTURBOESM_DECODE_TIMELINE=ON; off by default.
+#ifndef TURBOESM_DECODE_TIMELINE
+#define TURBOESM_DECODE_TIMELINE 0
+#endif
 
 namespace turboesm::kernels::detail {
 
@@ -79,6 +85,54 @@ struct DecodeLaunch {
   /// scores it; splits [0, num_splits − 1) stream positions [0, starts[b]).
   bool append = false;
   DecodeAppend app{};
+#if TURBOESM_DECODE_TIMELINE
+  void* timeline = nullptr;  ///< decode_timeline.h buffer, or null
+  uint32_t timeline_capacity = 0;
+  uint32_t timeline_launch = 0;
+#endif
+};
+
+/// Thread 0's phase stamps of one CTA (include/turboesm/kernels/decode_timeline.h); empty
+/// functions unless the build defines TURBOESM_DECODE_TIMELINE.
+struct TimelineStamp {
+#if TURBOESM_DECODE_TIMELINE
+  DecodeTimelineRecord* rec = nullptr;
+  int64_t entry = 0;
+  __device__ static uint64_t globaltimer() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+  }
+  __device__ void open(const DecodeLaunch& l, uint32_t flags) {
+    if (threadIdx.x != 0 || l.timeline == nullptr) return;
+    entry = clock64();
+    const uint64_t t = globaltimer();
+    const uint32_t i = atomicAdd(static_cast<uint32_t*>(l.timeline), 1u);
+    if (i >= l.timeline_capacity) return;
+    rec = reinterpret_cast<DecodeTimelineRecord*>(static_cast<char*>(l.timeline) + 64) + i;
+    uint32_t smid;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+    rec->launch = l.timeline_launch;
+    rec->row = blockIdx.x;
+    rec->split = blockIdx.y;
+    rec->flags = flags;
+    rec->smid = smid;
+    rec->globaltimer_start = t;
+    rec->clock[0] = entry;
+  }
+  __device__ void mark(int phase) {
+    if (rec) rec->clock[phase] = clock64();
+  }
+  __device__ void close(int phase) {
+    if (!rec) return;
+    rec->clock[phase] = clock64();
+    rec->globaltimer_end = globaltimer();
+  }
+#else
+  __device__ void open(const DecodeLaunch&, uint32_t) {}
+  __device__ void mark(int) {}
+  __device__ void close(int) {}
+#endif
 };
 
 /// \brief Dynamic shared memory (floats) of turbo_decode_kernel. QJL prod mode, whose m is a
@@ -346,6 +400,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   constexpr int kAppLane = (D + 31) / 32;  // coordinates per lane of the encoder
   const quant::CacheView& app_cache = warp == 1 ? p.v : p.k;
 
+  TimelineStamp stamp;
+  stamp.open(launch, app_cta ? kTimelineAppendCta : 0u);
   // Constants first (programmatic dependent launch, pdl.h): the codebooks and this warp's rows
   // of Π_K are requested before the wait for the kernels that wrote q, the lengths and the pages.
   pdl_launch_dependents();
@@ -403,21 +459,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
         cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
     }
   }
-  // DecodeAppend::prefetch_pages: this split's cached pages of K (thread 0) and V (thread 32)
-  // asked of the L2 before the wait. Earlier steps wrote them; the range read here is a hint.
-  if (launch.append && launch.app.prefetch_pages && !app_cta && (tid & ~32) == 0) {
-    const quant::CacheView& cv = tid ? p.v : p.k;
-    const PageSpan pages = decode_split_pages(
-        decode_split_range(true, launch.app.starts[b], launch.capacity, num_splits, split),
-        cv.layout.page_tokens);
-    if (pages.count > 0) {
-      const uint8_t* first = cv.page(b, h, pages.first);
-      const uint64_t bytes = static_cast<uint64_t>(pages.count) * cv.layout.page_bytes;
-      for (uint64_t o = 0; o < bytes; o += kL2PrefetchChunk)
-        prefetch_l2_bulk(first + o, static_cast<uint32_t>(min(bytes - o, kL2PrefetchChunk)));
-    }
-  }
+  stamp.mark(kPhaseBeforeWait);
   pdl_wait();
+  stamp.mark(kPhaseAfterWait);
   // The append CTA's warps 0 (K) and 1 (V) request their new row now; they encode it into its
   // slot while warps 2 and 3 build the look-up tables (between q' and the tables' barrier).
   const int app_start = launch.append ? launch.app.starts[b] : 0;
@@ -603,6 +647,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     s_cv[tid] = cv_reg;
   }
   __syncthreads();
+  stamp.mark(kPhaseQuery);
   if (prod) {  // S q' [m]
     const float* proj = p.k.constants.qjl_proj + static_cast<int64_t>(h) * qjl_m * D;
     for (int r = warp; r < qjl_m; r += kDecodeWarps) {
@@ -664,7 +709,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
       }
     }
   }
-  __syncthreads();           // tables built; the append CTA's new token is in the pages
+  __syncthreads();  // tables built; the append CTA's new token is in the pages
+  stamp.mark(kPhaseTables);
   if (app_cta && tv < t1) {  // read back like any cached token
     load_k(kcur, pcur, scur);
     load_v(vcur, pcur, scur);
@@ -747,6 +793,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     sk = sk2;
   }
 
+  stamp.mark(kPhaseLoop);
   // ---- merge the threads: warp (shuffles), then CTA (shared memory) -------------------------
   {
     const float wm = warp_max(st.m);
@@ -772,6 +819,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     }
   }
   __syncthreads();
+  stamp.mark(kPhaseReduced);
   float cta_m = -INFINITY;
 #pragma unroll
   for (int w = 0; w < kDecodeWarps; ++w) cta_m = fmaxf(cta_m, s_red[w * (D + 2) + D]);
@@ -794,7 +842,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
       launch.ws_m[part] = cta_m;
       launch.ws_l[part] = cta_l;
     }
-    if (p.split_counters == nullptr) return;  // kernel 2 merges
+    if (p.split_counters == nullptr) {  // kernel 2 merges
+      stamp.close(kPhaseEnd);
+      return;
+    }
     // The row's last split CTA to finish merges (the threadfence-reduction pattern): every CTA
     // makes its partial visible device-wide, then counts itself in; the one that completes the
     // count resets it for the next launch (all splits are in) and reads the partials via the L2.
@@ -806,11 +857,15 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
       if (s_last) p.split_counters[row] = 0u;
     }
     __syncthreads();
-    if (!s_last) return;
+    if (!s_last) {
+      stamp.close(kPhaseEnd);
+      return;
+    }
     __threadfence();
     // The merge kernel's sums, in its order (its held Π_V column is the first terms of the same
     // sequential fma chain).
     rotate_back_and_store<D>(p, row, h, s_y, merge_splits<D>(launch, row, h, s_y));
+    stamp.close(kPhaseEnd);
     return;
   }
   // One split: finish here. y = σ_V ⊙ acc / l, out = Π_Vᵀ y + μ_V (zeros for an empty row).
@@ -824,6 +879,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   }
   __syncthreads();
   rotate_back_and_store<D>(p, row, h, s_y, cta_l);
+  stamp.close(kPhaseEnd);
 }
 
 /// \brief Kernel 2 (num_splits > 1, no split_counters): merges the splits of one row and rotates
@@ -839,14 +895,16 @@ __global__ void __launch_bounds__(kDecodeThreads)
   // Column i = threadIdx.x of Π_V, requested first: its HBM latency overlaps the partials' loads.
   constexpr int kHeld = D < 64 ? D : 64;
   float col[kHeld];
+  TimelineStamp stamp;
+  stamp.open(launch, kTimelineMerge);
   pdl_launch_dependents();
   if (threadIdx.x < D) {
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
   }
-  // turbo_decode_append: the hint (the step's next weights) while kernel 1 runs.
-  if (launch.append) issue_l2_prefetch(launch.app.l2_prefetch, blockIdx.x, gridDim.x);
+  stamp.mark(kMergeBeforeWait);
   pdl_wait();  // the partials come from kernel 1
+  stamp.mark(kMergeAfterWait);
   const float l = merge_splits<D>(launch, row, h, s_y);
   const float* mu = p.v.constants.mean;
   if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
@@ -858,6 +916,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
     if (mu && l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }
+  stamp.close(kMergeEnd);
 }
 
 /// \brief Launches kernel 1 (and kernel 2 when launch.num_splits > 1) for one (BITS, D).

@@ -48,11 +48,11 @@ struct CudaDecodeGraph::Impl {
   KvCache& cache;
   c10::cuda::CUDAStream stream;  // capture and replay (graphs cannot be captured on the default)
   // Static inputs of the graph (allocated once, outside any graph pool).
-  at::Tensor tokens;     // [B, 1] int64
-  at::Tensor mask;       // [B, 1] bool, all true
-  at::Tensor observed;   // [B] fp32 token-dropout ratio
-  at::Tensor lengths;    // [B] int32 cache length before the step (advanced by the graph)
-  at::Tensor positions;  // [B, 1] int64 = lengths (advanced by the graph)
+  at::Tensor tokens;    // [B, 1] int64
+  at::Tensor mask;      // [B, 1] bool, all true
+  at::Tensor observed;  // [B] fp32 token-dropout ratio
+  at::Tensor lengths;   // [B] int32 cache length before the step = the new token's position
+                        // (advanced by the graph)
   at::Tensor host_tokens, host_observed;  // pinned staging of the per-step uploads
   at::cuda::CUDAEvent staged;             // the uploads from the staging buffers are done
   std::vector<int64_t> mirror;  // host copy of `lengths` as the device holds it after replays
@@ -101,52 +101,27 @@ struct CudaDecodeGraph::Impl {
     return out;
   }
 
-  /// The memory the launches after layer `layer`'s attention read, in their order: its O, FC1
-  /// and FC2 weights and the next layer's fused QKV weight (KvCache::set_step_l2_prefetch; the
-  /// cache passes the first set_step_l2_prefetch_bytes of them).
-  kernels::L2Prefetch dense_after(int layer) const {
-    kernels::L2Prefetch r;
-    const auto& layers = model.weights().layers;
-    const LayerWeights& w = layers[static_cast<size_t>(layer)];
-    const size_t next = static_cast<size_t>(layer) + 1;
-    const at::Tensor none;
-    const at::Tensor& next_qkv = next < layers.size() ? layers[next].qkv_weight : none;
-    for (const at::Tensor* t : {&w.o_weight, &w.fc1_weight, &w.fc2_weight, &next_qkv}) {
-      if (!t->defined() || !t->is_cuda() || !t->is_contiguous()) continue;
-      if (reinterpret_cast<uintptr_t>(t->data_ptr()) % 16 == 0 && t->nbytes() % 16 == 0)
-        r.add(t->data_ptr(), t->nbytes());
-    }
-    return r;
-  }
-
-  /// The step on the current stream; with `advance` it also moves lengths/positions forward.
+  /// The step on the current stream; with `advance` it also moves lengths forward.
   at::Tensor body(int64_t max_tokens, bool advance) {
-    at::Tensor h = model.embed_with_ratio(tokens, mask, observed);
-    auto cs = model.rotary().cos_sin(positions, model.dtype());
-    const at::Tensor cos = cs.first.contiguous(), sin = cs.second.contiguous();
-    const at::Tensor after = lengths + 1;
+    // One launch (kernels/decode_embed.h) where it applies, else the ~20 eager ops.
+    Esm2Model::StepInputs in = model.decode_step_inputs(tokens, observed, lengths);
+    if (!in.hidden.defined()) {
+      in.hidden = model.embed_with_ratio(tokens, mask, observed);
+      auto cs = model.rotary().cos_sin(lengths.to(at::kLong).unsqueeze(1), model.dtype());
+      in.cos = cs.first.contiguous();
+      in.sin = cs.second.contiguous();
+      in.after = lengths + 1;
+    }
+    at::Tensor h = in.hidden;
+    const at::Tensor &cos = in.cos, &sin = in.sin, &after = in.after;
     const bool fused = fused_qkv();
     for (int i = 0; i < model.num_layers(); ++i) {
       const Qkv qkv = fused ? fused_layer_qkv(i, h, cos, sin) : model.layer_qkv(i, h, cos, sin);
-      at::Tensor attn;
-      {
-        // The hint is read at launch (capture) time only; cleared on every exit, also when
-        // device_step throws, so that no weight pointer outlives the call in the cache.
-        cache.set_step_l2_prefetch(i, dense_after(i));
-        struct Clear {
-          KvCache& c;
-          int layer;
-          ~Clear() { c.set_step_l2_prefetch(layer, {}); }
-        } clear{cache, i};
-        attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
-      }
+      const at::Tensor attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
       h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
     }
     at::Tensor o = model.final_norm(h);
-    if (advance) {
-      lengths.add_(1);
-      positions.add_(1);
-    }
+    if (advance) lengths.add_(1);
     return o;
   }
 };
@@ -174,7 +149,6 @@ CudaDecodeGraph::CudaDecodeGraph(const Esm2Model& model, KvCache& cache, int64_t
   impl_->mask = at::ones({B, 1}, dev.dtype(at::kBool));
   impl_->observed = at::zeros({B}, dev.dtype(at::kFloat));
   impl_->lengths = at::zeros({B}, dev.dtype(at::kInt));
-  impl_->positions = at::zeros({B, 1}, dev.dtype(at::kLong));
   const auto pinned = at::TensorOptions().pinned_memory(true);
   impl_->host_tokens = at::zeros({B, 1}, pinned.dtype(at::kLong));
   impl_->host_observed = at::zeros({B}, pinned.dtype(at::kFloat));
@@ -204,6 +178,15 @@ at::Tensor CudaDecodeGraph::step(const at::Tensor& tokens,
                  "CudaDecodeGraph::step: tokens must be int64 CPU [", B, ", 1], got ",
                  tokens.sizes(), " ", c10::toString(tokens.scalar_type()), " on ",
                  tokens.device().str());
+  {
+    const at::Tensor ids = tokens.contiguous();
+    const int64_t vocab = s.model.config().vocab_size;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t id = ids.data_ptr<int64_t>()[b];
+      TURBOESM_CHECK(id >= 0 && id < vocab, "CudaDecodeGraph::step: token id ", id, " of sequence ",
+                     b, " is outside the vocabulary [0, ", vocab, ")");
+    }
+  }
   TURBOESM_CHECK(static_cast<int64_t>(observed_mask_ratio.size()) == B,
                  "CudaDecodeGraph::step: observed_mask_ratio must have ", B, " entries, got ",
                  observed_mask_ratio.size());
@@ -226,7 +209,7 @@ at::Tensor CudaDecodeGraph::step(const at::Tensor& tokens,
     ready.block(s.stream);
   }
   c10::cuda::CUDAStreamGuard stream_guard(s.stream);
-  // Inputs: tokens and ratios every step; lengths/positions only when the host lengths moved
+  // Inputs: tokens and ratios every step; lengths only when the host lengths moved
   // behind the graph's back (prefill, eager append, first step).
   s.staged.synchronize();  // the previous step's uploads have left the staging buffers
   s.host_tokens.copy_(tokens);
@@ -237,7 +220,6 @@ at::Tensor CudaDecodeGraph::step(const at::Tensor& tokens,
   if (s.mirror != len) {
     const at::Tensor l64 = at::tensor(len, at::kLong);
     s.lengths.copy_(l64.to(at::kInt));
-    s.positions.copy_(l64.view({B, 1}));
     s.mirror = len;
   }
   if (!s.graph || s.bucket != bucket || s.reallocations != cache.reallocations()) {

@@ -18,6 +18,7 @@
 #include <c10/cuda/CUDAGuard.h>
 
 #include "kernel_element_type.h"
+#include "turboesm/kernels/decode_embed.h"
 #include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/qkv_rotary.h"
 #endif
@@ -134,6 +135,59 @@ at::Tensor Esm2Model::embed_with_ratio(const at::Tensor& tokens, const at::Tenso
   }
   if (weights_.emb_ln_before) x = layer_norm(x, *weights_.emb_ln_before);
   return x * mask.unsqueeze(-1).to(x.scalar_type());
+}
+
+Esm2Model::StepInputs Esm2Model::decode_step_inputs(const at::Tensor& tokens,
+                                                    const at::Tensor& observed_mask_ratio,
+                                                    const at::Tensor& lengths) const {
+  StepInputs out;
+#ifdef TURBOESM_WITH_CUDA
+  kernels::ElementType t;
+  const int64_t B = tokens.dim() == 2 ? tokens.size(0) : -1;
+  const auto on_device = [&](const at::Tensor& x, at::ScalarType type) {
+    return x.defined() && x.device() == device_ && x.scalar_type() == type && x.is_contiguous();
+  };
+  if (!fused_step_inputs_ || !device_.is_cuda() || weights_.emb_ln_before ||
+      !kernel_element_type(dtype_, &t) || B < 1 || B > 65535 || tokens.size(1) != 1 ||
+      !on_device(tokens, at::kLong) || !on_device(lengths, at::kInt) || lengths.numel() != B ||
+      !on_device(weights_.word_embeddings, dtype_) || !on_device(rotary_.inv_freq(), at::kFloat) ||
+      (config_.token_dropout &&
+       (!on_device(observed_mask_ratio, at::kFloat) || observed_mask_ratio.numel() != B)))
+    return out;
+  const int64_t hidden = config_.hidden_size, d = config_.head_dim();
+  const auto dev = at::TensorOptions().device(device_);
+  const c10::cuda::CUDAGuard device_guard(device_);
+  out.hidden = at::empty({B, 1, hidden}, dev.dtype(dtype_));
+  out.cos = at::empty({B, 1, d}, dev.dtype(at::kFloat));
+  out.sin = at::empty({B, 1, d}, dev.dtype(at::kFloat));
+  out.after = at::empty({B}, dev.dtype(at::kInt));
+  kernels::DecodeEmbedParams p;
+  p.batch = static_cast<int>(B);
+  p.hidden = static_cast<int>(hidden);
+  p.head_dim = static_cast<int>(d);
+  p.vocab = weights_.word_embeddings.size(0);
+  p.dtype = t;
+  p.word_embeddings = weights_.word_embeddings.data_ptr();
+  p.tokens = tokens.data_ptr<int64_t>();
+  p.token_dropout = config_.token_dropout;
+  p.mask_token_id = config_.mask_token_id;
+  p.dropout_scale = static_cast<float>(1.0 - 0.15 * 0.8);  // as embed_with_ratio's scalar
+  p.observed = config_.token_dropout ? observed_mask_ratio.data_ptr<float>() : nullptr;
+  p.inv_freq = rotary_.inv_freq().data_ptr<float>();
+  p.lengths = lengths.data_ptr<int32_t>();
+  p.h = out.hidden.data_ptr();
+  p.cos = out.cos.data_ptr<float>();
+  p.sin = out.sin.data_ptr<float>();
+  p.after = out.after.data_ptr<int32_t>();
+  const cudaError_t e = kernels::decode_embed(p, c10::cuda::getCurrentCUDAStream());
+  TURBOESM_CHECK(e == cudaSuccess, "CUDA kernel decode_embed failed (batch ", B, ", hidden ",
+                 hidden, ", head_dim ", d, "): ", cudaGetErrorString(e));
+#else
+  (void)tokens;
+  (void)observed_mask_ratio;
+  (void)lengths;
+#endif
+  return out;
 }
 
 bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {

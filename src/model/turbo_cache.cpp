@@ -623,10 +623,6 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   a.stride_h = kf.stride(1);
   a.starts = lengths.data_ptr<int32_t>();
   a.status = device_status_.data_ptr<int>();
-  a.prefetch_pages = step_page_prefetch_;
-  if (step_l2_prefetch_bytes_ > 0 && layer < static_cast<int>(step_l2_prefetch_.size()))
-    a.l2_prefetch =
-        step_l2_prefetch_[static_cast<size_t>(layer)].truncated(step_l2_prefetch_bytes_);
   at::Tensor out = at::empty_like(qf);
   quant::DecodeParams p;
   p.batch = shape_.batch;
@@ -656,15 +652,6 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
 #else
   TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
 #endif
-}
-
-void TurboKvCache::set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) {
-  TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "turbo cache set_step_l2_prefetch: layer ",
-                 layer, " is outside [0, ", shape_.layers, ")");
-  const char* why = kernels::l2_prefetch_invalid_reason(after);
-  TURBOESM_CHECK(why == nullptr, "turbo cache set_step_l2_prefetch, layer ", layer, ": ", why);
-  if (step_l2_prefetch_.empty()) step_l2_prefetch_.resize(static_cast<size_t>(shape_.layers));
-  step_l2_prefetch_[static_cast<size_t>(layer)] = after;
 }
 
 void TurboKvCache::check_device_status() {

@@ -31,6 +31,10 @@
 //                                              graph decode steps traced by CUPTI (kernels not
 //                                              serialised): each kernel's start/end, how far it
 //                                              moves the step's end, per role (builds with CUPTI)
+//   bench_model_cuda timeline_step [preset] [tokens]
+//                                              the decode attention's phases inside CUDA-graph
+//                                              steps, CTA by CTA (a build with
+//                                              -DTURBOESM_DECODE_TIMELINE=ON; decode_timeline.h)
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
@@ -52,6 +56,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -62,6 +67,7 @@
 #include <vector>
 
 #include "turboesm/error.h"
+#include "turboesm/kernels/decode_timeline.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -73,6 +79,7 @@
 
 namespace {
 
+namespace tk = turboesm::kernels;
 namespace tm = turboesm::model;
 namespace tq = turboesm::quant;
 #ifdef TURBOESM_BENCH_CUPTI
@@ -450,6 +457,126 @@ int section_trace_step(const std::string& preset, int64_t cached, const std::str
 }
 #endif
 
+/// The decode attention of CUDA-graph steps phase by phase (kernels/decode_timeline.h; a build
+/// with -DTURBOESM_DECODE_TIMELINE=ON). Per layer (one launch number), times are µs after the
+/// launch's *release* — the first CTA past griddepcontrol.wait, i.e. about when the Q/K/V
+/// product finished — for the cached-token split CTAs (median and latest over the CTAs), the
+/// new token's CTA and the merge CTAs; each figure is then the median over layers and steps.
+/// In-CTA times come from clock64 (converted with the clock rate each CTA's globaltimer and
+/// clock64 spans imply), the alignment across CTAs from globaltimer.
+int section_timeline_step(const std::string& preset, int64_t cached) {
+  if (!tk::decode_timeline_compiled()) {
+    std::fprintf(stderr,
+                 "bench_model_cuda: timeline_step needs a build with "
+                 "-DTURBOESM_DECODE_TIMELINE=ON (decode_timeline.h)\n");
+    return 2;
+  }
+  c10::InferenceMode guard;
+  auto m = fp16_model(preset);
+  const tm::TurboCacheSpec spec = turbo3(m->config());
+  constexpr int kWarmup = 3, kSteps = 20;
+  constexpr size_t kCapacity = size_t{1} << 15;
+  at::Tensor buf = at::zeros({static_cast<int64_t>(tk::decode_timeline_bytes(kCapacity))},
+                             at::TensorOptions().device(kCuda).dtype(at::kByte));
+  // Set before the graph capture (the first append): the launches keep it in every replay.
+  TURBOESM_CHECK(tk::set_decode_timeline(buf.data_ptr(), kCapacity), "set_decode_timeline");
+  struct Off {
+    ~Off() { tk::set_decode_timeline(nullptr, 0); }
+  } off;
+  auto s = graph_session(m, "turbo", spec, cached, cached + kWarmup + kSteps + 2, "timeline_step");
+  const at::Tensor toks = protein_tokens(kWarmup + kSteps + 2, 13);
+  int t = 1;
+  for (int i = 0; i < kWarmup; ++i) (void)s->append(toks.narrow(1, t++, 1).contiguous());
+  using Rec = tk::DecodeTimelineRecord;
+  // Figures per (launch, step), then medians.
+  std::map<std::string, std::vector<double>> fig;
+  std::vector<std::string> order;
+  auto add = [&](const std::string& k, double v) {
+    if (!fig.count(k)) order.push_back(k);
+    fig[k].push_back(v);
+  };
+  int launches = 0, ctas = 0, splits = 0;
+  for (int step = 0; step < kSteps; ++step) {
+    buf.narrow(0, 0, 4).zero_();
+    (void)s->append(toks.narrow(1, t++, 1).contiguous());
+    c10::cuda::device_synchronize();
+    const at::Tensor head = buf.narrow(0, 0, 4).cpu();
+    uint32_t n = 0;
+    std::memcpy(&n, head.data_ptr(), 4);
+    TURBOESM_CHECK(n > 0 && n <= kCapacity, "timeline_step: ", n, " records (capacity ", kCapacity,
+                   ")");
+    const at::Tensor body = buf.narrow(0, 64, static_cast<int64_t>(n * sizeof(Rec))).cpu();
+    std::vector<Rec> recs(n);
+    std::memcpy(recs.data(), body.data_ptr(), n * sizeof(Rec));
+    // Clock rate: ns per cycle from the CTAs' own spans.
+    std::vector<double> rate;
+    for (const Rec& r : recs) {
+      const int last = (r.flags & tk::kTimelineMerge) ? static_cast<int>(tk::kMergeEnd)
+                                                      : static_cast<int>(tk::kPhaseEnd);
+      const double cyc = static_cast<double>(r.clock[last] - r.clock[0]);
+      if (cyc > 4000 && r.globaltimer_end > r.globaltimer_start)
+        rate.push_back(static_cast<double>(r.globaltimer_end - r.globaltimer_start) / cyc);
+    }
+    TURBOESM_CHECK(!rate.empty(), "timeline_step: no CTA long enough to calibrate the clock");
+    const double ns_per_cycle = median(rate);
+    if (step == 0) add("ns per cycle (SM clock)", ns_per_cycle * 1000.0);  // ×1000: 3 decimals
+    auto at_ns = [&](const Rec& r, int k) {
+      return static_cast<double>(r.globaltimer_start) +
+             static_cast<double>(r.clock[k] - r.clock[0]) * ns_per_cycle;
+    };
+    std::map<uint32_t, std::vector<const Rec*>> by_launch;
+    for (const Rec& r : recs) by_launch[r.launch].push_back(&r);
+    launches = static_cast<int>(by_launch.size());
+    for (const auto& [id, rs] : by_launch) {
+      double release = 1e300;
+      for (const Rec* r : rs)
+        if (!(r->flags & tk::kTimelineMerge))
+          release = std::min(release, at_ns(*r, tk::kPhaseAfterWait));
+      std::map<std::string, std::vector<double>> per;  // this launch's CTAs
+      int n_ctas = 0;
+      for (const Rec* r : rs) {
+        const bool merge = r->flags & tk::kTimelineMerge;
+        if (merge) {
+          per["merge entered"].push_back(at_ns(*r, tk::kMergeEntry) - release);
+          per["merge passed wait"].push_back(at_ns(*r, tk::kMergeAfterWait) - release);
+          per["merge end"].push_back(at_ns(*r, tk::kMergeEnd) - release);
+          continue;
+        }
+        ++n_ctas;
+        splits = std::max(splits, static_cast<int>(r->split) + 1);
+        const std::string who =
+            (r->flags & tk::kTimelineAppendCta) ? "new-token CTA" : "cached CTAs";
+        static const char* kNames[] = {"entered",     "before wait", "passed wait", "q' done",
+                                       "tables done", "tokens done", "reduced",     "end"};
+        for (int k = 0; k < tk::kDecodePhases; ++k)
+          per[who + ": " + kNames[k]].push_back(at_ns(*r, k) - release);
+      }
+      ctas = n_ctas;
+      for (auto& [k, v] : per) {
+        add(k + " (median)", 1e-3 * median(v));
+        add(k + " (latest)", 1e-3 * *std::max_element(v.begin(), v.end()));
+      }
+    }
+  }
+  Json j;
+  j.add("preset", preset);
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  j.add("cached", static_cast<double>(cached));
+  std::printf(
+      "decode attention phases, %s, %lld cached, graph steps: %d launches per step, %d decode "
+      "CTAs per launch (%d splits per row)\n"
+      "us after the launch's release (first CTA past its wait), medians over %d steps x %d "
+      "launches\n",
+      preset.c_str(), static_cast<long long>(cached), launches, ctas, splits, kSteps, launches);
+  std::sort(order.begin(), order.end());
+  for (const std::string& k : order) {
+    std::printf("%-44s %9.3f\n", k.c_str(), median(fig[k]));
+    j.add(k, median(fig[k]));
+  }
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+
 int section_decode(const std::string& preset, int64_t cached) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
@@ -496,39 +623,26 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
-  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of six
-  // sessions — the default step (the append inside the attention launch: one launch per layer +
-  // the merge kernel), the same with the merge kernel asking the L2, while the attention runs,
-  // for the first bytes of what the next launches read (TurboKvCache::set_step_l2_prefetch_bytes:
-  // the layer's O + FC1 weights, 16.4 MB for the 650M model; + FC2, 29.5 MB; + the next layer's
-  // QKV weight, 39.3 MB), the same with every cached split asking the L2 for its pages before
-  // its wait (TurboKvCache::set_step_page_prefetch), and quantize_append + turbo_decode (two
-  // launches, splits merged in the decode kernel).
+  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of three
+  // sessions — the default step (the step's inputs in one launch, kernels/decode_embed.h; the
+  // append inside the attention launch: one launch per layer + the merge kernel), the same with
+  // the step's inputs from the ~20 eager ops (Esm2Model::set_fused_step_inputs(false) around
+  // that session's steps, captures included), and quantize_append + turbo_decode (two launches,
+  // splits merged in the decode kernel).
   {
     constexpr int kRounds = 4;
     struct Variant {
       const char* key;
       const char* label;
       std::function<void(tm::TurboKvCache&)> setup;
+      bool eager_inputs = false;
     };
-    const tm::LayerWeights& w0 = m->weights().layers[0];
-    const uint64_t o_fc1 = static_cast<uint64_t>(w0.o_weight.nbytes() + w0.fc1_weight.nbytes());
-    const uint64_t o_fc2 = o_fc1 + static_cast<uint64_t>(w0.fc2_weight.nbytes());
     const std::vector<Variant> variants = {
-        {"ab_fused_append_ms", "fused append", [](tm::TurboKvCache&) {}},
-        {"ab_fused_l2_o_fc1_ms", "+ L2 hint O/FC1",
-         [o_fc1](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc1); }},
-        {"ab_fused_l2_o_fc2_ms", "+ L2 hint O/FC1/FC2",
-         [o_fc2](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(o_fc2); }},
-        {"ab_fused_l2_all_ms", "+ L2 hint O/FC1/FC2/next QKV",
-         [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); }},
-        {"ab_fused_page_prefetch_ms", "+ page prefetch",
-         [](tm::TurboKvCache& c) { c.set_step_page_prefetch(true); }},
+        {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
+        {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
     };
-    j.add("l2_cache_bytes",
-          static_cast<double>(at::cuda::getCurrentDeviceProperties()->l2CacheSize));
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
       sessions.push_back(
@@ -541,7 +655,9 @@ int section_decode(const std::string& preset, int64_t cached) {
     for (int r = 0; r < kRounds; ++r) {
       std::printf("  A/B round %d:", r);
       for (size_t i = 0; i < variants.size(); ++i) {
+        if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
+        m->set_fused_step_inputs(true);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
       }
       std::printf("\n");
@@ -894,13 +1010,16 @@ int main(int argc, char** argv) {
       return 2;
     }
 #endif
+    if (section == "timeline_step")
+      return section_timeline_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
-    std::fprintf(stderr,
-                 "usage: bench_model_cuda config|decode|prefill|profile_step|trace_step|big "
-                 "[preset] [tokens] "
-                 "[steps (big) | batch (prefill)]\n");
+    std::fprintf(
+        stderr,
+        "usage: bench_model_cuda config|decode|prefill|profile_step|trace_step|timeline_step|big "
+        "[preset] [tokens] "
+        "[steps (big) | batch (prefill)]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_model_cuda: error: %s\n", e.what());

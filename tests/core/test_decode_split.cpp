@@ -1,8 +1,7 @@
 // SPDX-License-Identifier: MIT
 // decode_split.h, the positions each split CTA of turbo_decode / turbo_decode_append streams (the
 // kernels call the same functions): the splits of a row partition its positions exactly once, in
-// order, with the new token alone in the append launch's last split; and the page span of a range
-// holds exactly the pages its positions are on.
+// order, with the new token alone in the append launch's last split.
 #include <gtest/gtest.h>
 
 #include <vector>
@@ -12,7 +11,6 @@
 namespace turboesm {
 namespace {
 
-using kernels::decode_split_pages;
 using kernels::decode_split_range;
 using kernels::SplitRange;
 
@@ -78,20 +76,6 @@ TEST(DecodeSplit, AppendSplitsPartitionTheCachedPositionsAndTheLastTakesTheNewTo
       }
   // A negative start (the kernel flags it) gives empty splits, never negative positions.
   for (int s = 0; s < 4; ++s) EXPECT_TRUE(decode_split_range(true, -5, 64, 4, s).empty());
-}
-
-TEST(DecodeSplit, PageSpanHoldsExactlyTheRangesPages) {
-  for (int pt : {1, 16, 64, 100})
-    for (int first = 0; first < 300; first += 37)
-      for (int len = 1; len < 400; len += 53) {
-        const SplitRange r{first, first + len};
-        const kernels::PageSpan s = decode_split_pages(r, pt);
-        EXPECT_EQ(s.first, first / pt);
-        EXPECT_EQ(s.first + s.count - 1, (first + len - 1) / pt);  // the last position's page
-        EXPECT_GE(s.count, 1);
-      }
-  EXPECT_EQ(decode_split_pages(SplitRange{5, 5}, 64).count, 0);
-  EXPECT_EQ(decode_split_pages(SplitRange{9, 3}, 64).count, 0);
 }
 
 }  // namespace

@@ -213,28 +213,6 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
   std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
 }
 
-// The fused graph step with the L2 hint on (the merge kernel asks the L2 for every layer's O,
-// FC1, FC2 and the next layer's QKV weights while the attention runs): a hint only, so the same
-// values.
-TEST(ModelDecodeCudaL2Hint, GraphStepEqualsEagerStep) {
-  TURBOESM_REQUIRE_GPU();
-  const double d = turbo_graph_vs_eager_80(
-      {"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone, tq::QjlMode::kNone},
-      [](tm::TurboKvCache& c) { c.set_step_l2_prefetch_bytes(UINT64_MAX); });
-  EXPECT_LE(d, kGraphEagerTol);
-  std::printf("[model decode graph vs eager, L2 hint] max|d| %.2e\n", d);
-}
-
-// The fused graph step with every cached split asking the L2 for its pages before its wait.
-TEST(ModelDecodeCudaPagePrefetch, GraphStepEqualsEagerStep) {
-  TURBOESM_REQUIRE_GPU();
-  const double d = turbo_graph_vs_eager_80(
-      {"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone, tq::QjlMode::kNone},
-      [](tm::TurboKvCache& c) { c.set_step_page_prefetch(true); });
-  EXPECT_LE(d, kGraphEagerTol);
-  std::printf("[model decode graph vs eager, page prefetch] max|d| %.2e\n", d);
-}
-
 TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
   auto gpu = tiny(c10::Device(c10::kCUDA, 0));

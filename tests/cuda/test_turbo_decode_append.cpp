@@ -45,12 +45,6 @@ struct AppendCase {
   /// Give turbo_decode_append the smallest workspace it takes (two partials per row: one cached
   /// split and the new token's), and check that one byte less is refused before any launch.
   bool min_workspace = false;
-  /// Pass DecodeAppend::l2_prefetch: three ranges over a scratch buffer of this many MB (sizes
-  /// not multiples of the 64 KB chunks), issued by the merge kernel; must change nothing.
-  int l2_prefetch_mb = 0;
-  /// DecodeAppend::prefetch_pages (each cached split asks the L2 for its pages before its
-  /// wait); must change nothing.
-  bool prefetch_pages = false;
   uint64_t seed = 1;
 };
 
@@ -183,15 +177,6 @@ AppendOutcome run_append_case(const AppendCase& c) {
     a.stride_h = stride_h;
     a.starts = d_starts.get<int32_t>();
     a.status = fused.status.get<int>();
-    DeviceBuffer hinted(static_cast<size_t>(c.l2_prefetch_mb) << 20);
-    if (c.l2_prefetch_mb > 0) {
-      const uint64_t n = static_cast<uint64_t>(c.l2_prefetch_mb) << 20;
-      const char* base = static_cast<const char*>(hinted.get());
-      EXPECT_TRUE(a.l2_prefetch.add(base, n / 2 + 16));
-      EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16, 64 << 10));
-      EXPECT_TRUE(a.l2_prefetch.add(base + n / 2 + 16 + (64 << 10), n / 2 - 16 - (64 << 10)));
-    }
-    a.prefetch_pages = c.prefetch_pages;
     const tq::DecodeParams p = params(fused);
     EXPECT_EQ(tk::turbo_decode_append_invalid_reason(p, a), nullptr)
         << tk::turbo_decode_append_invalid_reason(p, a);
@@ -296,17 +281,15 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     cases.push_back(c);
   }
   {
-    AppendCase c = cases.front();   // the 650M step as the model runs it: merge kernel + the
-    c.name = "650M step, L2 hint";  // weights' L2 hint
+    AppendCase c = cases.front();  // the 650M step as the model runs it: the merge kernel
+    c.name = "650M step, merge kernel";
     c.split_counters = false;
-    c.l2_prefetch_mb = 30;
     cases.push_back(c);
   }
   {
-    AppendCase c = cases.front();  // the same with the cached pages asked of the L2 first,
-    c.name = "650M step, page prefetch, long cache";  // over several 64 KB chunks per split
+    AppendCase c = cases.front();  // the same over a long cache (many pages per split)
+    c.name = "650M step, merge kernel, long cache";
     c.split_counters = false;
-    c.prefetch_pages = true;
     c.starts = {20000};
     c.capacity_tokens = 0;
     cases.push_back(c);
@@ -374,14 +357,6 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
        [](tq::DecodeParams& p, tk::DecodeAppend&) { p.v.constants.boundaries = nullptr; }},
       {"null q", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.q = nullptr; }},
       {"head_dim 40", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.head_dim = 40; }},
-      {"L2 hint: null range",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(nullptr, 64); }},
-      {"L2 hint: misaligned start",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(rows + 1, 16); }},
-      {"L2 hint: size not a multiple of 16",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.add(rows, 12); }},
-      {"L2 hint: count past kMaxRanges",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) { a.l2_prefetch.count = 5; }},
       {"head_dim 128 (Π of both sides would not fit in shared memory)",
        [](tq::DecodeParams& p, tk::DecodeAppend&) {
          p.head_dim = 128;

@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 /// \file decode_split.h
-/// \brief Which cached positions a split CTA of turbo_decode / turbo_decode_append streams, and
-/// which pages hold them. Host and device share these functions, so the partition is tested on
-/// the host (tests/core/test_decode_split.cpp) and the kernel computes the same ranges.
+/// \brief Which cached positions a split CTA of turbo_decode / turbo_decode_append streams. Host
+/// and device share these functions, so the partition is tested on the host
+/// (tests/core/test_decode_split.cpp) and the kernel computes the same ranges.
 ///
 /// turbo_decode: a row's `num_splits` CTAs share positions [0, min(length, capacity)) in equal
 /// chunks (the last ones may be short or empty). turbo_decode_append: splits [0, num_splits − 1)
@@ -48,18 +48,6 @@ TURBOESM_HOST_DEVICE inline SplitRange decode_split_range(bool append, int lengt
   r.first = detail::split_min(len, split * chunk);
   r.last = detail::split_min(len, r.first + chunk);
   return r;
-}
-
-/// Pages [first, first + count) of `page_tokens` positions each that hold the non-empty range `r`.
-struct PageSpan {
-  int first = 0, count = 0;
-};
-TURBOESM_HOST_DEVICE inline PageSpan decode_split_pages(SplitRange r, int page_tokens) {
-  PageSpan s;
-  if (r.empty()) return s;
-  s.first = r.first / page_tokens;
-  s.count = (r.last - 1) / page_tokens - s.first + 1;
-  return s;
 }
 
 }  // namespace turboesm::kernels

@@ -34,7 +34,6 @@
 #include <cstdint>
 
 #include "turboesm/kernels/element_type.h"
-#include "turboesm/kernels/l2_prefetch.h"
 #include "turboesm/quant/cache_view.h"
 
 namespace turboesm::kernels {
@@ -90,17 +89,6 @@ struct DecodeAppend {
   int64_t stride_b = 0, stride_h = 0;  ///< element strides over sequence and head (≥ 0)
   const int32_t* starts = nullptr;     ///< [batch] cache position of the new token (old length)
   int* status = nullptr;  ///< optional: OR of kQuantizeAppend* bits (quantize_append.h)
-  /// Optional hint (l2_prefetch.h): device memory the launches after this one read (a decode
-  /// step passes the layer's O, FC1, FC2 and the next layer's QKV weights). The merge kernel asks
-  /// the L2 for it before its wait, i.e. while the attention runs; ignored when there is no merge
-  /// kernel (p.split_counters given).
-  L2Prefetch l2_prefetch{};
-  /// Optional: every split CTA that streams cached positions asks the L2 for its K and V pages
-  /// before its dependency wait (one bulk prefetch per side, kernels/common.cuh), so that its
-  /// record loads after the wait hit the L2 instead of HBM. Those pages were written by earlier
-  /// steps; the range comes from a read of `starts` before the wait — a hint only: a stale value
-  /// misdirects a prefetch, never a result.
-  bool prefetch_pages = false;
 };
 
 /// Largest head_dim turbo_decode_append takes (its encoding CTA holds both sides' Π in shared

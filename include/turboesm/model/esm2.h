@@ -83,6 +83,19 @@ class Esm2Model {
   /// (same device; ignored without token dropout). \return [B, T, hidden]
   at::Tensor embed_with_ratio(const at::Tensor& tokens, const at::Tensor& mask,
                               const at::Tensor& observed_mask_ratio) const;
+  /// \brief A decode step's inputs in one CUDA launch (kernels/decode_embed.h): the hidden state
+  /// of embed_with_ratio(tokens, all-true mask, observed) [B, 1, hidden], the rotary tables
+  /// rotary().cos_sin(lengths as positions [B, 1], dtype()) [B, 1, d] fp32, and lengths + 1 —
+  /// bit for bit the eager ops' values (~20 launches). Returns undefined tensors when the kernel
+  /// does not apply (not CUDA, an embedding LayerNorm, other dtypes or devices than it takes,
+  /// set_fused_step_inputs(false)): the caller then runs those ops. Capturable in a CUDA graph.
+  /// \param tokens [B, 1] int64 ids in [0, vocab) (not checked on the device);
+  /// \param observed_mask_ratio [B] fp32; \param lengths [B] int32 (the positions).
+  struct StepInputs {
+    at::Tensor hidden, cos, sin, after;
+  };
+  StepInputs decode_step_inputs(const at::Tensor& tokens, const at::Tensor& observed_mask_ratio,
+                                const at::Tensor& lengths) const;
   /// \brief The first half of layer_qkv: pre-LN and the fused Q/K/V projection, [B, T, 3·hidden]
   /// (q, k, v of all heads in that order; the decode graph applies scaling and rotary in one
   /// kernel, kernels/qkv_rotary.h).
@@ -135,6 +148,11 @@ class Esm2Model {
   /// differ from the eager ones by the order of the fp32 sums only. Not synchronised.
   void set_fused_decode_gemv(bool enabled) { fused_decode_gemv_ = enabled; }
   bool fused_decode_gemv() const { return fused_decode_gemv_; }
+  /// \brief Enables (default) or disables decode_step_inputs' kernel (disabled, it returns
+  /// undefined tensors and the decode graph runs the eager embedding and rotary ops: the
+  /// reference, and the benchmark's "before"). Not synchronised.
+  void set_fused_step_inputs(bool enabled) { fused_step_inputs_ = enabled; }
+  bool fused_step_inputs() const { return fused_step_inputs_; }
 
   /// \brief Maps a fair-esm style layer index (negative from the end) to 0..layers.
   /// \throws turboesm::Error naming the index and the valid range.
@@ -163,6 +181,7 @@ class Esm2Model {
   at::ScalarType dtype_;
   bool fused_qkv_ = true;
   bool fused_decode_gemv_ = true;
+  bool fused_step_inputs_ = true;
 };
 
 }  // namespace turboesm::model

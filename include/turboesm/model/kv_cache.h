@@ -30,7 +30,6 @@
 #include <string>
 #include <vector>
 
-#include "turboesm/kernels/l2_prefetch.h"
 #include "turboesm/model/config.h"
 
 namespace turboesm::model {
@@ -127,17 +126,6 @@ class KvCache {
   virtual at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k,
                                  const at::Tensor& v, const at::Tensor& lengths,
                                  const at::Tensor& lengths_after, int64_t max_tokens);
-
-  /// \brief Hint for device_step(layer): device memory that the launches after it read (the
-  /// decode step passes the layer's O, FC1, FC2 and the next layer's QKV weights). A cache whose
-  /// step has a launch that waits on latency-bound attention asks the L2 for it there (the turbo
-  /// cache's fused step, kernels/l2_prefetch.h, given TurboKvCache::set_step_l2_prefetch_bytes
-  /// > 0); the others ignore it. The pointers must stay valid while steps using them (or graphs
-  /// capturing them) run; an empty hint clears it.
-  virtual void set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) {
-    (void)layer;
-    (void)after;
-  }
 
   /// \brief Host bookkeeping after `steps` device_step calls on every layer: adds `steps` to the
   /// length of every sequence in every layer. \throws turboesm::Error past the capacity.

@@ -119,17 +119,6 @@ class TurboKvCache final : public KvCache {
   /// as a kernel of its own before it (same pages, outputs equal up to the order the splits are
   /// summed in).
   void set_fused_step_append(bool on) { fused_step_append_ = on; }
-  /// \brief How many bytes of set_step_l2_prefetch's hint the fused step's merge kernel asks
-  /// the L2 for (its first bytes, in range order; UINT64_MAX: all). Default 0 — off: the hint
-  /// (kernels/l2_prefetch.h) has not been measured on a GPU yet; bench_model_cuda's decode A/B
-  /// compares 0, the O + FC1 weights, + FC2, and all (+ the next layer's QKV).
-  void set_step_l2_prefetch_bytes(uint64_t max_bytes) { step_l2_prefetch_bytes_ = max_bytes; }
-  uint64_t step_l2_prefetch_bytes() const { return step_l2_prefetch_bytes_; }
-  void set_step_l2_prefetch(int layer, const kernels::L2Prefetch& after) override;
-  /// \brief Whether the fused step's split CTAs ask the L2 for their cached pages before their
-  /// dependency wait (kernels::DecodeAppend::prefetch_pages; a hint, same values). Default off —
-  /// not yet measured on a GPU; bench_model_cuda's decode A/B compares it.
-  void set_step_page_prefetch(bool on) { step_page_prefetch_ = on; }
 
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
   /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity): for
@@ -183,9 +172,6 @@ class TurboKvCache final : public KvCache {
   bool reference_encode_ = false;
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   bool fused_step_append_ = true;
-  uint64_t step_l2_prefetch_bytes_ = 0;
-  bool step_page_prefetch_ = false;
-  std::vector<kernels::L2Prefetch> step_l2_prefetch_;  // [layer], set_step_l2_prefetch
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
   // CUDA: int32 [batch · heads], zero between calls: the two-kernel device_step's split counters
   // (the decode kernel merges its splits itself; quant::DecodeParams::split_counters). One step
