@@ -172,12 +172,17 @@ int turbo_decode_num_splits(const quant::DecodeParams& p, int num_sms) {
   const int smax = static_cast<int>(
       std::max<int64_t>(1, std::min<int64_t>(kMaxSplits, capacity / kMinTokensPerSplit)));
   const int64_t slots = static_cast<int64_t>(num_sms) * detail::ctas_per_sm(p.head_dim);
-  // Time ∝ waves × (tokens per split); a 1% penalty per split for partials and the merge.
+  // Time ∝ waves × (tokens per split + a CTA's fixed work) + a cost per split (its partial, the
+  // merge's read of it), both in token units. Fitted on the H200 sweeps (kernels/NOTES.md,
+  // session 11): B1 H20 d64 T16384 runs best at 12–16 splits (26.2–27.0 µs; the 26 of a cost
+  // without the per-split term, 30.4 µs), T1024 at 4; the per-CTA term keeps many-row shapes
+  // from trading whole waves for shorter splits.
+  constexpr int64_t kCtaCostTokens = 512, kSplitCostTokens = 64;
   int best = 1;
-  double best_cost = 1e300;
+  int64_t best_cost = INT64_MAX;
   for (int s = 1; s <= smax; ++s) {
     const int64_t waves = (rows * s + slots - 1) / slots;
-    const double cost = static_cast<double>(waves) / s * (1.0 + 0.01 * s);
+    const int64_t cost = waves * ((capacity + s - 1) / s + kCtaCostTokens) + kSplitCostTokens * s;
     if (cost < best_cost) {
       best_cost = cost;
       best = s;

@@ -381,10 +381,23 @@ int main(int argc, char** argv) {
           ->Unit(benchmark::kMicrosecond);
     }
   }
-  // Split-count sweep at the batch-1 shapes (the automatic choice is the "turbo" row above).
-  for (const Shape s : {Shape{1, 20, 1024, 64, 3, NormMode::kNone, QjlMode::kNone},
-                        Shape{1, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}}) {
-    for (const int n : {1, 2, 4, 8, 12, 16, 24, 32, 48, 64}) {
+  // Split-count sweeps (the automatic choice is the "turbo" row above): the batch-1 shapes, where
+  // one wave holds every split, and shapes of several waves.
+  struct Sweep {
+    Shape s;
+    std::vector<int> splits;
+  };
+  const Sweep sweeps[] = {
+      {{1, 20, 1024, 64, 3, NormMode::kNone, QjlMode::kNone}, {1, 2, 3, 4, 8, 12, 16}},
+      {{1, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone},
+       {1, 2, 4, 8, 12, 16, 24, 32, 48, 64}},
+      {{8, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, {2, 3, 4, 6}},
+      {{32, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, {2, 3, 4, 6, 9}},
+      {{8, 40, 16384, 128, 3, NormMode::kNone, QjlMode::kNone}, {2, 3, 4, 6, 8}},
+  };
+  for (const Sweep& sw : sweeps) {
+    const Shape s = sw.s;
+    for (const int n : sw.splits) {
       if (n * 64 > s.tokens) continue;
       const std::string v = "turbo_s" + std::to_string(n);
       benchmark::RegisterBenchmark((s.name() + "/" + v).c_str(),
