@@ -9,6 +9,9 @@
 #      again at batch 4 (more GPU work per launch; prefill_b4.txt);
 #   3b. bench_model_cuda trace_step: the turbo graph decode step's kernels as they really run
 #      (CUPTI timeline, not serialised: how far each kernel moves the step's end; trace.txt);
+#   3c. bench_model_cuda timeline_step from a -DTURBOESM_DECODE_TIMELINE=ON build tree
+#      (TURBOESM_TIMELINE_BUILD_DIR, default build-cuda-tl): the attention launch's phases per
+#      CTA (timeline.txt); skipped with a message when that tree has no binary;
 #   4. bench_prefill_hf.py     : HF transformers EsmModel, same config, random init, FP16, eager
 #      (and sdpa) attention, same sequence length, same GPU, same run → speed-up;
 #   5. bench_model_cuda big    : esm2_t48_15B shapes (head dim 128), random FP16 weights created in
@@ -20,9 +23,9 @@
 # or built here first with TURBOESM_GPU_BUILD=1 (needs the build dependencies on this machine).
 #   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda-m)
 #   TURBOESM_SKIP       space-separated subset of: test memcheck decode prefill prefill_b4 trace
-#                       hf big
+#                       timeline hf big
 # Output in ${OUT:-gpu-out}: gpu.txt, test_model_decode.log, decode.txt, prefill.txt,
-# prefill_b4.txt, trace.txt, hf_prefill.txt, big.txt, summary.json (every JSON line of the sections, plus the
+# prefill_b4.txt, trace.txt, timeline.txt, hf_prefill.txt, big.txt, summary.json (every JSON line of the sections, plus the
 # HF speed-ups).
 set -uo pipefail
 # shellcheck source=tools/gpu_env.sh
@@ -61,6 +64,26 @@ if [[ "${_skip}" != *" trace "* ]]; then
   timeout 300 "${_bench}" trace_step > "${_out}/trace.txt" 2>&1 || { echo "bench trace_step failed"; _rc=1; }
   grep -v "^JSON" "${_out}/trace.txt" | head -30
 fi
+# The attention launch's phases (kernels/decode_timeline.h): a second build tree configured with
+# -DTURBOESM_DECODE_TIMELINE=ON (built here with TURBOESM_GPU_BUILD=1), its libraries first.
+_tl="${TURBOESM_TIMELINE_BUILD_DIR:-${_root}/build-cuda-tl}"
+if [[ "${_skip}" != *" timeline "* ]]; then
+  if [[ "${TURBOESM_GPU_BUILD:-0}" == 1 ]]; then
+    cmake -S "${_root}" -B "${_tl}" -G Ninja -DCMAKE_BUILD_TYPE=Release -DTURBOESM_WITH_CUDA=ON \
+      -DTURBOESM_DECODE_TIMELINE=ON \
+      -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" \
+      -DTURBOESM_PYTHON="$(command -v python3)" > /dev/null \
+      && cmake --build "${_tl}" -j "$(nproc)" --target bench_model_cuda > /dev/null \
+      || { echo "timeline build failed"; _rc=1; }
+  fi
+  if [[ -x "${_tl}/bin/bench_model_cuda" ]]; then
+    LD_LIBRARY_PATH="${_tl}/lib:${LD_LIBRARY_PATH}" timeout 300 "${_tl}/bin/bench_model_cuda" \
+      timeline_step > "${_out}/timeline.txt" 2>&1 || { echo "bench timeline_step failed"; _rc=1; }
+    grep -v "^JSON" "${_out}/timeline.txt"
+  else
+    echo "timeline: no ${_tl}/bin/bench_model_cuda (a -DTURBOESM_DECODE_TIMELINE=ON build); skipped"
+  fi
+fi
 if [[ "${_skip}" != *" hf "* ]]; then
   "${_bench}" config esm2_t33_650M > "${_out}/esm2_t33_650M.config.json"
   timeout 300 python3 "${_root}/tests/bench/bench_prefill_hf.py" \
@@ -78,7 +101,7 @@ python3 - "${_out}" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 summary = {}
-for name in ("decode", "prefill", "prefill_b4", "trace", "hf_prefill", "big"):
+for name in ("decode", "prefill", "prefill_b4", "trace", "timeline", "hf_prefill", "big"):
     path = os.path.join(out, name + ".txt")
     if not os.path.exists(path):
         continue
