@@ -162,6 +162,65 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+/// Values a lane keeps after warp_reduce_scatter<N, MIN_OFFSET> before offset step `step`
+/// (offset 16 >> step): halved at every step whose offset is ≥ MIN_OFFSET while the count is
+/// even.
+constexpr int reduce_scatter_count(int n, int min_offset, int step) {
+  for (int s = 0, o = 16; s < step; ++s, o >>= 1)
+    if (o >= min_offset && n % 2 == 0) n /= 2;
+  return n;
+}
+
+/// \brief Sums v[0, N) over the lanes that differ in bits ≥ MIN_OFFSET (a power of two ≤ 16),
+/// as a reduce-scatter butterfly: at offset o (16, 8, ..., MIN_OFFSET) a lane with an even count
+/// n keeps one half (the upper one when lane & o), sends the other to lane ^ o and adds the half
+/// it receives (n/2 shuffles instead of n); an odd count is summed whole (n shuffles, every lane
+/// of the pair keeps the same sums). Every sum pairs the same partners in the same order as
+/// warp_sum's xor tree (fp addition is commutative), so the bits equal a per-value warp_sum.
+/// Afterwards v[0, kept) hold the sums of indices [base, base + kept), kept =
+/// reduce_scatter_count(N, MIN_OFFSET, 5), base returned; the lanes sharing a base hold the same
+/// values (reduce_scatter_writer picks one). N = 64, MIN_OFFSET = 1: 62 shuffles, not 320.
+template <int N, int MIN_OFFSET>
+__device__ __forceinline__ int warp_reduce_scatter(float (&v)[N], int lane) {
+  int base = 0;
+  static_for<0, 5>([&](auto S) {
+    constexpr int s = decltype(S)::value;
+    constexpr int o = 16 >> s;
+    constexpr int n = reduce_scatter_count(N, MIN_OFFSET, s);
+    if constexpr (o >= MIN_OFFSET) {
+      if constexpr (n % 2 == 0) {
+        constexpr int half = n / 2;
+        const bool up = (lane & o) != 0;
+#pragma unroll
+        for (int j = 0; j < half; ++j) {
+          const float send = up ? v[j] : v[j + half];
+          const float keep = up ? v[j + half] : v[j];
+          v[j] = keep + __shfl_xor_sync(kFullMask, send, o);
+        }
+        if (up) base += half;
+      } else {
+#pragma unroll
+        for (int j = 0; j < n; ++j) v[j] += __shfl_xor_sync(kFullMask, v[j], o);
+      }
+    }
+  });
+  return base;
+}
+
+/// Whether `lane` writes its sums after warp_reduce_scatter<N, MIN_OFFSET>: of the lanes holding
+/// the same indices (they differ only in the bits of whole-sum steps), the one with those bits 0.
+constexpr int reduce_scatter_whole_mask(int n, int min_offset) {
+  int whole = 0;
+  for (int s = 0, o = 16; s < 5; ++s, o >>= 1)
+    if (o >= min_offset && reduce_scatter_count(n, min_offset, s) % 2 != 0) whole |= o;
+  return whole;
+}
+template <int N, int MIN_OFFSET>
+__device__ __forceinline__ bool reduce_scatter_writer(int lane) {
+  constexpr int kWhole = reduce_scatter_whole_mask(N, MIN_OFFSET);
+  return (lane & kWhole) == 0;
+}
+
 /// exp2(x − m) that is 0 for m = −inf (an empty partial), never NaN for finite x.
 __device__ __forceinline__ float rescale_factor(float x, float m) {
   return x == -INFINITY ? 0.0f : exp2f(x - m);

@@ -615,10 +615,18 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K in registers; d 128: in L2) ---
   {
     const float* q = p.q + static_cast<int64_t>(row) * D;
-    const float* sc = p.k.constants.scale;
     float qv[kCols];
 #pragma unroll
     for (int c = 0; c < kCols; ++c) qv[c] = lane + 32 * c < D ? q[lane + 32 * c] : 0.0f;
+    // σ_K in the same round trip as q: lane rr holds row warp + 4·rr's and stores that row below
+    // (q' is a warp_sum, the same in every lane). Read row by row after each sum, the σ loads
+    // formed a dependent chain behind the shared-memory stores (kernels/NOTES.md, session 12).
+    static_assert(kRowsPerWarp <= 32, "one σ_K row per lane");
+    const float* sc_k = p.k.constants.scale;
+    const int sig_row = warp + lane * kDecodeWarps;
+    const float sig_k = sc_k != nullptr && lane < kRowsPerWarp && sig_row < D
+                            ? __ldg(sc_k + h * D + sig_row)
+                            : 1.0f;
     float part[kRowsPerWarp];
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
@@ -639,7 +647,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
       const int r = warp + rr * kDecodeWarps;
       const float s = warp_sum(part[rr]);
-      if (lane == 0 && r < D) s_q[r] = sc ? s * sc[h * D + r] : s;
+      if (lane == rr && r < D) s_q[r] = sc_k ? s * sig_k : s;
     }
   }
   if (tid < kL) {
@@ -802,16 +810,15 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
 #pragma unroll
     for (int o = 16; o >= kLpt; o >>= 1) l += __shfl_xor_sync(kFullMask, l, o);
 #pragma unroll
-    for (int j = 0; j < kSub; ++j) {
-      float v = st.acc[j] * f;
-#pragma unroll
-      for (int o = 16; o >= kLpt; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
-      st.acc[j] = v;
-    }
+    for (int j = 0; j < kSub; ++j) st.acc[j] *= f;
+    // Reduce-scatter over the lanes of a thread half (common.cuh: D = 64 62 shuffles instead of
+    // 320, the same sums bit for bit); lane keeps kKept sums of coordinates [base, base + kKept).
+    constexpr int kKept = reduce_scatter_count(kSub, kLpt, 5);
+    const int base = warp_reduce_scatter<kSub, kLpt>(st.acc, lane);
     float* r = s_red + warp * (D + 2);
-    if (lane < kLpt) {
+    if (reduce_scatter_writer<kSub, kLpt>(lane)) {
 #pragma unroll
-      for (int j = 0; j < kSub; ++j) r[lane * kSub + j] = st.acc[j];
+      for (int j = 0; j < kKept; ++j) r[sub * kSub + base + j] = st.acc[j];
     }
     if (lane == 0) {
       r[D] = wm;

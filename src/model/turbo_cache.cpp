@@ -587,6 +587,15 @@ void TurboKvCache::append_cuda(int layer, const at::Tensor& k, const at::Tensor&
 #endif
 }
 
+void TurboKvCache::set_step_splits(int cached_splits, bool merge_in_kernel) {
+  TURBOESM_CHECK(cached_splits >= 0,
+                 "turbo cache set_step_splits: cached_splits must be >= 0 (0: automatic; at most "
+                 "64 are used), got ",
+                 cached_splits);
+  step_cached_splits_ = cached_splits;
+  step_merge_in_kernel_ = merge_in_kernel;
+}
+
 at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, const at::Tensor& lengths,
                                      const at::Tensor& lengths_after, int64_t max_tokens) {
@@ -633,10 +642,13 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   p.out = out.data_ptr<float>();
   p.k = kv;
   p.v = vv;
-  // No split counters: here the second (merge) kernel merges the splits. The row's last split
-  // CTA is then usually the encoding one, and merging there as well lengthened the step (1–4 %
-  // in 7 of 8 interleaved rounds, kernels/NOTES.md "Decode step v8"); the merge kernel loads its
-  // column of Π_V while the splits finish.
+  // By default no split counters: the second (merge) kernel merges the splits. The row's last
+  // split CTA was then usually the encoding one, and merging there as well lengthened the step
+  // (1–4 % in 7 of 8 interleaved rounds, kernels/NOTES.md "Decode step v8"); the merge kernel
+  // loads its column of Π_V while the splits finish. set_step_splits changes both choices.
+  p.num_splits = step_cached_splits_;
+  if (step_merge_in_kernel_)
+    p.split_counters = reinterpret_cast<uint32_t*>(split_counters_.data_ptr<int32_t>());
   const char* why = kernels::turbo_decode_append_invalid_reason(p, a);
   TURBOESM_CHECK(why == nullptr, "turbo cache device_step, layer ", layer, ": ", why);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;

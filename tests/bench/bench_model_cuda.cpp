@@ -623,11 +623,13 @@ int section_decode(const std::string& preset, int64_t cached) {
     std::printf("%-28s %12.4f\n", name.c_str(), ms);
     j.add(name + "_ms_per_token", ms);
   };
-  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each of three
-  // sessions — the default step (the step's inputs in one launch, kernels/decode_embed.h; the
-  // append inside the attention launch: one launch per layer + the merge kernel), the same with
-  // the step's inputs from the ~20 eager ops (Esm2Model::set_fused_step_inputs(false) around
-  // that session's steps, captures included), and quantize_append + turbo_decode (two launches,
+  // A/B, interleaved so that drift hits every variant: rounds of 50 graph steps on each session
+  // — the default step (the step's inputs in one launch, kernels/decode_embed.h; the append
+  // inside the attention launch: one launch per layer + the merge kernel), the same with the
+  // step's inputs from the ~20 eager ops (Esm2Model::set_fused_step_inputs(false) around that
+  // session's steps, captures included), the fused step with the splits merged by the row's last
+  // CTA, with a fixed number of cached splits (TurboKvCache::set_step_splits; automatic: 4 for
+  // the 1280-slot view of 1024 cached tokens), and quantize_append + turbo_decode (two launches,
   // splits merged in the decode kernel).
   {
     constexpr int kRounds = 4;
@@ -640,6 +642,13 @@ int section_decode(const std::string& preset, int64_t cached) {
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
+        {"ab_merge_in_kernel_ms", "merge in kernel",
+         [](tm::TurboKvCache& c) { c.set_step_splits(0, true); }},
+        {"ab_splits3_ms", "3 splits", [](tm::TurboKvCache& c) { c.set_step_splits(3, false); }},
+        {"ab_splits6_ms", "6 splits", [](tm::TurboKvCache& c) { c.set_step_splits(6, false); }},
+        {"ab_splits8_ms", "8 splits", [](tm::TurboKvCache& c) { c.set_step_splits(8, false); }},
+        {"ab_splits8_in_kernel_ms", "8 splits merge in kernel",
+         [](tm::TurboKvCache& c) { c.set_step_splits(8, true); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
     };

@@ -213,6 +213,24 @@ TEST(ModelDecodeCudaTwoKernels, GraphStepEqualsEagerStep) {
   std::printf("[model decode graph vs eager, two-kernel step] max|d| %.2e\n", d);
 }
 
+// The fused step with its tuning knobs (TurboKvCache::set_step_splits): a fixed number of
+// cached splits (more than the 21..80 positions need: short and empty splits) and the splits
+// merged by the row's last CTA instead of the merge kernel.
+TEST(ModelDecodeCudaStepSplits, GraphStepEqualsEagerStep) {
+  TURBOESM_REQUIRE_GPU();
+  const SpecCase sc{"random_token_sign", tq::RotationKind::kRandom, tq::NormMode::kToken,
+                    tq::QjlMode::kSign};
+  for (const int splits : {1, 3, 7}) {
+    for (const bool in_kernel : {false, true}) {
+      const double d = turbo_graph_vs_eager_80(
+          sc, [&](tm::TurboKvCache& c) { c.set_step_splits(splits, in_kernel); });
+      EXPECT_LE(d, kGraphEagerTol) << splits << " cached splits, merge in kernel " << in_kernel;
+      std::printf("[model decode graph vs eager, %d cached splits, merge %s] max|d| %.2e\n", splits,
+                  in_kernel ? "in kernel" : "kernel", d);
+    }
+  }
+}
+
 TEST(ModelDecodeCudaDense, Fp32GraphStepEqualsEagerStep) {
   TURBOESM_REQUIRE_GPU();
   auto gpu = tiny(c10::Device(c10::kCUDA, 0));

@@ -298,6 +298,16 @@ TEST(KvCache, ErrorsNameTheProblem) {
   EXPECT_THROW(model::TurboCacheSpec::random(c, 3, 3, quant::RotationKind::kSvd, NormMode::kToken,
                                              QjlMode::kNone, 1),
                Error);
+  // The fused step's split count is a count or 0 (automatic), never negative.
+  model::TurboKvCache turbo(model::CacheShape::of(c, 1, c10::Device(c10::kCPU)), spec_for(c, 3));
+  try {
+    turbo.set_step_splits(-1, false);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("cached_splits must be >= 0"), std::string::npos)
+        << e.what();
+  }
+  turbo.set_step_splits(0, true);
 }
 
 }  // namespace

@@ -119,7 +119,12 @@ class TurboKvCache final : public KvCache {
   /// as a kernel of its own before it (same pages, outputs equal up to the order the splits are
   /// summed in).
   void set_fused_step_append(bool on) { fused_step_append_ = on; }
-
+  /// \brief Tuning of the fused device_step (benchmarks, tests): `cached_splits` > 0 fixes the
+  /// number of token splits over the cached positions (0, the default: turbo_decode_num_splits
+  /// picks it); `merge_in_kernel` lets the row's last split CTA merge the splits (the split
+  /// counters) instead of the merge kernel (default false: kernels/NOTES.md "Decode step v8").
+  /// Outputs are equal up to the order in which the splits are summed.
+  void set_step_splits(int cached_splits, bool merge_in_kernel);
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
   /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity): for
   /// head_dim ≤ 64 in one attention launch (kernels::turbo_decode_append: an extra split CTA per
@@ -172,6 +177,8 @@ class TurboKvCache final : public KvCache {
   bool reference_encode_ = false;
   CudaAppendPath cuda_append_path_ = CudaAppendPath::kAuto;
   bool fused_step_append_ = true;
+  int step_cached_splits_ = 0;
+  bool step_merge_in_kernel_ = false;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
   // CUDA: int32 [batch · heads], zero between calls: the two-kernel device_step's split counters
   // (the decode kernel merges its splits itself; quant::DecodeParams::split_counters). One step
