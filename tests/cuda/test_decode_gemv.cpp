@@ -396,5 +396,47 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       worst_plain, worst_graph);
 }
 
+// The graph step with the output projection in the attention's merge kernel (the default for
+// fp16 / bf16 models with a turbo cache: TurboKvCache::device_step_projected) against the same
+// graph step with the projection as decode_gemv's product (set_fused_step_projection(false)):
+// the fp32 sums run in another order (per head, then over heads), which can flip an fp16
+// rounding of a layer's output — the bound of the comparisons above.
+TEST(DecodeGemvModel, ProjectedStepMatchesProjectionProduct) {
+  TURBOESM_REQUIRE_GPU();
+  auto m = tiny_fp16();
+  const auto& c = m->config();
+  const tm::TurboCacheSpec spec = tm::TurboCacheSpec::random(
+      c, 3, 3, tq::RotationKind::kRandom, tq::NormMode::kToken, tq::QjlMode::kSign, 13, 0, 5.0);
+  auto session = [&] {
+    return tm::Session(m, tm::make_kv_cache(tm::CacheKind::kTurbo, c, 1, kGpu, &spec));
+  };
+  tm::Session projected = session(), product = session();
+  auto& pc = dynamic_cast<tm::TurboKvCache&>(projected.cache());
+  dynamic_cast<tm::TurboKvCache&>(product.cache()).set_fused_step_projection(false);
+  projected.enable_cuda_graph(128, 32);
+  product.enable_cuda_graph(128, 32);
+  const at::Tensor toks = row(kSeq);
+  projected.prefill(toks.narrow(1, 0, 30));
+  product.prefill(toks.narrow(1, 0, 30));
+  double worst = 0.0;
+  for (int64_t j = 30; j < 70; ++j) {
+    const at::Tensor t = toks.narrow(1, j, 1).contiguous();
+    const at::Tensor a = projected.append(t).to(at::kDouble);
+    const at::Tensor b = product.append(t).to(at::kDouble);
+    ASSERT_TRUE(at::isfinite(a).all().item<bool>());
+    worst = std::max(worst, (a - b).abs().max().item<double>());
+  }
+  // Every layer of every capture (buckets 32, 64, 96; each a warm-up run and the capture) took
+  // the projecting step.
+  EXPECT_EQ(projected.cuda_graph()->captures(), 3);
+  EXPECT_EQ(pc.projected_step_calls(), 2 * 3 * m->num_layers());
+  EXPECT_EQ(dynamic_cast<tm::TurboKvCache&>(product.cache()).projected_step_calls(), 0);
+  EXPECT_EQ(projected.cuda_graph()->replays(), 40);
+  EXPECT_LE(worst, 3e-2);
+  std::printf("[decode_gemv model] 40 fp16 graph steps: projection in the merge kernel vs "
+              "decode_gemv product max|d| %.3g\n",
+              worst);
+}
+
 }  // namespace
 }  // namespace turboesm
