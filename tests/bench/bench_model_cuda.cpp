@@ -334,8 +334,8 @@ int section_profile_step(const std::string& preset, int64_t cached, const std::s
 /// the step's span) and how early it started (its start minus that latest end: negative = it
 /// was already resident, e.g. launched early by PDL). Summed per role over a step; medians over
 /// the traced steps. A role is the kernel's name, numbered by its position within a layer when
-/// the step runs it a multiple of `layers` times (decode_gemv#0..2 = QKV, FC1, FC2 with the output
-/// projection in the merge kernel, the default; #0..3 = QKV, O, FC1, FC2 without it).
+/// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2; #0..2 = QKV,
+/// FC1, FC2 with the output projection in the merge kernel, TurboKvCache::set_fused_step_projection).
 int section_trace_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
@@ -629,8 +629,8 @@ int section_decode(const std::string& preset, int64_t cached) {
   // inside the attention launch: one launch per layer + the merge kernel), the same with the
   // step's inputs from the ~20 eager ops (Esm2Model::set_fused_step_inputs(false) around that
   // session's steps, captures included), the fused step with the splits merged by the row's last
-  // CTA (and so the output projection as decode_gemv's product), the output projection as that
-  // product (TurboKvCache::set_fused_step_projection(false); default: in the merge kernel), with
+  // CTA, the output projection in the merge kernel (TurboKvCache::set_fused_step_projection(true);
+  // default: decode_gemv's product), with
   // 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of 1024
   // cached tokens), and quantize_append + turbo_decode (two launches, splits merged in the decode
   // kernel).
@@ -647,8 +647,8 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_merge_in_kernel_ms", "merge in kernel",
          [](tm::TurboKvCache& c) { c.set_step_splits(0, true); }},
-        {"ab_projection_product_ms", "O as a product",
-         [](tm::TurboKvCache& c) { c.set_fused_step_projection(false); }},
+        {"ab_projection_in_merge_ms", "O in the merge kernel",
+         [](tm::TurboKvCache& c) { c.set_fused_step_projection(true); }},
         {"ab_splits8_ms", "8 splits", [](tm::TurboKvCache& c) { c.set_step_splits(8, false); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},

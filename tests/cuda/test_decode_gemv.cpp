@@ -396,9 +396,9 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       worst_plain, worst_graph);
 }
 
-// The graph step with the output projection in the attention's merge kernel (the default for
-// fp16 / bf16 models with a turbo cache: TurboKvCache::device_step_projected) against the same
-// graph step with the projection as decode_gemv's product (set_fused_step_projection(false)):
+// The graph step with the output projection in the attention's merge kernel (fp16 / bf16 models
+// with a turbo cache and set_fused_step_projection(true): TurboKvCache::device_step_projected)
+// against the same graph step with the projection as decode_gemv's product (the default):
 // the fp32 sums run in another order (per head, then over heads), which can flip an fp16
 // rounding of a layer's output — the bound of the comparisons above.
 TEST(DecodeGemvModel, ProjectedStepMatchesProjectionProduct) {
@@ -412,7 +412,7 @@ TEST(DecodeGemvModel, ProjectedStepMatchesProjectionProduct) {
   };
   tm::Session projected = session(), product = session();
   auto& pc = dynamic_cast<tm::TurboKvCache&>(projected.cache());
-  dynamic_cast<tm::TurboKvCache&>(product.cache()).set_fused_step_projection(false);
+  pc.set_fused_step_projection(true);
   projected.enable_cuda_graph(128, 32);
   product.enable_cuda_graph(128, 32);
   const at::Tensor toks = row(kSeq);

@@ -125,9 +125,10 @@ class TurboKvCache final : public KvCache {
   /// counters) instead of the merge kernel (default false: kernels/NOTES.md "Decode step v8").
   /// Outputs are equal up to the order in which the splits are summed.
   void set_step_splits(int cached_splits, bool merge_in_kernel);
-  /// \brief device_step_projected's output projection inside the merge kernel (default true:
-  /// kernels::DecodeProjection); off, it returns an undefined tensor and the model runs the
-  /// projection as a product of its own (the benchmark's "before").
+  /// \brief device_step_projected's output projection inside the merge kernel
+  /// (kernels::DecodeProjection); off (the default until it is measured on a GPU: written in
+  /// session 12, kernels/NOTES.md), it returns an undefined tensor and the model runs the
+  /// projection as a product of its own.
   void set_fused_step_projection(bool on) { fused_step_projection_ = on; }
   /// \brief Host calls of device_step_projected that launched the projecting step (a CUDA graph
   /// counts its captures, not its replays): whether the path is taken.
@@ -200,7 +201,7 @@ class TurboKvCache final : public KvCache {
   bool fused_step_append_ = true;
   int step_cached_splits_ = 0;
   bool step_merge_in_kernel_ = false;
-  bool fused_step_projection_ = true;
+  bool fused_step_projection_ = false;
   int64_t projected_step_calls_ = 0;
   // CUDA: int32 [batch · ceil(heads · head_dim / 128)], zero between calls: the counters of the
   // output projection's chunks (kernels::DecodeProjection::counters).
