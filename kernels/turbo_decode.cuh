@@ -1058,12 +1058,13 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   if constexpr (D <= kDecodeAppendMaxHeadDim) {
     const DecodeProjection& pj = launch.app.projection;
     if (launch.append && pj.weight != nullptr) {
-      const dim3 grid(rows, (pj.out_features + kDecodeProjectionChunk - 1) / kDecodeProjectionChunk);
+      const dim3 grid(rows,
+                      (pj.out_features + kDecodeProjectionChunk - 1) / kDecodeProjectionChunk);
       if (pj.dtype == ElementType::kBFloat16)
         return launch_pdl(turbo_decode_merge_project_kernel<D, __nv_bfloat16>, grid,
                           dim3(kDecodeThreads), 0, stream, launch);
-      return launch_pdl(turbo_decode_merge_project_kernel<D, __half>, grid, dim3(kDecodeThreads),
-                        0, stream, launch);
+      return launch_pdl(turbo_decode_merge_project_kernel<D, __half>, grid, dim3(kDecodeThreads), 0,
+                        stream, launch);
     }
   }
   return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,

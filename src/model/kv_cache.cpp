@@ -170,8 +170,8 @@ at::Tensor KvCache::device_step(int layer, const at::Tensor&, const at::Tensor&,
 }
 
 at::Tensor KvCache::device_step_projected(int, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         int64_t, const OutputProjection&) {
+                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                          int64_t, const OutputProjection&) {
   return {};
 }
 

@@ -322,7 +322,8 @@ TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
     // One per (sequence, chunk of output features) of the step's output projection.
     const int64_t features = int64_t{shape.heads} * shape.head_dim;
     constexpr int64_t kChunk = kernels::kDecodeProjectionChunk;
-    projection_counters_ = at::zeros({int64_t{shape.batch} * ((features + kChunk - 1) / kChunk)}, i32);
+    projection_counters_ =
+        at::zeros({int64_t{shape.batch} * ((features + kChunk - 1) / kChunk)}, i32);
 #endif
   }
 }
@@ -660,8 +661,8 @@ at::Tensor TurboKvCache::device_step_projected(int layer, const at::Tensor& q, c
   };
   if (!w.defined() || (w.scalar_type() != at::kHalf && w.scalar_type() != at::kBFloat16) ||
       !same(w) || w.dim() != 2 || w.size(0) != n || w.size(1) != n || !same(r) ||
-      r.numel() != B * n || (projection.bias.defined() && (!same(projection.bias) ||
-                                                           projection.bias.numel() != n)))
+      r.numel() != B * n ||
+      (projection.bias.defined() && (!same(projection.bias) || projection.bias.numel() != n)))
     return {};
   c10::cuda::CUDAGuard guard(shape_.device);
   at::Tensor h = fused_step(layer, q, kf, vf, lengths, max_tokens, &projection);

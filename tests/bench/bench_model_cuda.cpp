@@ -335,7 +335,8 @@ int section_profile_step(const std::string& preset, int64_t cached, const std::s
 /// was already resident, e.g. launched early by PDL). Summed per role over a step; medians over
 /// the traced steps. A role is the kernel's name, numbered by its position within a layer when
 /// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2; #0..2 = QKV,
-/// FC1, FC2 with the output projection in the merge kernel, TurboKvCache::set_fused_step_projection).
+/// FC1, FC2 with the output projection in the merge kernel,
+/// TurboKvCache::set_fused_step_projection).
 int section_trace_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);

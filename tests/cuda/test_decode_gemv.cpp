@@ -433,9 +433,10 @@ TEST(DecodeGemvModel, ProjectedStepMatchesProjectionProduct) {
   EXPECT_EQ(dynamic_cast<tm::TurboKvCache&>(product.cache()).projected_step_calls(), 0);
   EXPECT_EQ(projected.cuda_graph()->replays(), 40);
   EXPECT_LE(worst, 3e-2);
-  std::printf("[decode_gemv model] 40 fp16 graph steps: projection in the merge kernel vs "
-              "decode_gemv product max|d| %.3g\n",
-              worst);
+  std::printf(
+      "[decode_gemv model] 40 fp16 graph steps: projection in the merge kernel vs "
+      "decode_gemv product max|d| %.3g\n",
+      worst);
 }
 
 }  // namespace

@@ -93,10 +93,10 @@ inline constexpr int kDecodeProjectionChunk = 128;
 /// wait); the chunk's last head CTA (a counter per (b, chunk)) sums the heads' partials and
 /// writes out. All DEVICE pointers; disabled while weight is null.
 struct DecodeProjection {
-  const void* weight = nullptr;    ///< [N, heads · head_dim] row-major, 16-byte aligned
-  const void* bias = nullptr;      ///< [N], or null
-  const void* residual = nullptr;  ///< [batch, N] contiguous
-  void* out = nullptr;             ///< [batch, N] contiguous
+  const void* weight = nullptr;               ///< [N, heads · head_dim] row-major, 16-byte aligned
+  const void* bias = nullptr;                 ///< [N], or null
+  const void* residual = nullptr;             ///< [batch, N] contiguous
+  void* out = nullptr;                        ///< [batch, N] contiguous
   ElementType dtype = ElementType::kFloat16;  ///< of weight, bias, residual, out: fp16 or bf16
   int out_features = 0;                       ///< N ≥ 1
   /// [batch · ceil(N / kDecodeProjectionChunk)] zeroed counters; every launch leaves them zeroed
