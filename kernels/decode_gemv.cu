@@ -6,6 +6,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common.cuh"
@@ -101,6 +102,7 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
     mean[m] = rstd[m] = 0.0f;
     if (m >= p.rows) continue;
     float s = 0.0f;
+#pragma unroll 4
     for (int v = lane; v < kvec; v += 32) {
       float f[8];
       widen8<T>(load_x_vec<T>(p, m, v), f);
@@ -109,6 +111,7 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
     }
     mean[m] = detail::warp_sum(s) * inv_k;
     float q = 0.0f;
+#pragma unroll 4
     for (int v = lane; v < kvec; v += 32) {
       float f[8];
       widen8<T>(load_x_vec<T>(p, m, v), f);
@@ -224,15 +227,21 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
   return mine;
 }
 
-/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A warp streams its two
-/// weight rows' slice in passes of kChunks 16-byte loads per lane, the first pass issued before
-/// the prologue (for the 650M model every slice is one pass: the whole product is requested at
-/// once). MM = rows rounded up to 1, 2, 4 or 8.
+/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what one
+/// CTA of the session-6 layout did: 4 / KSPLIT feature pairs; the CTA loops over tasks blockIdx.x,
+/// + gridDim.x, … (gridDim.x = the task count gives that layout back), staging x'' (and the
+/// LayerNorm statistics) once for all of them. A warp streams its two weight rows' slice in passes
+/// of kChunks 16-byte loads per lane: the first task's first pass is issued before the prologue,
+/// every later task's first pass before the previous task's reduction and epilogue (for the 650M
+/// model every slice is one pass). MM = rows rounded up to 1, 2, 4 or 8. Every task's arithmetic
+/// is that of the one-task-per-CTA kernel, so the grid size does not change a bit of the output.
 template <typename T, int MM, int KSPLIT>
 __global__ void __launch_bounds__(kThreads)
-    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p) {
+    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks) {
   extern __shared__ uint4 xs[];  // [MM][K / 8] x''
-  __shared__ float part[kWarps][kFeaturesPerWarp * MM];
+  // Two buffers by task parity: a warp may write task t + 1's partials while another still reads
+  // task t's (reduce_pair's barrier separates t from t + 2).
+  __shared__ float part[2][kWarps][kFeaturesPerWarp * MM];
   constexpr int kGroups = kWarps / KSPLIT;
   const int K = p.in_features, N = p.out_features;
   const int kvec = K / 8;
@@ -241,15 +250,21 @@ __global__ void __launch_bounds__(kThreads)
   // The warp's two features: neighbours, or in the Q/K/V mode the rotate-half pair (j, j + d/2)
   // of one head (pair index → head, j).
   static_assert(kFeaturesPerWarp == 2, "the Q/K/V epilogue pairs the warp's two features");
-  const int n0 = pair_first_feature(p, blockIdx.x * kGroups + group);
   const int n_step = p.head_dim > 0 ? p.head_dim / 2 : 1;
   const int slice_vecs = (kvec + KSPLIT - 1) / KSPLIT;
   const int v_begin = min(kvec, slice * slice_vecs);
   const int v_end = min(kvec, v_begin + slice_vecs);
+  // Every warp runs the same number of passes (the last slice may be shorter or empty): the
+  // K-split reduction has a CTA barrier.
+  const int passes = (slice_vecs + kPassVecs - 1) / kPassVecs;
+  int n0 = 0;
   const uint4* wrow[kFeaturesPerWarp];
+  auto select = [&](int task) {
+    n0 = pair_first_feature(p, task * kGroups + group);
 #pragma unroll
-  for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
-    wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r * n_step, N - 1)) * kvec;
+    for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
+      wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r * n_step, N - 1)) * kvec;
+  };
 
   uint4 w[kFeaturesPerWarp][kChunks];
   auto load = [&](int v0) {
@@ -262,41 +277,49 @@ __global__ void __launch_bounds__(kThreads)
       }
   };
   detail::pdl_launch_dependents();
+  select(blockIdx.x);
   load(v_begin);  // in flight during the wait for the producer of x and the prologue
   detail::pdl_wait();
   stage_x<T, MM>(p, xs);
   __syncthreads();
 
-  float acc[kFeaturesPerWarp][MM];
+  int parity = 0;
+  for (int task = blockIdx.x; task < tasks; task += gridDim.x, parity ^= 1) {
+    float acc[kFeaturesPerWarp][MM];
 #pragma unroll
-  for (int r = 0; r < kFeaturesPerWarp; ++r)
+    for (int r = 0; r < kFeaturesPerWarp; ++r)
 #pragma unroll
-    for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
-  for (int v0 = v_begin; v0 < v_end; v0 += kPassVecs) {
-    if (v0 != v_begin) load(v0);  // passes after the first (slices longer than kPassVecs)
+      for (int m = 0; m < MM; ++m) acc[r][m] = 0.0f;
+    for (int pass = 0; pass < passes; ++pass) {
+      const int v0 = v_begin + pass * kPassVecs;
+      if (pass != 0) load(v0);  // passes after the first (slices longer than kPassVecs)
 #pragma unroll
-    for (int u = 0; u < kChunks; ++u) {
-      const int v = v0 + u * 32 + lane;
-      if (v < v_end) {
-        float wf[kFeaturesPerWarp][8];
+      for (int u = 0; u < kChunks; ++u) {
+        const int v = v0 + u * 32 + lane;
+        if (v < v_end) {
+          float wf[kFeaturesPerWarp][8];
 #pragma unroll
-        for (int r = 0; r < kFeaturesPerWarp; ++r) widen8<T>(w[r][u], wf[r]);
+          for (int r = 0; r < kFeaturesPerWarp; ++r) widen8<T>(w[r][u], wf[r]);
 #pragma unroll
-        for (int m = 0; m < MM; ++m) {
-          float xf[8];
-          widen8<T>(xs[m * kvec + v], xf);
+          for (int m = 0; m < MM; ++m) {
+            float xf[8];
+            widen8<T>(xs[m * kvec + v], xf);
 #pragma unroll
-          for (int r = 0; r < kFeaturesPerWarp; ++r)
+            for (int r = 0; r < kFeaturesPerWarp; ++r)
 #pragma unroll
-            for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[r][i], xf[i], acc[r][m]);
+              for (int i = 0; i < 8; ++i) acc[r][m] = fmaf(wf[r][i], xf[i], acc[r][m]);
+          }
         }
       }
     }
+    const int n_done = n0;
+    if (task + static_cast<int>(gridDim.x) < tasks) {  // the next task's first pass, in flight
+      select(task + gridDim.x);                         // during this one's reduction and stores
+      load(v_begin);
+    }
+    const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part[parity]);
+    if (slice == 0) finish_pair<T, MM>(p, lane, n_done, mine);
   }
-
-  float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part);
-  if (slice != 0) return;
-  finish_pair<T, MM>(p, lane, n0, mine);
 }
 
 int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
@@ -333,17 +356,25 @@ int ksplit_for(const DecodeGemvParams& p) {
 
 template <typename T, int MM, int KSPLIT>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
+  const auto kernel = decode_gemv_kernel<T, MM, KSPLIT>;
   const size_t smem = smem_bytes(p);
   if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(decode_gemv_kernel<T, MM, KSPLIT>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t e = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
-  const int ctas = (p.out_features + kPerCta - 1) / kPerCta;
-  return detail::launch_pdl(decode_gemv_kernel<T, MM, KSPLIT>, dim3(ctas), dim3(kThreads), smem,
-                            stream, p);
+  const int tasks = (p.out_features + kPerCta - 1) / kPerCta;
+  int ctas = tasks;
+  if (p.ctas_per_sm >= 0) {
+    int fit = 0;
+    const cudaError_t e =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
+    if (e != cudaSuccess) return e;
+    const int per_sm = p.ctas_per_sm > 0 ? std::min(p.ctas_per_sm, std::max(fit, 1)) : std::max(fit, 1);
+    ctas = static_cast<int>(std::min<int64_t>(tasks, int64_t(per_sm) * sm_count()));
+  }
+  return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks);
 }
 
 template <typename T, int MM>
@@ -401,6 +432,8 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (p.ln_weight != nullptr && (!aligned16(p.ln_weight) || !aligned16(p.ln_bias)))
     return "ln_weight and ln_bias must be 16-byte aligned";
   if (p.gelu && p.residual != nullptr) return "gelu and residual are exclusive";
+  if (p.ctas_per_sm < kDecodeGemvCtaPerTask)
+    return "ctas_per_sm must be kDecodeGemvCtaPerTask (-1), 0 (as many as fit) or positive";
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)
     return "rows (rounded up to a power of two) x in_features x 2 bytes exceed the shared memory "
            "budget";

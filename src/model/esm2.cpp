@@ -190,6 +190,12 @@ Esm2Model::StepInputs Esm2Model::decode_step_inputs(const at::Tensor& tokens,
   return out;
 }
 
+void Esm2Model::set_decode_gemv_ctas_per_sm(int ctas_per_sm) {
+  TURBOESM_CHECK(ctas_per_sm >= -1, "decode_gemv CTAs per SM must be -1 (one per task), 0 (as ",
+                 "many as fit) or positive, got ", ctas_per_sm);
+  decode_gemv_ctas_per_sm_ = ctas_per_sm;
+}
+
 bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 #ifdef TURBOESM_WITH_CUDA
   return fused_decode_gemv_ && hidden.is_cuda() && hidden.dim() == 3 && hidden.size(1) == 1 &&
@@ -243,6 +249,7 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   p.bias = bias.defined() ? bias.data_ptr() : nullptr;
   p.gelu = gelu;
   p.residual = residual.defined() ? residual.data_ptr() : nullptr;
+  p.ctas_per_sm = decode_gemv_ctas_per_sm_;
   if (qkv != nullptr) {  // Q/K/V mode: q, k, v fp32 [B, H, 1, d]
     const auto f32 = x.options().dtype(at::kFloat);
     const int64_t H = config_.num_attention_heads;

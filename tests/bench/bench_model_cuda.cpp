@@ -35,6 +35,8 @@
 //                                              the decode attention's phases inside CUDA-graph
 //                                              steps, CTA by CTA (a build with
 //                                              -DTURBOESM_DECODE_TIMELINE=ON; decode_timeline.h)
+//   bench_model_cuda gemv                     decode_gemv alone on the 650M and 15B products,
+//                                              per grid (ctas_per_sm), beside at::sum and at::mv
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
@@ -67,6 +69,7 @@
 #include <vector>
 
 #include "turboesm/error.h"
+#include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/decode_timeline.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
@@ -272,6 +275,21 @@ void decode_breakdown(tm::Esm2Model& m, tm::KvCache& cache, const std::string& n
     });
   }
   m.set_fused_decode_gemv(true);
+  // decode_gemv's grid (Esm2Model::set_decode_gemv_ctas_per_sm): one CTA per task, 2 or 3 per SM.
+  for (int ctas : {tk::kDecodeGemvCtaPerTask, 2, 3}) {
+    m.set_decode_gemv_ctas_per_sm(ctas);
+    const double ms = graph_ms([&] {
+      for (int i = 0; i < m.num_layers(); ++i) {
+        (void)m.layer_qkv_projection(i, h1);
+        (void)m.layer_finish(i, h1, attn32);
+      }
+    });
+    const std::string key = ctas < 0 ? "cta_per_task" : std::to_string(ctas) + "_per_sm";
+    std::printf("  breakdown %s: dense layers through decode_gemv, grid %s: %.4f ms\n",
+                name.c_str(), key.c_str(), ms);
+    j.add(name + "_dense_decode_gemv_" + key + "_ms", ms);
+  }
+  m.set_decode_gemv_ctas_per_sm(0);
   std::printf(
       "  breakdown %s: dense layers (LN, QKV, O + residual, LN + FC1 + GELU, FC2 + residual) "
       "through decode_gemv %.4f ms (%.0f GB/s), through the eager ops %.4f ms\n",
@@ -633,8 +651,9 @@ int section_decode(const std::string& preset, int64_t cached) {
   // CTA, the output projection in the merge kernel (TurboKvCache::set_fused_step_projection(true);
   // default: decode_gemv's product), with
   // 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of 1024
-  // cached tokens), and quantize_append + turbo_decode (two launches, splits merged in the decode
-  // kernel).
+  // cached tokens), quantize_append + turbo_decode (two launches, splits merged in the decode
+  // kernel), and decode_gemv's grid as one CTA per task or 2 / 3 CTAs per SM looping over tasks
+  // (default: as many as fit; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -642,6 +661,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       const char* label;
       std::function<void(tm::TurboKvCache&)> setup;
       bool eager_inputs = false;
+      int gemv_ctas_per_sm = 0;  // Esm2Model::set_decode_gemv_ctas_per_sm around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -653,6 +673,10 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_splits8_ms", "8 splits", [](tm::TurboKvCache& c) { c.set_step_splits(8, false); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
+        {"ab_gemv_cta_per_task_ms", "gemv CTA per task", [](tm::TurboKvCache&) {}, false,
+         tk::kDecodeGemvCtaPerTask},
+        {"ab_gemv_2_per_sm_ms", "gemv 2 CTAs/SM", [](tm::TurboKvCache&) {}, false, 2},
+        {"ab_gemv_3_per_sm_ms", "gemv 3 CTAs/SM", [](tm::TurboKvCache&) {}, false, 3},
     };
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
@@ -667,8 +691,10 @@ int section_decode(const std::string& preset, int64_t cached) {
       std::printf("  A/B round %d:", r);
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
+        m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
         ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         m->set_fused_step_inputs(true);
+        m->set_decode_gemv_ctas_per_sm(0);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
       }
       std::printf("\n");
@@ -992,6 +1018,90 @@ int section_big(const std::string& preset, int64_t residues, int steps) {
   return 0;
 }
 
+/// decode_gemv alone on the products of the 650M and 15B models (one row, fp16, random weights)
+/// for each grid (DecodeGemvParams::ctas_per_sm), beside two references that read the same
+/// weight: at::sum (a streaming read) and at::mv + bias (cuBLAS). Each launch is timed by CUDA
+/// events after a 256 MB buffer is rewritten (the L2 flushed; the GPU busy meanwhile, so the
+/// launch's host latency is not timed); medians of 30. GB/s = weight bytes / time.
+int section_gemv() {
+  c10::InferenceMode guard;
+  struct Shape {
+    const char* name;
+    int k, n;
+    bool ln, gelu, residual;
+  };
+  const std::vector<Shape> shapes = {
+      {"650M_qkv", 1280, 3840, true, false, false},  {"650M_o", 1280, 1280, false, false, true},
+      {"650M_fc1", 1280, 5120, true, true, false},   {"650M_fc2", 5120, 1280, false, false, true},
+      {"15B_qkv", 5120, 15360, true, false, false},  {"15B_o", 5120, 5120, false, false, true},
+      {"15B_fc1", 5120, 20480, true, true, false},   {"15B_fc2", 20480, 5120, false, false, true},
+  };
+  const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
+  at::Tensor flush = at::empty({int64_t(256) << 20}, o.dtype(at::kByte));
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto timed = [&](const std::function<void()>& fn) {
+    std::vector<double> ms;
+    at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
+    for (int i = 0; i < 33; ++i) {
+      flush.fill_(i & 1);
+      start.record();
+      fn();
+      stop.record();
+      stop.synchronize();
+      if (i >= 3) ms.push_back(static_cast<double>(start.elapsed_time(stop)));
+    }
+    return median(ms);
+  };
+  const std::vector<int> grids = {tk::kDecodeGemvCtaPerTask, 0, 2, 3};
+  Json j;
+  j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
+  std::printf("%-10s %8s | %-22s %-22s %-22s %-22s | %-22s %-22s\n", "product", "MB",
+              "CTA per task us (GB/s)", "as many as fit", "2 CTAs/SM", "3 CTAs/SM", "at::sum",
+              "at::mv + bias");
+  at::manual_seed(5);
+  for (const Shape& sh : shapes) {
+    const at::Tensor x = at::randn({1, sh.k}, o);
+    const at::Tensor w = at::randn({sh.n, sh.k}, o) / std::sqrt(static_cast<double>(sh.k));
+    const at::Tensor g = 1 + 0.1 * at::randn({sh.k}, o), b = 0.1 * at::randn({sh.k}, o);
+    const at::Tensor bias = 0.1 * at::randn({sh.n}, o), res = at::randn({1, sh.n}, o);
+    at::Tensor out = at::empty({1, sh.n}, o);
+    tk::DecodeGemvParams p;
+    p.rows = 1;
+    p.in_features = sh.k;
+    p.out_features = sh.n;
+    p.x = x.data_ptr();
+    p.ln_weight = sh.ln ? g.data_ptr() : nullptr;
+    p.ln_bias = sh.ln ? b.data_ptr() : nullptr;
+    p.weight = w.data_ptr();
+    p.bias = bias.data_ptr();
+    p.gelu = sh.gelu;
+    p.residual = sh.residual ? res.data_ptr() : nullptr;
+    p.out = out.data_ptr();
+    const double mb = static_cast<double>(w.nbytes()) / 1e6;
+    std::printf("%-10s %8.1f |", sh.name, mb);
+    for (int grid : grids) {
+      p.ctas_per_sm = grid;
+      const double ms = timed([&] {
+        const cudaError_t e = tk::decode_gemv(p, stream);
+        TURBOESM_CHECK(e == cudaSuccess, "decode_gemv: ", cudaGetErrorString(e));
+      });
+      std::printf(" %9.2f (%6.0f)      ", 1e3 * ms, mb / ms);
+      const std::string key = grid < 0 ? "cta_per_task" : grid == 0 ? "fit" : std::to_string(grid);
+      j.add(std::string(sh.name) + "_us_" + key, 1e3 * ms);
+    }
+    const double sum_ms = timed([&] { (void)w.sum(at::kFloat); });
+    const at::Tensor xv = x.view({-1});
+    const double mv_ms = timed([&] { (void)at::add(at::mv(w, xv), bias); });
+    std::printf("| %9.2f (%6.0f)       %9.2f (%6.0f)\n", 1e3 * sum_ms, mb / sum_ms, 1e3 * mv_ms,
+                mb / mv_ms);
+    j.add(std::string(sh.name) + "_us_sum", 1e3 * sum_ms);
+    j.add(std::string(sh.name) + "_us_mv", 1e3 * mv_ms);
+    j.add(std::string(sh.name) + "_mb", mb);
+  }
+  std::printf("JSON %s\n", j.str().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -1023,12 +1133,13 @@ int main(int argc, char** argv) {
 #endif
     if (section == "timeline_step")
       return section_timeline_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
+    if (section == "gemv") return section_gemv();
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
     std::fprintf(
         stderr,
-        "usage: bench_model_cuda config|decode|prefill|profile_step|trace_step|timeline_step|big "
+        "usage: bench_model_cuda config|decode|gemv|prefill|profile_step|trace_step|timeline_step|big "
         "[preset] [tokens] "
         "[steps (big) | batch (prefill)]\n");
     return 2;

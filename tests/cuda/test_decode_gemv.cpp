@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "cuda/cuda_test_util.h"
+#include "turboesm/error.h"
 #include "turboesm/io/tokenizer.h"
 #include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/qkv_rotary.h"
@@ -52,7 +53,7 @@ at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, 
 
 at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
                       const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
-                      at::ScalarType t) {
+                      at::ScalarType t, int ctas_per_sm = 0) {
   at::Tensor out = at::empty({x.size(0), w.size(0)}, w.options());
   tk::DecodeGemvParams p;
   p.rows = static_cast<int>(x.size(0));
@@ -69,6 +70,7 @@ at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor
   p.gelu = gelu;
   p.residual = res.defined() ? res.data_ptr() : nullptr;
   p.out = out.data_ptr();
+  p.ctas_per_sm = ctas_per_sm;
   EXPECT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
   const cudaError_t e = tk::decode_gemv(p, at::cuda::getCurrentCUDAStream());
   EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -125,6 +127,40 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
     std::printf("[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
                 c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
                 100 * differing);
+  }
+}
+
+// The grid (one CTA per task, as many as fit looping over tasks, or a few per SM) only moves
+// tasks between CTAs: every output must be the same bits. Shapes with more tasks than fit at once
+// (the 15B model's FC1 and FC2, 4 rows) make the CTAs loop; the K split exercises the partials'
+// two shared-memory buffers across tasks.
+TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
+  TURBOESM_REQUIRE_GPU();
+  const at::ScalarType t = GetParam();
+  const std::vector<Case> cases = {
+      {1, 5120, 20480, true, true, true, false, false},  // 15B pre-LN + FC1 + GELU: 2560 tasks
+      {1, 20480, 5120, false, true, false, true, false},  // 15B FC2: 4 slices, 4 passes
+      {4, 2056, 3000, true, false, false, true, true},   // 4 rows, K not a multiple of a pass
+      {1, 1280, 1280, false, true, false, true, true},   // 650M O (K split in 2)
+  };
+  at::manual_seed(11);
+  for (const Case& c : cases) {
+    const auto o = at::TensorOptions().device(kGpu);
+    const at::Tensor x = (at::randn({c.rows, c.k}, o) * 2 + 0.5).to(c.x_fp32 ? at::kFloat : t);
+    const at::Tensor w = (at::randn({c.n, c.k}, o) / std::sqrt(double(c.k))).to(t);
+    const at::Tensor g = c.ln ? (1 + 0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
+    const at::Tensor b = c.ln ? (0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
+    const at::Tensor bias = c.bias ? (0.1 * at::randn({c.n}, o)).to(t) : at::Tensor();
+    const at::Tensor res = c.residual ? at::randn({c.rows, c.n}, o).to(t) : at::Tensor();
+    const at::Tensor per_task =
+        run_kernel(x, g, b, w, bias, c.gelu, res, t, tk::kDecodeGemvCtaPerTask);
+    ASSERT_TRUE(at::isfinite(per_task).all().item<bool>());
+    for (int ctas : {0, 1, 2, 3}) {
+      const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas);
+      EXPECT_TRUE(at::equal(got, per_task))
+          << "ctas_per_sm " << ctas << ", rows " << c.rows << " K " << c.k << " N " << c.n
+          << ": max |d| " << (got - per_task).abs().max().item<double>();
+    }
   }
 }
 
@@ -267,6 +303,7 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
          p.cos = p.sin = p.q_out = p.k_out = p.v_out = reinterpret_cast<float*>(buf);
          p.gelu = true;
        }},
+      {"ctas_per_sm -2", [](tk::DecodeGemvParams& p) { p.ctas_per_sm = -2; }},
       {"x beyond shared memory",
        [](tk::DecodeGemvParams& p) {
          p.rows = 5;
@@ -301,6 +338,21 @@ const std::string kSeq =
 // The single-token layers of the fp16 model with the kernel vs the eager ops: per layer, and
 // through 40 decode steps of a turbo-cache session (final-LayerNorm states, O(1)). Each layer
 // adds a few fp16 roundings of difference; the tiny model's 2 layers stay within 3e-2.
+TEST(DecodeGemvModel, GridSwitchRejectsBadValues) {
+  // Host-side: a CPU model holds the switch too.
+  auto m = tm::Esm2Model::random(tm::EsmConfig::preset("tiny"), 5, 0.08, tm::LoadOptions{});
+  EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 0) << "as many as fit is the default";
+  m->set_decode_gemv_ctas_per_sm(2);
+  EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 2);
+  try {
+    m->set_decode_gemv_ctas_per_sm(-2);
+    FAIL() << "-2 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("got -2"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 2) << "a rejected value changes nothing";
+}
+
 TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
   TURBOESM_REQUIRE_GPU();
   auto m = tiny_fp16();
@@ -316,6 +368,10 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       m->set_fused_decode_gemv(true);
       const at::Tensor f = m->layer_finish(layer, h, attn);
       const at::Tensor fq = m->layer_qkv_projection(layer, h);
+      m->set_decode_gemv_ctas_per_sm(tk::kDecodeGemvCtaPerTask);  // the grid changes no bit
+      EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f)) << "layer " << layer;
+      EXPECT_TRUE(at::equal(m->layer_qkv_projection(layer, h), fq)) << "layer " << layer;
+      m->set_decode_gemv_ctas_per_sm(0);
       m->set_fused_decode_gemv(false);
       const at::Tensor e = m->layer_finish(layer, h, attn);
       const at::Tensor eq = m->layer_qkv_projection(layer, h);

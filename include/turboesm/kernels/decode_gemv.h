@@ -25,7 +25,9 @@
 /// and lane per pass: one pass for every product of the 650M model) before the prologue, so that
 /// the LayerNorm and the wait for the producer of x (programmatic dependent launch, pdl.h) hide
 /// under the weight loads; long or few rows split K over the CTA's warps (partial sums meet in
-/// shared memory). The LayerNorm statistics are computed by every warp on its own (shuffles, no
+/// shared memory). Where there are more such tasks than CTAs fit at once (the 15B model's
+/// products), a CTA loops over tasks with the prologue done once, the next task's weights
+/// requested before the current one's reduction (DecodeGemvParams::ctas_per_sm). The LayerNorm statistics are computed by every warp on its own (shuffles, no
 /// CTA barrier); the prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes).
 /// No allocation, no synchronisation: capturable in a CUDA graph.
 
@@ -70,7 +72,16 @@ struct DecodeGemvParams {
   float* q_out = nullptr;
   float* k_out = nullptr;
   float* v_out = nullptr;
+  /// Grid: a task is 8 output features (fewer where K is split over the CTA's warps); the launch
+  /// runs min(tasks, c · SMs) CTAs that loop over the tasks, staging x'' and the LayerNorm
+  /// statistics once per CTA, with c = ctas_per_sm capped by the occupancy (0: the occupancy, as
+  /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).
+  /// Outputs are bit-identical for every value.
+  int ctas_per_sm = 0;
 };
+
+/// DecodeGemvParams::ctas_per_sm value for one CTA per task.
+inline constexpr int kDecodeGemvCtaPerTask = -1;
 
 /// \brief Why `p` cannot run (a static message naming the first violated condition), or null.
 const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);

@@ -156,6 +156,12 @@ class Esm2Model {
   /// differ from the eager ones by the order of the fp32 sums only. Not synchronised.
   void set_fused_decode_gemv(bool enabled) { fused_decode_gemv_ = enabled; }
   bool fused_decode_gemv() const { return fused_decode_gemv_; }
+  /// \brief decode_gemv's grid (kernels::DecodeGemvParams::ctas_per_sm): 0 (default) as many
+  /// CTAs per SM as fit, each looping over the product's tasks; k > 0 at most k; −1 one CTA per
+  /// task. Outputs are the same bits for every value. Not synchronised.
+  /// \throws turboesm::Error for values below −1.
+  void set_decode_gemv_ctas_per_sm(int ctas_per_sm);
+  int decode_gemv_ctas_per_sm() const { return decode_gemv_ctas_per_sm_; }
   /// \brief Enables (default) or disables decode_step_inputs' kernel (disabled, it returns
   /// undefined tensors and the decode graph runs the eager embedding and rotary ops: the
   /// reference, and the benchmark's "before"). Not synchronised.
@@ -189,6 +195,7 @@ class Esm2Model {
   at::ScalarType dtype_;
   bool fused_qkv_ = true;
   bool fused_decode_gemv_ = true;
+  int decode_gemv_ctas_per_sm_ = 0;
   bool fused_step_inputs_ = true;
 };
 
