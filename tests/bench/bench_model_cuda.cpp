@@ -40,7 +40,9 @@
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
 //                                              prefill `res` residues, then `n` appended tokens
 //                                              through the 3-bit cache (graph) and the fp16 cache;
-//                                              memory (weights, caches, peak) and time per token
+//                                              memory (weights, caches, peak) and time per token;
+//                                              the turbo graph step with decode_gemv's
+//                                              one-CTA-per-task grid
 // Every section prints a table and one line `JSON {...}` with all numbers.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -1014,6 +1016,19 @@ int section_big(const std::string& preset, int64_t residues, int steps) {
   }
   j.add("peak_total_gib",
         gib(c10::cuda::CUDACachingAllocator::getDeviceStats(0).allocated_bytes[0].peak));
+  // The turbo graph steps again with decode_gemv's session-6 grid (one CTA per task: the 15B
+  // products have more tasks than fit at once, each CTA staging x'' and its LayerNorm again).
+  {
+    m->set_decode_gemv_ctas_per_sm(tk::kDecodeGemvCtaPerTask);
+    tm::Session s(m, make_cache(*m, tm::CacheKind::kTurbo, &spec));
+    s.enable_cuda_graph(total, 256);
+    s.prefill(prefix);
+    const double ms = median(time_appends(s, 16, steps - 16, 23));
+    m->set_decode_gemv_ctas_per_sm(0);
+    std::printf("turbo3  graph with decode_gemv one CTA per task: %.2f ms/token (default grid "
+                "above)\n", ms);
+    j.add("turbo3_graph_gemv_cta_per_task_ms_per_token", ms);
+  }
   std::printf("JSON %s\n", j.str().c_str());
   return 0;
 }
