@@ -205,15 +205,7 @@ cudaError_t current_sms(int* sms) {
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
-/// Bytes of the output projection's per-head partial sums (at the workspace's start).
-size_t projection_bytes(const quant::DecodeParams& p, const DecodeAppend& a) {
-  if (a.projection.weight == nullptr) return 0;
-  return detail::align16(static_cast<size_t>(p.batch) * p.heads *
-                         static_cast<size_t>(a.projection.out_features) * sizeof(float));
-}
-
-/// Fills the launch description for `splits` splits and launches (workspace large enough;
-/// with an output projection, its partials first).
+/// Fills the launch description for `splits` splits and launches (workspace large enough).
 cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int splits,
                    void* workspace, cudaStream_t stream) {
   detail::DecodeLaunch l;
@@ -221,11 +213,6 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
   if (app != nullptr) {
     l.append = true;
     l.app = *app;
-    const size_t pb = projection_bytes(p, *app);
-    if (pb > 0) {
-      l.ws_proj = static_cast<float*>(workspace);
-      workspace = static_cast<char*>(workspace) + pb;
-    }
   }
   if (!detail::g_fused_merge.load()) l.p.split_counters = nullptr;
 #if TURBOESM_DECODE_TIMELINE
@@ -283,32 +270,11 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
     return "turbo_decode_append: rows must be fp32, fp16 or bf16";
   if (p.k.constants.boundaries == nullptr || p.v.constants.boundaries == nullptr)
     return "turbo_decode_append: cache constants need the codebook boundaries (the encoder's)";
-  const DecodeProjection& o = a.projection;
-  if (o.weight != nullptr) {
-    if (p.split_counters != nullptr)
-      return "turbo_decode_append: the output projection runs in the merge kernel; "
-             "split_counters must be null";
-    if (o.out_features < 1) return "turbo_decode_append: projection out_features must be >= 1";
-    if (o.dtype != ElementType::kFloat16 && o.dtype != ElementType::kBFloat16)
-      return "turbo_decode_append: projection dtype must be fp16 or bf16";
-    if (o.residual == nullptr || o.out == nullptr || o.counters == nullptr)
-      return "turbo_decode_append: projection residual, out and counters must be non-null device "
-             "pointers";
-    if (!detail::aligned16(o.weight))
-      return "turbo_decode_append: projection weight must be 16-byte aligned";
-    if (static_cast<int64_t>(o.out_features) * p.heads * p.head_dim >
-        std::numeric_limits<int32_t>::max())
-      return "turbo_decode_append: projection weight has more than 2^31 - 1 elements";
-  }
   return nullptr;
 }
 
-size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms,
-                                           int projection_features) {
-  DecodeAppend a;
-  a.projection.weight = projection_features > 0 ? &a : nullptr;  // only its presence counts
-  a.projection.out_features = projection_features;
-  return projection_bytes(p, a) + detail::workspace_for(p, turbo_decode_num_splits(p, num_sms) + 1);
+size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms) {
+  return detail::workspace_for(p, turbo_decode_num_splits(p, num_sms) + 1);
 }
 
 cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend& a,
@@ -318,14 +284,11 @@ cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend
   int sms = 0;
   const cudaError_t e = current_sms(&sms);
   if (e != cudaSuccess) return e;
-  // The cached positions' splits plus the new token's (at least one of each), after the output
-  // projection's partials.
-  const size_t pb = projection_bytes(p, a);
-  if (workspace_bytes < pb) return cudaErrorInvalidValue;
+  // The cached positions' splits plus the new token's (at least one of each).
   const int splits =
-      detail::splits_that_fit(p, turbo_decode_num_splits(p, sms) + 1, 2, workspace_bytes - pb);
+      detail::splits_that_fit(p, turbo_decode_num_splits(p, sms) + 1, 2, workspace_bytes);
   if (workspace == nullptr || !detail::aligned16(workspace) ||
-      detail::workspace_for(p, splits) > workspace_bytes - pb)
+      detail::workspace_for(p, splits) > workspace_bytes)
     return cudaErrorInvalidValue;
   return launch(p, &a, splits, workspace, stream);
 }

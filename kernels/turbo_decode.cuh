@@ -49,7 +49,6 @@
 #include <cstdint>
 
 #include "common.cuh"
-#include "convert.cuh"
 #include "pdl.cuh"
 #include "quantize_append.cuh"
 #include "turboesm/kernels/decode_split.h"
@@ -82,8 +81,6 @@ struct DecodeLaunch {
   float* ws_acc = nullptr;  ///< [rows, num_splits, D]
   float* ws_m = nullptr;    ///< [rows, num_splits] running max (log2 domain)
   float* ws_l = nullptr;    ///< [rows, num_splits] softmax denominators
-  /// [batch, heads, N] per-head partial sums of the output projection (app.projection)
-  float* ws_proj = nullptr;
   /// turbo_decode_append: split num_splits − 1 of each row encodes the new token (app) and
   /// scores it; splits [0, num_splits − 1) stream positions [0, starts[b]).
   bool append = false;
@@ -929,98 +926,6 @@ __global__ void __launch_bounds__(kDecodeThreads)
   stamp.close(kMergeEnd);
 }
 
-/// \brief Kernel 2 with the output projection (turbo_decode_append with app.projection; q_len 1,
-/// D ≤ 64): one CTA per (row = (b, h), chunk of kDecodeProjectionChunk output features), thread t
-/// owning feature n = chunk · 128 + t. Before the wait it requests its column of Π_V (as kernel 2)
-/// and its feature's weights of head h (D values, 16-byte loads); after it merges the row's
-/// splits, rotates back (o, written to p.out as kernel 2 does, and T(o) to shared memory), and
-/// writes Σ_j W[n, hD + j] · T(o_j) (fp32, increasing j) to ws_proj[b, h, n]. The chunk's last
-/// head CTA to finish (threadfence reduction on counters[b · chunks + chunk], reset by it) adds
-/// the heads' partials in head order, the bias and the residual with decode_gemv's roundings.
-template <int D, typename T>
-__global__ void __launch_bounds__(kDecodeThreads)
-    turbo_decode_merge_project_kernel(const __grid_constant__ DecodeLaunch launch) {
-  static_assert(kDecodeThreads == kDecodeProjectionChunk, "one output feature per thread");
-  static_assert(D % 8 == 0 && D <= 64, "16-byte weight loads, Π_V column held");
-  const quant::DecodeParams& p = launch.p;
-  const DecodeProjection& pj = launch.app.projection;
-  const int row = blockIdx.x;  // q_len 1: row = b · heads + h
-  const int h = row % p.heads;
-  const int b = row / p.heads;
-  const int chunk = blockIdx.y;
-  const int N = pj.out_features;
-  const int n = chunk * kDecodeProjectionChunk + static_cast<int>(threadIdx.x);
-  const int64_t K = static_cast<int64_t>(p.heads) * D;
-  const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
-  __shared__ float s_y[D];
-  __shared__ float s_o[D];  // T(o): the GEMV's rounding of its fp32 input
-  __shared__ bool s_last;
-  float col[D];
-  uint4 w[D / 8];
-  TimelineStamp stamp;
-  stamp.open(launch, kTimelineMerge);
-  pdl_launch_dependents();
-  if (threadIdx.x < D) {
-#pragma unroll
-    for (int j = 0; j < D; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
-  }
-  if (n < N) {
-    const uint4* wr =
-        reinterpret_cast<const uint4*>(static_cast<const T*>(pj.weight) + n * K + h * D);
-#pragma unroll
-    for (int k = 0; k < D / 8; ++k) w[k] = __ldg(wr + k);
-  }
-  stamp.mark(kMergeBeforeWait);
-  pdl_wait();  // the partials come from kernel 1
-  stamp.mark(kMergeAfterWait);
-  const float l = merge_splits<D>(launch, row, h, s_y);
-  const float* mu = p.v.constants.mean;
-  if (threadIdx.x < D) {
-    const int i = threadIdx.x;
-    float o = 0.0f;
-#pragma unroll
-    for (int j = 0; j < D; ++j) o = fmaf(col[j], s_y[j], o);
-    if (mu && l > 0.0f) o += mu[h * D + i];
-    if (chunk == 0) p.out[static_cast<int64_t>(row) * D + i] = o;
-    s_o[i] = Cvt<T>::round(o);
-  }
-  __syncthreads();
-  float* part = launch.ws_proj + (static_cast<int64_t>(b) * p.heads) * N;
-  if (n < N) {
-    float acc = 0.0f;
-#pragma unroll
-    for (int k = 0; k < D / 8; ++k) {
-      const T* e = reinterpret_cast<const T*>(&w[k]);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc = fmaf(Cvt<T>::to_float(e[i]), s_o[8 * k + i], acc);
-    }
-    part[static_cast<int64_t>(h) * N + n] = acc;
-  }
-  // The chunk's last head CTA finishes it: partials visible device-wide, then counted in.
-  const int chunks = (N + kDecodeProjectionChunk - 1) / kDecodeProjectionChunk;
-  uint32_t* counter = pj.counters + static_cast<int64_t>(b) * chunks + chunk;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    s_last = atomicAdd(counter, 1u) == static_cast<uint32_t>(p.heads - 1);
-    if (s_last) *counter = 0u;
-  }
-  __syncthreads();
-  if (!s_last || n >= N) {
-    stamp.close(kMergeEnd);
-    return;
-  }
-  __threadfence();
-  float z = 0.0f;
-  for (int hh = 0; hh < p.heads; ++hh) z += __ldcg(part + static_cast<int64_t>(hh) * N + n);
-  const T* bias = static_cast<const T*>(pj.bias);
-  z = Cvt<T>::round(bias ? z + Cvt<T>::to_float(bias[n]) : z);
-  const int64_t o = static_cast<int64_t>(b) * N + n;
-  z = Cvt<T>::round(z + Cvt<T>::to_float(static_cast<const T*>(pj.residual)[o]));
-  static_cast<T*>(pj.out)[o] = Cvt<T>::from_float(z);
-  stamp.close(kMergeEnd);
-}
-
 /// \brief Launches kernel 1 (and kernel 2 when launch.num_splits > 1) for one (BITS, D).
 /// Explicitly instantiated in kernels/instances/turbo_decode_b{BITS}_d{D}.cu.
 template <int BITS, int D>
@@ -1055,18 +960,6 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
     e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>);
   if (e != cudaSuccess) return e;
   if (launch.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
-  if constexpr (D <= kDecodeAppendMaxHeadDim) {
-    const DecodeProjection& pj = launch.app.projection;
-    if (launch.append && pj.weight != nullptr) {
-      const dim3 grid(rows,
-                      (pj.out_features + kDecodeProjectionChunk - 1) / kDecodeProjectionChunk);
-      if (pj.dtype == ElementType::kBFloat16)
-        return launch_pdl(turbo_decode_merge_project_kernel<D, __nv_bfloat16>, grid,
-                          dim3(kDecodeThreads), 0, stream, launch);
-      return launch_pdl(turbo_decode_merge_project_kernel<D, __half>, grid, dim3(kDecodeThreads), 0,
-                        stream, launch);
-    }
-  }
   return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,
                     launch);
 }

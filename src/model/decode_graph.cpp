@@ -115,24 +115,10 @@ struct CudaDecodeGraph::Impl {
     at::Tensor h = in.hidden;
     const at::Tensor &cos = in.cos, &sin = in.sin, &after = in.after;
     const bool fused = fused_qkv();
-    const bool gemv = model.uses_decode_gemv(h);
     for (int i = 0; i < model.num_layers(); ++i) {
       const Qkv qkv = fused ? fused_layer_qkv(i, h, cos, sin) : model.layer_qkv(i, h, cos, sin);
-      // The output projection in the attention's merge kernel where the cache can (one launch
-      // fewer per layer), with decode_gemv's roundings; else the model's product.
-      at::Tensor hp;
-      if (gemv) {
-        const LayerWeights& w = model.weights().layers[static_cast<size_t>(i)];
-        hp = cache.device_step_projected(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens,
-                                         {w.o_weight, w.o_bias, h});
-      }
-      if (hp.defined()) {
-        h = model.layer_ffn(i, hp);
-      } else {
-        const at::Tensor attn =
-            cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
-        h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
-      }
+      const at::Tensor attn = cache.device_step(i, qkv.q, qkv.k, qkv.v, lengths, after, max_tokens);
+      h = model.layer_finish(i, h, attn);  // fp32 attn: rounded to the model dtype there
     }
     at::Tensor o = model.final_norm(h);
     if (advance) lengths.add_(1);

@@ -367,24 +367,17 @@ at::Tensor Esm2Model::layer_finish(int layer, const at::Tensor& hidden,
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   const int64_t B = hidden.size(0), T = hidden.size(1);
   at::Tensor o = attn_out.transpose(1, 2).reshape({B, T, config_.hidden_size});
-  at::Tensor h;
-  // Output projection + residual (one launch here, then two in layer_ffn).
-  if (use_decode_gemv(hidden)) h = decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden);
-  if (!h.defined()) h = at::linear(o.to(hidden.scalar_type()), w.o_weight, w.o_bias) + hidden;
-  return layer_ffn(layer, h);
-}
-
-at::Tensor Esm2Model::layer_ffn(int layer, const at::Tensor& h) const {
-  TURBOESM_CHECK(layer >= 0 && layer < num_layers(), "layer ", layer, " out of range [0, ",
-                 num_layers(), ")");
-  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
-  if (use_decode_gemv(h)) {
-    // LN + FC1 + GELU, FC2 + residual: two launches.
-    const at::Tensor x = decode_gemv(h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {});
+  if (use_decode_gemv(hidden)) {
+    // Output projection + residual, LN + FC1 + GELU, FC2 + residual: three launches.
+    const at::Tensor h = decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden);
+    const at::Tensor x =
+        h.defined() ? decode_gemv(h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {}) : at::Tensor();
     const at::Tensor y =
         x.defined() ? decode_gemv(x, nullptr, w.fc2_weight, w.fc2_bias, false, h) : at::Tensor();
     if (y.defined()) return y;
   }
+  o = o.to(hidden.scalar_type());
+  at::Tensor h = at::linear(o, w.o_weight, w.o_bias) + hidden;
   at::Tensor x = at::gelu(at::linear(layer_norm(h, w.ffn_ln), w.fc1_weight, w.fc1_bias));
   return at::linear(x, w.fc2_weight, w.fc2_bias) + h;
 }

@@ -169,12 +169,6 @@ at::Tensor KvCache::device_step(int layer, const at::Tensor&, const at::Tensor&,
                 " (supported: turbo, fp16 and fp32 caches on CUDA)");
 }
 
-at::Tensor KvCache::device_step_projected(int, const at::Tensor&, const at::Tensor&,
-                                          const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                          int64_t, const OutputProjection&) {
-  return {};
-}
-
 void KvCache::check_device_step_args(const char* who, int layer, const at::Tensor& q,
                                      const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& lengths, const at::Tensor& lengths_after,

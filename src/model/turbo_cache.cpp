@@ -318,13 +318,6 @@ TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
     device_status_ = at::zeros({1}, i32);
     // One counter per (sequence, head) row of a decode step: zero, and every kernel leaves it so.
     split_counters_ = at::zeros({int64_t{shape.batch} * shape.heads}, i32);
-#ifdef TURBOESM_WITH_CUDA
-    // One per (sequence, chunk of output features) of the step's output projection.
-    const int64_t features = int64_t{shape.heads} * shape.head_dim;
-    constexpr int64_t kChunk = kernels::kDecodeProjectionChunk;
-    projection_counters_ =
-        at::zeros({int64_t{shape.batch} * ((features + kChunk - 1) / kChunk)}, i32);
-#endif
   }
 }
 
@@ -603,16 +596,6 @@ void TurboKvCache::set_step_splits(int cached_splits, bool merge_in_kernel) {
   step_merge_in_kernel_ = merge_in_kernel;
 }
 
-bool TurboKvCache::fused_step_applies(const at::Tensor& k, const at::Tensor& v) const {
-#ifdef TURBOESM_WITH_CUDA
-  return fused_step_append_ && shape_.head_dim <= kernels::kDecodeAppendMaxHeadDim &&
-         k.stride(3) == 1 && k.strides() == v.strides();
-#else
-  (void)k, (void)v;
-  return false;
-#endif
-}
-
 at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::Tensor& k,
                                      const at::Tensor& v, const at::Tensor& lengths,
                                      const at::Tensor& lengths_after, int64_t max_tokens) {
@@ -625,65 +608,18 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
   // widening is exact, so the codes equal those of fp32 copies.
   const at::Tensor kf = k.to(append_dtype(k.scalar_type()));  // no-op in the model dtype
   const at::Tensor vf = v.to(append_dtype(v.scalar_type()));
-  if (fused_step_applies(kf, vf)) return fused_step(layer, q, kf, vf, lengths, max_tokens, nullptr);
-  // Two launches: quantize_append's row kernel, then turbo_decode over a view of the first
-  // max_tokens slots (strides of the full buffer: the split count follows the bucket, not the
-  // reserved capacity), splits merged in the decode kernel.
-  quant::CacheView kv = view(layer, true), vv = view(layer, false);
-  kv.max_pages = vv.max_pages =
-      static_cast<int>((max_tokens + k_layout_.page_tokens - 1) / k_layout_.page_tokens);
-  const at::Tensor qf = q.to(at::kFloat).contiguous();
-  launch_quantize_append(layer, kf, vf, lengths.data_ptr<int32_t>(), nullptr);
-  return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
-#else
-  (void)lengths_after;
-  TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
-#endif
-}
-
-at::Tensor TurboKvCache::device_step_projected(int layer, const at::Tensor& q, const at::Tensor& k,
-                                               const at::Tensor& v, const at::Tensor& lengths,
-                                               const at::Tensor& lengths_after, int64_t max_tokens,
-                                               const OutputProjection& projection) {
-  if (!supports_device_step() || !fused_step_projection_ || step_merge_in_kernel_) return {};
-  check_device_step_args("turbo cache", layer, q, k, v, lengths, lengths_after, max_tokens);
-#ifdef TURBOESM_WITH_CUDA
-  const at::Tensor kf = k.to(append_dtype(k.scalar_type()));
-  const at::Tensor vf = v.to(append_dtype(v.scalar_type()));
-  if (!fused_step_applies(kf, vf)) return {};
-  // What the merge kernel takes (kernels::DecodeProjection); anything else: the caller's product.
-  const at::Tensor& w = projection.weight;
-  const at::Tensor& r = projection.residual;
-  const int64_t B = shape_.batch, n = int64_t{shape_.heads} * shape_.head_dim;
-  const auto same = [&](const at::Tensor& t) {
-    return t.defined() && t.device() == shape_.device && t.is_contiguous() &&
-           t.scalar_type() == w.scalar_type();
-  };
-  if (!w.defined() || (w.scalar_type() != at::kHalf && w.scalar_type() != at::kBFloat16) ||
-      !same(w) || w.dim() != 2 || w.size(0) != n || w.size(1) != n || !same(r) ||
-      r.numel() != B * n ||
-      (projection.bias.defined() && (!same(projection.bias) || projection.bias.numel() != n)))
-    return {};
-  c10::cuda::CUDAGuard guard(shape_.device);
-  at::Tensor h = fused_step(layer, q, kf, vf, lengths, max_tokens, &projection);
-  ++projected_step_calls_;
-  return h;
-#else
-  (void)projection;
-  return {};
-#endif
-}
-
-at::Tensor TurboKvCache::fused_step(int layer, const at::Tensor& q, const at::Tensor& kf,
-                                    const at::Tensor& vf, const at::Tensor& lengths,
-                                    int64_t max_tokens, const OutputProjection* projection) {
-#ifdef TURBOESM_WITH_CUDA
   // A view of the first max_tokens slots (strides of the full buffer): the kernel's split count
   // follows the bucket, not the reserved capacity.
   quant::CacheView kv = view(layer, true), vv = view(layer, false);
-  kv.max_pages = vv.max_pages =
+  const int pages =
       static_cast<int>((max_tokens + k_layout_.page_tokens - 1) / k_layout_.page_tokens);
+  kv.max_pages = vv.max_pages = pages;
   const at::Tensor qf = q.to(at::kFloat).contiguous();
+  if (!fused_step_append_ || shape_.head_dim > kernels::kDecodeAppendMaxHeadDim ||
+      kf.stride(3) != 1 || kf.strides() != vf.strides()) {
+    launch_quantize_append(layer, kf, vf, lengths.data_ptr<int32_t>(), nullptr);
+    return ops::turbo_decode(qf, lengths_after, kv, vv, 1.0f, split_counters_).to(q.scalar_type());
+  }
   // One attention launch (+ the merge kernel): the new rows are read through their strides (the
   // QKV kernel's token-major output), encoded at lengths[b] and attended with the cached tokens.
   kernels::DecodeAppend a;
@@ -713,36 +649,19 @@ at::Tensor TurboKvCache::fused_step(int layer, const at::Tensor& q, const at::Te
   p.num_splits = step_cached_splits_;
   if (step_merge_in_kernel_)
     p.split_counters = reinterpret_cast<uint32_t*>(split_counters_.data_ptr<int32_t>());
-  at::Tensor h;
-  int features = 0;
-  if (projection != nullptr) {
-    const int64_t n = int64_t{shape_.heads} * shape_.head_dim;
-    features = static_cast<int>(n);
-    h = at::empty({int64_t{shape_.batch}, 1, n}, projection->residual.options());
-    kernels::DecodeProjection& o = a.projection;
-    o.weight = projection->weight.data_ptr();
-    o.bias = projection->bias.defined() ? projection->bias.data_ptr() : nullptr;
-    o.residual = projection->residual.data_ptr();
-    o.out = h.data_ptr();
-    o.dtype = projection->weight.scalar_type() == at::kHalf ? kernels::ElementType::kFloat16
-                                                            : kernels::ElementType::kBFloat16;
-    o.out_features = features;
-    o.counters = reinterpret_cast<uint32_t*>(projection_counters_.data_ptr<int32_t>());
-  }
   const char* why = kernels::turbo_decode_append_invalid_reason(p, a);
   TURBOESM_CHECK(why == nullptr, "turbo cache device_step, layer ", layer, ": ", why);
   const int sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-  const size_t ws_bytes = kernels::turbo_decode_append_workspace_bytes(p, sms, features);
+  const size_t ws_bytes = kernels::turbo_decode_append_workspace_bytes(p, sms);
   const at::Tensor ws = at::empty({static_cast<int64_t>(ws_bytes)}, qf.options().dtype(at::kByte));
   const cudaError_t err =
       kernels::turbo_decode_append(p, a, ws.data_ptr(), ws_bytes, at::cuda::getCurrentCUDAStream());
   TURBOESM_CHECK(err == cudaSuccess, "turbo cache device_step, layer ", layer,
                  ": CUDA kernel turbo_decode_append failed: ", cudaGetErrorString(err), " (batch ",
                  p.batch, ", heads ", p.heads, ", head_dim ", p.head_dim, ", ", max_tokens,
-                 " slots", projection ? ", output projection" : "", ")");
-  return projection != nullptr ? h : out.to(q.scalar_type());
+                 " slots)");
+  return out.to(q.scalar_type());
 #else
-  (void)layer, (void)q, (void)kf, (void)vf, (void)lengths, (void)max_tokens, (void)projection;
   TURBOESM_FAIL("turbo cache device_step needs CUDA (built without TURBOESM_WITH_CUDA)");
 #endif
 }

@@ -354,9 +354,7 @@ int section_profile_step(const std::string& preset, int64_t cached, const std::s
 /// the step's span) and how early it started (its start minus that latest end: negative = it
 /// was already resident, e.g. launched early by PDL). Summed per role over a step; medians over
 /// the traced steps. A role is the kernel's name, numbered by its position within a layer when
-/// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2; #0..2 = QKV,
-/// FC1, FC2 with the output projection in the merge kernel,
-/// TurboKvCache::set_fused_step_projection).
+/// the step runs it a multiple of `layers` times (decode_gemv#0..3 = QKV, O, FC1, FC2).
 int section_trace_step(const std::string& preset, int64_t cached, const std::string& kind) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
@@ -650,12 +648,10 @@ int section_decode(const std::string& preset, int64_t cached) {
   // inside the attention launch: one launch per layer + the merge kernel), the same with the
   // step's inputs from the ~20 eager ops (Esm2Model::set_fused_step_inputs(false) around that
   // session's steps, captures included), the fused step with the splits merged by the row's last
-  // CTA, the output projection in the merge kernel (TurboKvCache::set_fused_step_projection(true);
-  // default: decode_gemv's product), with
-  // 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of 1024
-  // cached tokens), quantize_append + turbo_decode (two launches, splits merged in the decode
-  // kernel), and decode_gemv's grid as one CTA per task or 2 / 3 CTAs per SM looping over tasks
-  // (default: as many as fit; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps).
+  // CTA, 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of
+  // 1024 cached tokens), quantize_append + turbo_decode (two launches, splits merged in the decode
+  // kernel), and decode_gemv's grid as one CTA per task (default: as many CTAs as fit, looping
+  // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -670,15 +666,11 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_merge_in_kernel_ms", "merge in kernel",
          [](tm::TurboKvCache& c) { c.set_step_splits(0, true); }},
-        {"ab_projection_in_merge_ms", "O in the merge kernel",
-         [](tm::TurboKvCache& c) { c.set_fused_step_projection(true); }},
         {"ab_splits8_ms", "8 splits", [](tm::TurboKvCache& c) { c.set_step_splits(8, false); }},
         {"ab_two_kernels_ms", "append kernel + decode",
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
         {"ab_gemv_cta_per_task_ms", "gemv CTA per task", [](tm::TurboKvCache&) {}, false,
          tk::kDecodeGemvCtaPerTask},
-        {"ab_gemv_2_per_sm_ms", "gemv 2 CTAs/SM", [](tm::TurboKvCache&) {}, false, 2},
-        {"ab_gemv_3_per_sm_ms", "gemv 3 CTAs/SM", [](tm::TurboKvCache&) {}, false, 3},
     };
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {

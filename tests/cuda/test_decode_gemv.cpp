@@ -138,7 +138,7 @@ TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
   TURBOESM_REQUIRE_GPU();
   const at::ScalarType t = GetParam();
   const std::vector<Case> cases = {
-      {1, 5120, 20480, true, true, true, false, false},  // 15B pre-LN + FC1 + GELU: 2560 tasks
+      {1, 5120, 20480, true, true, true, false, false},  // 15B pre-LN + FC1 + GELU: 10240 tasks
       {1, 20480, 5120, false, true, false, true, false},  // 15B FC2: 4 slices, 4 passes
       {4, 2056, 3000, true, false, false, true, true},   // 4 rows, K not a multiple of a pass
       {1, 1280, 1280, false, true, false, true, true},   // 650M O (K split in 2)
@@ -450,49 +450,6 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       "[decode_gemv model] 40 fp16 steps: kernel vs eager ops max|d| %.3g, graph vs eager "
       "%.3g\n",
       worst_plain, worst_graph);
-}
-
-// The graph step with the output projection in the attention's merge kernel (fp16 / bf16 models
-// with a turbo cache and set_fused_step_projection(true): TurboKvCache::device_step_projected)
-// against the same graph step with the projection as decode_gemv's product (the default):
-// the fp32 sums run in another order (per head, then over heads), which can flip an fp16
-// rounding of a layer's output — the bound of the comparisons above.
-TEST(DecodeGemvModel, ProjectedStepMatchesProjectionProduct) {
-  TURBOESM_REQUIRE_GPU();
-  auto m = tiny_fp16();
-  const auto& c = m->config();
-  const tm::TurboCacheSpec spec = tm::TurboCacheSpec::random(
-      c, 3, 3, tq::RotationKind::kRandom, tq::NormMode::kToken, tq::QjlMode::kSign, 13, 0, 5.0);
-  auto session = [&] {
-    return tm::Session(m, tm::make_kv_cache(tm::CacheKind::kTurbo, c, 1, kGpu, &spec));
-  };
-  tm::Session projected = session(), product = session();
-  auto& pc = dynamic_cast<tm::TurboKvCache&>(projected.cache());
-  pc.set_fused_step_projection(true);
-  projected.enable_cuda_graph(128, 32);
-  product.enable_cuda_graph(128, 32);
-  const at::Tensor toks = row(kSeq);
-  projected.prefill(toks.narrow(1, 0, 30));
-  product.prefill(toks.narrow(1, 0, 30));
-  double worst = 0.0;
-  for (int64_t j = 30; j < 70; ++j) {
-    const at::Tensor t = toks.narrow(1, j, 1).contiguous();
-    const at::Tensor a = projected.append(t).to(at::kDouble);
-    const at::Tensor b = product.append(t).to(at::kDouble);
-    ASSERT_TRUE(at::isfinite(a).all().item<bool>());
-    worst = std::max(worst, (a - b).abs().max().item<double>());
-  }
-  // Every layer of every capture (buckets 32, 64, 96; each a warm-up run and the capture) took
-  // the projecting step.
-  EXPECT_EQ(projected.cuda_graph()->captures(), 3);
-  EXPECT_EQ(pc.projected_step_calls(), 2 * 3 * m->num_layers());
-  EXPECT_EQ(dynamic_cast<tm::TurboKvCache&>(product.cache()).projected_step_calls(), 0);
-  EXPECT_EQ(projected.cuda_graph()->replays(), 40);
-  EXPECT_LE(worst, 3e-2);
-  std::printf(
-      "[decode_gemv model] 40 fp16 graph steps: projection in the merge kernel vs "
-      "decode_gemv product max|d| %.3g\n",
-      worst);
 }
 
 }  // namespace

@@ -45,10 +45,6 @@ struct AppendCase {
   /// Give turbo_decode_append the smallest workspace it takes (two partials per row: one cached
   /// split and the new token's), and check that one byte less is refused before any launch.
   bool min_workspace = false;
-  /// > 0: the fused launch also does an output projection of this many features
-  /// (tk::DecodeProjection) in proj_dtype, checked against a host reference.
-  int project_features = 0;
-  tk::ElementType proj_dtype = tk::ElementType::kFloat16;
   uint64_t seed = 1;
 };
 
@@ -58,22 +54,7 @@ struct AppendOutcome {
   int64_t non_finite = 0;
   int status_two = 0, status_fused = 0;
   int64_t counters_nonzero = 0;
-  // Output projection (project_features > 0): outputs more than 2 units in the last place of
-  // the dtype from the host reference (double sums of the fused launch's own attention output,
-  // the kernel's roundings), the largest such distance, counters left non-zero.
-  int64_t proj_off = 0;
-  double proj_max_ulps = 0.0;
-  int64_t proj_counters_nonzero = 0;
 };
-
-float from_dtype_bits(uint16_t b, tk::ElementType t) {
-  return t == tk::ElementType::kFloat16 ? tq::half_bits_to_float(b) : tq::bf16_bits_to_float(b);
-}
-float round_to(double x, tk::ElementType t) {
-  const float f = static_cast<float>(x);
-  return t == tk::ElementType::kFloat16 ? tq::half_bits_to_float(tq::float_to_half_bits(f))
-                                        : tq::bf16_bits_to_float(tq::float_to_bf16_bits(f));
-}
 
 /// Rows in the requested element type, as bytes, plus the values they hold.
 std::vector<uint8_t> to_dtype(const std::vector<float>& x, tk::ElementType t) {
@@ -187,23 +168,6 @@ AppendOutcome run_append_case(const AppendCase& c) {
     EXPECT_EQ(tk::turbo_decode(p, ws.get(), ws_bytes, nullptr), cudaSuccess);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
-  // The output projection's operands (project_features > 0), values already in proj_dtype.
-  const int N = c.project_features, K = H * D;
-  const int chunks = (N + tk::kDecodeProjectionChunk - 1) / tk::kDecodeProjectionChunk;
-  std::vector<float> pw(static_cast<size_t>(N) * K), pb(N), pr(static_cast<size_t>(B) * N);
-  auto representable = [&](std::vector<float>& v, float scale) {
-    tq::fill_normal(rng, v.data(), v.size());
-    for (float& x : v) x = round_to(x * scale, c.proj_dtype);
-  };
-  representable(pw, 0.05f);
-  representable(pb, 0.5f);
-  representable(pr, 1.0f);
-  DeviceBuffer d_pw = DeviceBuffer::from(to_dtype(pw, c.proj_dtype));
-  DeviceBuffer d_pb = DeviceBuffer::from(to_dtype(pb, c.proj_dtype));
-  DeviceBuffer d_pr = DeviceBuffer::from(to_dtype(pr, c.proj_dtype));
-  DeviceBuffer d_pout = DeviceBuffer::from(std::vector<uint16_t>(pr.size(), 0x7e00));  // NaN
-  DeviceBuffer d_pcount =
-      DeviceBuffer::from(std::vector<uint32_t>(static_cast<size_t>(B) * std::max(chunks, 1), 0u));
   {  // one launch
     tk::DecodeAppend a;
     a.k = d_kn.get();
@@ -213,19 +177,10 @@ AppendOutcome run_append_case(const AppendCase& c) {
     a.stride_h = stride_h;
     a.starts = d_starts.get<int32_t>();
     a.status = fused.status.get<int>();
-    if (N > 0) {
-      a.projection.weight = d_pw.get();
-      a.projection.bias = d_pb.get();
-      a.projection.residual = d_pr.get();
-      a.projection.out = d_pout.get();
-      a.projection.dtype = c.proj_dtype;
-      a.projection.out_features = N;
-      a.projection.counters = d_pcount.get<uint32_t>();
-    }
     const tq::DecodeParams p = params(fused);
     EXPECT_EQ(tk::turbo_decode_append_invalid_reason(p, a), nullptr)
         << tk::turbo_decode_append_invalid_reason(p, a);
-    size_t ws_bytes = tk::turbo_decode_append_workspace_bytes(p, sms, N);
+    size_t ws_bytes = tk::turbo_decode_append_workspace_bytes(p, sms);
     if (c.min_workspace) {
       tq::DecodeParams one = p;
       one.num_splits = 1;  // one cached split + the new token's
@@ -258,27 +213,6 @@ AppendOutcome run_append_case(const AppendCase& c) {
       continue;
     }
     o.max_rel_diff = std::max(o.max_rel_diff, std::abs(static_cast<double>(oa[i]) - ob[i]) / scale);
-  }
-  if (N > 0) {
-    // Host reference from the fused launch's own attention output o (also written with the
-    // projection): T(T(Σ_k W[n, k] · T(o_k) + b[n]) + r[b, n]), sums in double.
-    const auto got = d_pout.to_host<uint16_t>();
-    const double unit = c.proj_dtype == tk::ElementType::kFloat16 ? 0x1p-10 : 0x1p-7;
-    for (int b = 0; b < B; ++b)
-      for (int n = 0; n < N; ++n) {
-        double z = 0.0;
-        for (int k = 0; k < K; ++k)
-          z += static_cast<double>(pw[static_cast<size_t>(n) * K + k]) *
-               round_to(ob[static_cast<size_t>(b) * K + k], c.proj_dtype);
-        const float zt = round_to(z + pb[n], c.proj_dtype);
-        const double ref = round_to(static_cast<double>(zt) + pr[b * N + n], c.proj_dtype);
-        const double v = from_dtype_bits(got[b * N + n], c.proj_dtype);
-        const double ulps =
-            std::abs(v - ref) / (unit * std::max(std::abs(ref), 0x1p-14));  // NaN: stays NaN
-        if (!(ulps <= 2.0)) ++o.proj_off;
-        if (std::isfinite(ulps)) o.proj_max_ulps = std::max(o.proj_max_ulps, ulps);
-      }
-    for (uint32_t v : d_pcount.to_host<uint32_t>()) o.proj_counters_nonzero += v != 0u;
   }
   o.status_two = two.status.to_host<int>()[0];
   o.status_fused = fused.status.to_host<int>()[0];
@@ -374,52 +308,6 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
   }
 }
 
-// The output projection in the merge kernel (tk::DecodeProjection): the 650M step's shape
-// (N = 1280 = heads · head_dim, fp16), bf16 with a partial last chunk (N = 200 of 2 chunks of
-// 128) at batch 3, within 2 units in the last place of the host reference; the attention output
-// is still written and equals the two-launch path's; counters are left zeroed.
-TEST(TurboDecodeAppend, OutputProjectionMatchesHostReference) {
-  TURBOESM_REQUIRE_GPU();
-  std::vector<AppendCase> cases;
-  {
-    AppendCase c;
-    c.name = "650M step, projection fp16";
-    c.heads = 20;
-    c.starts = {1024};
-    c.capacity_tokens = 1280;
-    c.k.norm = c.v.norm = tq::NormMode::kNone;
-    c.dtype = tk::ElementType::kFloat16;
-    c.token_major = true;
-    c.split_counters = false;
-    c.project_features = 1280;
-    cases.push_back(c);
-  }
-  {
-    AppendCase c;
-    c.name = "d32 batch 3, projection bf16, N 200";
-    c.dim = 32;
-    c.heads = 3;
-    c.starts = {0, 300, 77};
-    c.k.scale_mean = c.v.scale_mean = true;
-    c.split_counters = false;
-    c.project_features = 200;
-    c.proj_dtype = tk::ElementType::kBFloat16;
-    cases.push_back(c);
-  }
-  for (size_t i = 0; i < cases.size(); ++i) {
-    AppendCase c = cases[i];
-    c.seed = 90 + i;
-    const AppendOutcome o = run_append_case(c);
-    EXPECT_EQ(o.page_bytes_differ, 0) << c.name;
-    EXPECT_EQ(o.non_finite, 0) << c.name;
-    EXPECT_LE(o.max_rel_diff, kOrderTol) << c.name;
-    EXPECT_EQ(o.proj_off, 0) << c.name << ": outputs beyond 2 ulp of the host reference";
-    EXPECT_EQ(o.proj_counters_nonzero, 0) << c.name << ": projection counters not reset";
-    std::printf("[decode append %s] max rel diff %.2e, projection max %.2f ulp\n", c.name.c_str(),
-                o.max_rel_diff, o.proj_max_ulps);
-  }
-}
-
 // A new token past the capacity: both paths skip it and flag kQuantizeAppendOutOfCapacity; the
 // fused path then attends over the cached tokens only, as turbo_decode does with lengths clamped
 // to the capacity.
@@ -469,38 +357,6 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
        [](tq::DecodeParams& p, tk::DecodeAppend&) { p.v.constants.boundaries = nullptr; }},
       {"null q", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.q = nullptr; }},
       {"head_dim 40", [](tq::DecodeParams& p, tk::DecodeAppend&) { p.head_dim = 40; }},
-      {"projection with split counters",
-       [](tq::DecodeParams& p, tk::DecodeAppend& a) {
-         static uint32_t counters[8];
-         p.split_counters = counters;
-         a.projection.weight = rows;
-         a.projection.residual = a.projection.out = rows;
-         a.projection.counters = counters;
-         a.projection.out_features = 8;
-       }},
-      {"projection without out",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) {
-         static uint32_t counters[8];
-         a.projection.weight = a.projection.residual = rows;
-         a.projection.counters = counters;
-         a.projection.out_features = 8;
-       }},
-      {"projection fp32",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) {
-         static uint32_t counters[8];
-         a.projection.weight = rows;
-         a.projection.residual = a.projection.out = rows;
-         a.projection.counters = counters;
-         a.projection.out_features = 8;
-         a.projection.dtype = tk::ElementType::kFloat32;
-       }},
-      {"projection 0 features",
-       [](tq::DecodeParams&, tk::DecodeAppend& a) {
-         static uint32_t counters[8];
-         a.projection.weight = rows;
-         a.projection.residual = a.projection.out = rows;
-         a.projection.counters = counters;
-       }},
       {"head_dim 128 (Π of both sides would not fit in shared memory)",
        [](tq::DecodeParams& p, tk::DecodeAppend&) {
          p.head_dim = 128;
@@ -522,10 +378,6 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
   EXPECT_GT(tk::turbo_decode_append_workspace_bytes(p, 132), 0u);
   EXPECT_GT(tk::turbo_decode_append_workspace_bytes(p, 132),
             tk::turbo_decode_workspace_bytes(p, 132));
-  // An output projection adds its per-head partial sums.
-  EXPECT_EQ(tk::turbo_decode_append_workspace_bytes(p, 132, 100),
-            tk::turbo_decode_append_workspace_bytes(p, 132) +
-                (static_cast<size_t>(p.batch) * p.heads * 100 * 4 + 15) / 16 * 16);
 }
 
 }  // namespace

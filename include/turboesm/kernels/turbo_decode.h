@@ -79,30 +79,6 @@ bool turbo_decode_fused_merge();
 cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t workspace_bytes,
                          cudaStream_t stream);
 
-/// Output features per CTA of the projecting merge kernel (one per thread).
-inline constexpr int kDecodeProjectionChunk = 128;
-
-/// \brief The attention output projection of a decode step (ESM's `attention.output.dense` and
-/// its residual), done by turbo_decode_append's merge kernel instead of a product of its own:
-///   out[b, n] = T(T(Σ_h Σ_j W[n, h·D + j] · T(o[b, h, j]) + bias[n]) + residual[b, n])
-/// with o the attention output (still written to p.out) and T = dtype: the values of
-/// decode_gemv's O product (x = o in fp32, bias, residual; decode_gemv.h) up to the order of the
-/// fp32 sum, here per head over j, then over the heads in head order. The merge kernel runs a CTA
-/// per (row, chunk of kDecodeProjectionChunk features): each merges its row, rotates back and
-/// multiplies the head's slice of its features' weight rows (requested before the dependency
-/// wait); the chunk's last head CTA (a counter per (b, chunk)) sums the heads' partials and
-/// writes out. All DEVICE pointers; disabled while weight is null.
-struct DecodeProjection {
-  const void* weight = nullptr;               ///< [N, heads · head_dim] row-major, 16-byte aligned
-  const void* bias = nullptr;                 ///< [N], or null
-  const void* residual = nullptr;             ///< [batch, N] contiguous
-  void* out = nullptr;                        ///< [batch, N] contiguous
-  ElementType dtype = ElementType::kFloat16;  ///< of weight, bias, residual, out: fp16 or bf16
-  int out_features = 0;                       ///< N ≥ 1
-  /// [batch · ceil(N / kDecodeProjectionChunk)] zeroed counters; every launch leaves them zeroed
-  uint32_t* counters = nullptr;
-};
-
 /// \brief Quantize-on-append of one new token per sequence, fused into the decode launch
 /// (turbo_decode_append): the row of (b, h) is read at element b · stride_b + h · stride_h of k
 /// and v (head_dim dense, RoPE applied to k), in `dtype` (widened exactly). All DEVICE pointers.
@@ -113,8 +89,6 @@ struct DecodeAppend {
   int64_t stride_b = 0, stride_h = 0;  ///< element strides over sequence and head (≥ 0)
   const int32_t* starts = nullptr;     ///< [batch] cache position of the new token (old length)
   int* status = nullptr;  ///< optional: OR of kQuantizeAppend* bits (quantize_append.h)
-  /// optional: the output projection in the merge kernel (needs p.split_counters null)
-  DecodeProjection projection{};
 };
 
 /// Largest head_dim turbo_decode_append takes (its encoding CTA holds both sides' Π in shared
@@ -126,10 +100,8 @@ inline constexpr int kDecodeAppendMaxHeadDim = 64;
 const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p, const DecodeAppend& a);
 
 /// \brief Workspace bytes turbo_decode_append needs for `p` on `num_sms` SMs: the partials of
-/// turbo_decode_num_splits(p) token splits plus the new token's (never 0), and with an output
-/// projection of `projection_features` (> 0) features its per-head partial sums.
-size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms,
-                                           int projection_features = 0);
+/// turbo_decode_num_splits(p) token splits plus the new token's (never 0).
+size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms);
 
 /// \brief A decode step's append and attention in one launch (plus the merge kernel unless
 /// p.split_counters are given, as turbo_decode): encodes the new token of every sequence b into

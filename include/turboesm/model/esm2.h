@@ -125,14 +125,6 @@ class Esm2Model {
   /// pre-LN projection of layer_qkv run as decode_gemv launches (kernels/decode_gemv.h): three
   /// launches here instead of ~8. See set_fused_decode_gemv().
   at::Tensor layer_finish(int layer, const at::Tensor& hidden, const at::Tensor& attn_out) const;
-  /// \brief The second half of layer_finish: pre-LN FFN (GELU erf) + residual on h, the hidden
-  /// state after the output projection and its residual ([B, T, hidden] → [B, T, hidden];
-  /// decode_gemv under the same conditions). The decode graph calls it after a cache that did the
-  /// output projection itself (KvCache::device_step_projected).
-  at::Tensor layer_ffn(int layer, const at::Tensor& h) const;
-  /// \brief Whether the dense layers of a step on `hidden` [B, T, hidden] take decode_gemv (CUDA,
-  /// T = 1, B ≤ 8, fp16/bf16, set_fused_decode_gemv on).
-  bool uses_decode_gemv(const at::Tensor& hidden) const { return use_decode_gemv(hidden); }
   /// \brief emb_layer_norm_after: [B, T, hidden] → [B, T, hidden].
   at::Tensor final_norm(const at::Tensor& hidden) const;
   /// \brief LM head on final-normed states: [B, T, hidden] → [B, T, vocab].

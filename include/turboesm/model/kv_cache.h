@@ -127,22 +127,6 @@ class KvCache {
                                  const at::Tensor& v, const at::Tensor& lengths,
                                  const at::Tensor& lengths_after, int64_t max_tokens);
 
-  /// \brief The attention output projection and its residual (ESM's attention.output.dense):
-  /// h = residual + attn · weightᵀ + bias, in the model dtype.
-  struct OutputProjection {
-    at::Tensor weight;    ///< [N, heads · head_dim]
-    at::Tensor bias;      ///< [N], or undefined
-    at::Tensor residual;  ///< [batch, 1, N]
-  };
-  /// \brief device_step with the output projection done by the cache's attention launches: the
-  /// same step, returning h [batch, 1, N] (residual's dtype) instead of the attention output, or
-  /// an undefined tensor when this cache cannot (then nothing ran: the caller runs device_step
-  /// and the projection). Same capture rules as device_step. Default: undefined.
-  virtual at::Tensor device_step_projected(int layer, const at::Tensor& q, const at::Tensor& k,
-                                           const at::Tensor& v, const at::Tensor& lengths,
-                                           const at::Tensor& lengths_after, int64_t max_tokens,
-                                           const OutputProjection& projection);
-
   /// \brief Host bookkeeping after `steps` device_step calls on every layer: adds `steps` to the
   /// length of every sequence in every layer. \throws turboesm::Error past the capacity.
   void commit_device_steps(int64_t steps);

@@ -125,14 +125,6 @@ class TurboKvCache final : public KvCache {
   /// counters) instead of the merge kernel (default false: kernels/NOTES.md "Decode step v8").
   /// Outputs are equal up to the order in which the splits are summed.
   void set_step_splits(int cached_splits, bool merge_in_kernel);
-  /// \brief device_step_projected's output projection inside the merge kernel
-  /// (kernels::DecodeProjection); off (the default until it is measured on a GPU: written in
-  /// session 12, kernels/NOTES.md), it returns an undefined tensor and the model runs the
-  /// projection as a product of its own.
-  void set_fused_step_projection(bool on) { fused_step_projection_ = on; }
-  /// \brief Host calls of device_step_projected that launched the projecting step (a CUDA graph
-  /// counts its captures, not its replays): whether the path is taken.
-  int64_t projected_step_calls() const { return projected_step_calls_; }
   /// \brief CUDA: quantize-on-append of the new K/V at lengths[b] and the fused decode kernel
   /// over a view of max_tokens slots (its split count follows max_tokens, not the capacity): for
   /// head_dim ≤ 64 in one attention launch (kernels::turbo_decode_append: an extra split CTA per
@@ -143,13 +135,6 @@ class TurboKvCache final : public KvCache {
   at::Tensor device_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const at::Tensor& lengths, const at::Tensor& lengths_after,
                          int64_t max_tokens) override;
-  /// \brief CUDA, the fused step (turbo_decode_append) only: the output projection in its merge
-  /// kernel (kernels::DecodeProjection; weight, bias and residual fp16 or bf16, contiguous, N =
-  /// heads · head_dim, no in-kernel merge); else undefined (nothing launched).
-  at::Tensor device_step_projected(int layer, const at::Tensor& q, const at::Tensor& k,
-                                   const at::Tensor& v, const at::Tensor& lengths,
-                                   const at::Tensor& lengths_after, int64_t max_tokens,
-                                   const OutputProjection& projection) override;
   /// \brief CUDA appends do not synchronise: rows the kernel could not quantize (non-finite
   /// values, norms beyond fp16) are recorded on the device and reported here (Session calls it
   /// after every prefill and append).
@@ -183,13 +168,6 @@ class TurboKvCache final : public KvCache {
   void launch_quantize_append(int layer, const at::Tensor& k, const at::Tensor& v,
                               const int32_t* starts, const int32_t* counts);
   quant::CacheView view(int layer, bool key) const;
-  /// Whether device_step takes the fused launch (turbo_decode_append) for these rows.
-  bool fused_step_applies(const at::Tensor& k, const at::Tensor& v) const;
-  /// The fused step (fused_step_applies); with `projection` its output projection too, returning
-  /// h, else the attention output in q's dtype.
-  at::Tensor fused_step(int layer, const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                        const at::Tensor& lengths, int64_t max_tokens,
-                        const OutputProjection* projection);
 
   TurboCacheSpec spec_;
   quant::PageLayout k_layout_{}, v_layout_{};
@@ -201,11 +179,6 @@ class TurboKvCache final : public KvCache {
   bool fused_step_append_ = true;
   int step_cached_splits_ = 0;
   bool step_merge_in_kernel_ = false;
-  bool fused_step_projection_ = false;
-  int64_t projected_step_calls_ = 0;
-  // CUDA: int32 [batch · ceil(heads · head_dim / 128)], zero between calls: the counters of the
-  // output projection's chunks (kernels::DecodeProjection::counters).
-  at::Tensor projection_counters_;
   at::Tensor device_status_;  // CUDA: int32 [1], OR of kernels::kQuantizeAppend* bits
   // CUDA: int32 [batch · heads], zero between calls: the two-kernel device_step's split counters
   // (the decode kernel merges its splits itself; quant::DecodeParams::split_counters). One step
