@@ -72,6 +72,7 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
 }
 
 std::atomic<bool> g_fused_merge{true};
+std::atomic<bool> g_wide_ctas{false};
 // decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
 void* g_timeline = nullptr;
 uint32_t g_timeline_capacity = 0;
@@ -152,6 +153,17 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
 }
 
 void set_turbo_decode_fused_merge(bool enabled) { detail::g_fused_merge.store(enabled); }
+void set_turbo_decode_wide_ctas(bool enabled) { detail::g_wide_ctas.store(enabled); }
+bool turbo_decode_wide_ctas() { return detail::g_wide_ctas.load(); }
+static_assert(detail::kDecodeWideCtas<3, 16> && detail::kDecodeWideCtas<4, 64> &&
+                  !detail::kDecodeWideCtas<2, 64> && !detail::kDecodeWideCtas<3, 128>,
+              "turbo_decode_wide_applies must name the instances that compile a wide kernel");
+bool turbo_decode_wide_applies(int bits, int head_dim, int64_t rows, int splits, int num_sms) {
+  // The instances with a wide kernel: detail::kDecodeWideCtas (3 and 4 bits, D ≤ 64, the general
+  // variant only: those (BITS, D) compile no fixed-mode variants).
+  return detail::g_wide_ctas.load() && (bits == 3 || bits == 4) && head_dim <= 64 &&
+         rows * splits <= num_sms;
+}
 
 bool decode_timeline_compiled() { return TURBOESM_DECODE_TIMELINE != 0; }
 
@@ -205,11 +217,15 @@ cudaError_t current_sms(int* sms) {
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
-/// Fills the launch description for `splits` splits and launches (workspace large enough).
-cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int splits,
+/// Fills the launch description for `splits` splits and launches (workspace large enough) on a
+/// device of `sms` SMs.
+cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int splits, int sms,
                    void* workspace, cudaStream_t stream) {
   detail::DecodeLaunch l;
   l.p = p;
+  // 8 warps per CTA where every CTA has an SM to itself (set_turbo_decode_wide_ctas).
+  l.wide = turbo_decode_wide_applies(p.k.layout.bits, p.head_dim,
+                                     static_cast<int64_t>(p.batch) * p.heads * p.q_len, splits, sms);
   if (app != nullptr) {
     l.append = true;
     l.app = *app;
@@ -249,7 +265,7 @@ cudaError_t turbo_decode(const quant::DecodeParams& p, void* workspace, size_t w
   int splits = turbo_decode_num_splits(p, sms);
   if (workspace == nullptr || !detail::aligned16(workspace)) splits = 1;
   splits = detail::splits_that_fit(p, splits, 1, workspace_bytes);  // 1 needs none
-  return launch(p, nullptr, splits, workspace, stream);
+  return launch(p, nullptr, splits, sms, workspace, stream);
 }
 
 const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
@@ -290,7 +306,7 @@ cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend
   if (workspace == nullptr || !detail::aligned16(workspace) ||
       detail::workspace_for(p, splits) > workspace_bytes)
     return cudaErrorInvalidValue;
-  return launch(p, &a, splits, workspace, stream);
+  return launch(p, &a, splits, sms, workspace, stream);
 }
 
 }  // namespace turboesm::kernels

@@ -85,6 +85,8 @@ struct DecodeLaunch {
   /// scores it; splits [0, num_splits − 1) stream positions [0, starts[b]).
   bool append = false;
   DecodeAppend app{};
+  /// kernel 1 with 8 warps per CTA where kDecodeWideCtas (set_turbo_decode_wide_ctas)
+  bool wide = false;
 #if TURBOESM_DECODE_TIMELINE
   void* timeline = nullptr;  ///< decode_timeline.h buffer, or null
   uint32_t timeline_capacity = 0;
@@ -179,7 +181,6 @@ struct DecodeTraits {
   static constexpr int kCodeWords = (kCodeBytes + 3) / 4;
   static constexpr int kSignBytes = D / 8 / kLanesPerToken;  ///< QJL sign bytes per thread (kSign)
   static constexpr int kSignWords = (kSignBytes + 3) / 4;
-  static constexpr int kTokensPerIter = kDecodeThreads / kLanesPerToken;
   // K table: for 2 and 3 bits (D ≤ 64) one entry per PAIR of codes (2^(2·BITS) entries, one look-up
   // per two coordinates); for 4 bits (256 entries per pair: bank conflicts) one entry per code.
   // Only with one thread per token: with two (D = 128) the two halves' look-ups into 64-entry
@@ -258,7 +259,8 @@ struct ValueRegs {
   float vn;
 };
 
-/// Iterations (of kTokensPerIter tokens) between the L2 page prefetch and the K loads.
+/// Iterations (of a CTA's threads / lanes per token tokens) between the L2 page prefetch and the
+/// K loads.
 #ifndef TURBOESM_DECODE_PREFETCH_ITERS
 #define TURBOESM_DECODE_PREFETCH_ITERS 2
 #endif
@@ -355,11 +357,22 @@ __device__ __forceinline__ float merge_splits(const DecodeLaunch& launch, int ro
   return l;
 }
 
-/// \brief Kernel 1: one CTA per (row, split); see the file comment.
-template <int BITS, int D, DecodeVariant VARIANT>
-__global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
+/// \brief Whether (BITS, D) also compiles kernel 1 with 8 warps per CTA (DecodeLaunch::wide):
+/// the general-variant instances that turbo_decode_append takes (3 and 4 bits, D ≤ 64).
+template <int BITS, int D>
+inline constexpr bool kDecodeWideCtas = !kDecodeModeVariants<BITS, D> && D <= 64;
+
+/// \brief Kernel 1: one CTA of WARPS warps per (row, split); see the file comment. WARPS = 8
+/// (DecodeLaunch::wide) for launches of at most one CTA per SM: twice the warps to hide a short
+/// split's latencies (q', tables, few tokens per thread), compiled for the same 128 registers.
+template <int BITS, int D, DecodeVariant VARIANT, int WARPS = kDecodeWarps>
+__global__ void __launch_bounds__(32 * WARPS, kDecodeMinBlocksPerSm * kDecodeWarps / WARPS)
     turbo_decode_kernel(const __grid_constant__ DecodeLaunch launch) {
+  static_assert(WARPS == 4 || WARPS == 8, "turbo_decode_kernel: 4 or 8 warps");
+  constexpr int kWarps = WARPS;
+  constexpr int kThreads = 32 * WARPS;
   using T = DecodeTraits<BITS, D>;
+  constexpr int kS = kThreads / T::kLanesPerToken;  // tokens per iteration of the CTA
   constexpr int kL = T::kLevels;
   constexpr int kLpt = T::kLanesPerToken;
   constexpr int kSub = T::kSub;
@@ -388,7 +401,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   __shared__ float s_ck[16];
   __shared__ float s_cv[16];
   __shared__ __align__(128) float s_vpair[T::kVPairWords];
-  __shared__ float s_red[kDecodeWarps * (D + 2)];
+  __shared__ float s_red[kWarps * (D + 2)];
   __shared__ float s_y[D];
   extern __shared__ float s_dyn[];
   const DecodeDynSmem dl = decode_dyn_smem(D, qjl_m, prod, launch.append);
@@ -407,7 +420,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   pdl_launch_dependents();
   const float ck_reg = tid < kL ? p.k.constants.centroids[h * kL + tid] : 0.0f;
   const float cv_reg = tid < kL ? p.v.constants.centroids[h * kL + tid] : 0.0f;
-  constexpr int kRowsPerWarp = (D + kDecodeWarps - 1) / kDecodeWarps;
+  constexpr int kRowsPerWarp = (D + kWarps - 1) / kWarps;
   constexpr int kCols = (D + 31) / 32;
   // D ≤ 64: this warp's rows of Π_K in registers (32 per lane); D = 128 would need 128, so the
   // matrix is only prefetched into the L2 there (one 128-byte line per request).
@@ -417,20 +430,20 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   if constexpr (kHoldRot) {
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp + rr * kDecodeWarps;
+      const int r = warp + rr * kWarps;
 #pragma unroll
       for (int c = 0; c < kCols; ++c)
         rot_r[rr][c] = r < D && lane + 32 * c < D ? __ldg(rot_k + r * D + lane + 32 * c) : 0.0f;
     }
   } else {
-    for (int line = tid; line < D * D / 32; line += kDecodeThreads)
+    for (int line = tid; line < D * D / 32; line += kThreads)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_k + line * 32));
   }
   // The row's merge (the last split CTA, unknown yet) reads Π_V by columns at the very end of
   // the chain; split 0 asks the L2 for it now, so those loads need not go to HBM.
   if (split == 0 && num_splits > 1 && p.split_counters != nullptr) {
     const float* rot_v = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
-    for (int line = tid; line < D * D / 32; line += kDecodeThreads)
+    for (int line = tid; line < D * D / 32; line += kThreads)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_v + line * 32));
   }
   // The encoder's constants, also before the wait: μ, σ and the codebook in registers (Π below).
@@ -455,7 +468,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     for (int side = 0; side < 2; ++side) {
       const float* src = (side ? p.v : p.k).constants.rotation + static_cast<int64_t>(h) * D * D;
       float* dst = s_dyn + dl.app + side * dl.app_side;
-      for (int e = tid; e < D * D; e += kDecodeThreads)
+      for (int e = tid; e < D * D; e += kThreads)
         cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
     }
   }
@@ -550,7 +563,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
   };
   auto advance = [&](int& page, int& slot) {
-    slot += T::kTokensPerIter;
+    slot += kS;
     while (slot >= pt) {
       slot -= pt;
       ++page;
@@ -586,7 +599,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     return r.kn * partial;
   };
 
-  // Software pipeline over this thread's tokens tv, tv + S, ... (S = kTokensPerIter). Iteration
+  // Software pipeline over this thread's tokens tv, tv + S, ... (S = kS tokens per CTA). Iteration
   // i accumulates V of token tv (score computed in iteration i − 1), computes the score of
   // tk = tv + S (K codes loaded in iteration i − 1), and loads K of tk + S and V of tk. The
   // K table sums of tk and the V look-ups of tv are independent and sit in one basic block
@@ -595,7 +608,6 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // whose token is past t1 loads nothing and contributes weight 0.
   // The first records (K of this thread's first two tokens, V of its first) are requested right
   // after the wait, before q' and the tables: their latency overlaps that work.
-  constexpr int kS = T::kTokensPerIter;
   const int my_off = tid / kLpt;
   int tv = t0 + my_off;
   int pcur = tv / pt;
@@ -623,14 +635,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     // formed a dependent chain behind the shared-memory stores (kernels/NOTES.md, session 12).
     static_assert(kRowsPerWarp <= 32, "one σ_K row per lane");
     const float* sc_k = p.k.constants.scale;
-    const int sig_row = warp + lane * kDecodeWarps;
+    const int sig_row = warp + lane * kWarps;
     const float sig_k = sc_k != nullptr && lane < kRowsPerWarp && sig_row < D
                             ? __ldg(sc_k + h * D + sig_row)
                             : 1.0f;
     float part[kRowsPerWarp];
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp + rr * kDecodeWarps;
+      const int r = warp + rr * kWarps;
       float s = 0.0f;
 #pragma unroll
       for (int c = 0; c < kCols; ++c)
@@ -645,7 +657,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
     }
 #pragma unroll
     for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp + rr * kDecodeWarps;
+      const int r = warp + rr * kWarps;
       const float s = warp_sum(part[rr]);
       if (lane == rr && r < D) s_q[r] = sc_k ? s * sig_k : s;
     }
@@ -658,7 +670,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   stamp.mark(kPhaseQuery);
   if (prod) {  // S q' [m]
     const float* proj = p.k.constants.qjl_proj + static_cast<int64_t>(h) * qjl_m * D;
-    for (int r = warp; r < qjl_m; r += kDecodeWarps) {
+    for (int r = warp; r < qjl_m; r += kWarps) {
       float s = 0.0f;
       for (int j = lane; j < D; j += 32) s += proj[static_cast<int64_t>(r) * D + j] * s_q[j];
       s = warp_sum(s);
@@ -671,7 +683,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   const float alpha = p.sm_scale * kLog2e;  // scores in the log2 domain
   // Table builders: every thread, or in the append CTA warps 2 and 3 only (0 and 1 encode).
   const int tb0 = app_cta ? tid - 64 : tid;
-  const int tbs = app_cta ? kDecodeThreads - 64 : kDecodeThreads;
+  const int tbs = app_cta ? kThreads - 64 : kThreads;
   if (app_cta && warp < 2) {
     encode_new_token();
   } else {
@@ -829,20 +841,20 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   stamp.mark(kPhaseReduced);
   float cta_m = -INFINITY;
 #pragma unroll
-  for (int w = 0; w < kDecodeWarps; ++w) cta_m = fmaxf(cta_m, s_red[w * (D + 2) + D]);
+  for (int w = 0; w < kWarps; ++w) cta_m = fmaxf(cta_m, s_red[w * (D + 2) + D]);
   float cta_l = 0.0f;
-  float fw[kDecodeWarps];
+  float fw[kWarps];
 #pragma unroll
-  for (int w = 0; w < kDecodeWarps; ++w) {
+  for (int w = 0; w < kWarps; ++w) {
     fw[w] = rescale_factor(s_red[w * (D + 2) + D], cta_m);
     cta_l += fw[w] * s_red[w * (D + 2) + D + 1];
   }
   if (num_splits > 1) {
     const int64_t part = static_cast<int64_t>(row) * num_splits + split;
-    for (int j = tid; j < D; j += kDecodeThreads) {
+    for (int j = tid; j < D; j += kThreads) {
       float acc = 0.0f;
 #pragma unroll
-      for (int w = 0; w < kDecodeWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
+      for (int w = 0; w < kWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
       launch.ws_acc[part * D + j] = acc;
     }
     if (tid == 0) {
@@ -878,10 +890,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kDecodeMinBlocksPerSm)
   // One split: finish here. y = σ_V ⊙ acc / l, out = Π_Vᵀ y + μ_V (zeros for an empty row).
   const float inv_l = cta_l > 0.0f ? 1.0f / cta_l : 0.0f;
   const float* sv = p.v.constants.scale;
-  for (int j = tid; j < D; j += kDecodeThreads) {
+  for (int j = tid; j < D; j += kThreads) {
     float acc = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
+    for (int w = 0; w < kWarps; ++w) acc += fw[w] * s_red[w * (D + 2) + j];
     s_y[j] = (sv ? sv[h * D + j] * acc : acc) * inv_l;
   }
   __syncthreads();
@@ -938,26 +950,33 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
   // Static tables take up to ~22 KB of the default 48 KB; beyond 32 KB of dynamic memory (prod
   // QJL with a large m, the append CTA's Π) the kernel must opt in to more.
-  const auto run = [&](auto kernel) {
+  const auto run = [&](auto kernel, int threads) {
     if (smem > 32 * 1024) {
       const cudaError_t e = cudaFuncSetAttribute(
           kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (e != cudaSuccess) return e;
     }
-    return launch_pdl(kernel, dim3(rows, launch.num_splits), dim3(kDecodeThreads), smem, stream,
-                      launch);
+    return launch_pdl(kernel, dim3(rows, launch.num_splits), dim3(threads), smem, stream, launch);
   };
   DecodeVariant variant = DecodeVariant::kGeneral;
   if constexpr (kDecodeModeVariants<BITS, D>) variant = decode_variant(p);
   cudaError_t e = cudaSuccess;
   if constexpr (kDecodeModeVariants<BITS, D>) {
     if (variant == DecodeVariant::kPlain)
-      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>);
+      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>, kDecodeThreads);
     if (variant == DecodeVariant::kSignPlain)
-      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>);
+      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>, kDecodeThreads);
   }
-  if (variant == DecodeVariant::kGeneral)
-    e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>);
+  bool wide = false;
+  if constexpr (kDecodeWideCtas<BITS, D>) {
+    if (launch.wide && variant == DecodeVariant::kGeneral) {
+      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral, 2 * kDecodeWarps>,
+              2 * kDecodeThreads);
+      wide = true;
+    }
+  }
+  if (variant == DecodeVariant::kGeneral && !wide)
+    e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>, kDecodeThreads);
   if (e != cudaSuccess) return e;
   if (launch.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
   return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,

@@ -282,8 +282,13 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
   try {
     ShapeData& d = g_harness->data(s);
     auto fn = [&] {
-      if (variant == "turbo")
+      if (variant == "turbo") {
         d.run_turbo();
+      } else if (variant == "turbo_wide") {  // 8-warp CTAs (one CTA per SM shapes)
+        tk::set_turbo_decode_wide_ctas(true);
+        d.run_turbo();
+        tk::set_turbo_decode_wide_ctas(false);
+      }
       else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
         d.run_turbo(std::stoi(variant.substr(7)));
       else if (variant == "sdpa_fp16")
@@ -308,7 +313,9 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
     state.counters["median_us"] = med;
     state.counters["read_GBps"] = bytes / (med * 1e-6) / 1e9;
     state.counters["hbm_peak_pct"] = 100.0 * bytes / (med * 1e-6) / kHbmPeakBytesPerSecond;
-    const int splits = variant == "turbo" ? d.splits : turbo ? std::stoi(variant.substr(7)) : 0;
+    const int splits = variant == "turbo" || variant == "turbo_wide" ? d.splits
+                       : turbo                                      ? std::stoi(variant.substr(7))
+                                                                    : 0;
     state.counters["splits"] = splits;
     if (variant == "turbo") state.counters["append_us_per_seq_K"] = d.append_us;
     g_harness->rows.push_back({s.name(), variant, med, bytes, splits});
@@ -355,11 +362,12 @@ int main(int argc, char** argv) {
   struct Entry {
     Shape s;
     bool unfused;
+    bool wide = false;  ///< also the "turbo_wide" row: 8-warp CTAs (set_turbo_decode_wide_ctas)
   };
   const Entry entries[] = {
       {{8, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, true},  // issue 6 headline
       {{8, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kSign}, true},  // headline, sign QJL
-      {{1, 20, 1024, 64, 3, NormMode::kNone, QjlMode::kNone}, true},
+      {{1, 20, 1024, 64, 3, NormMode::kNone, QjlMode::kNone}, true, true},
       {{1, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, true},  // split-K matters
       {{32, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, false},
       {{8, 40, 16384, 128, 3, NormMode::kNone, QjlMode::kNone}, false},  // 15B head shape
@@ -372,6 +380,7 @@ int main(int argc, char** argv) {
     std::vector<std::string> variants = {"sdpa_fp16"};
     if (e.unfused) variants.push_back("unfused");
     variants.push_back("turbo");
+    if (e.wide) variants.push_back("turbo_wide");
     for (const std::string& v : variants) {
       const Shape s = e.s;
       benchmark::RegisterBenchmark((s.name() + "/" + v).c_str(),

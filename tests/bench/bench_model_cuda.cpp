@@ -73,6 +73,7 @@
 #include "turboesm/error.h"
 #include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/decode_timeline.h"
+#include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -650,8 +651,10 @@ int section_decode(const std::string& preset, int64_t cached) {
   // session's steps, captures included), the fused step with the splits merged by the row's last
   // CTA, 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of
   // 1024 cached tokens), quantize_append + turbo_decode (two launches, splits merged in the decode
-  // kernel), and decode_gemv's grid as one CTA per task (default: as many CTAs as fit, looping
-  // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps).
+  // kernel), decode_gemv's grid as one CTA per task (default: as many CTAs as fit, looping
+  // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps), and the
+  // attention with 8-warp CTAs (kernels::set_turbo_decode_wide_ctas around the steps), also
+  // with 5 cached splits (5 + 1 splits × 20 heads = 120 CTAs, still one per SM).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -660,6 +663,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       std::function<void(tm::TurboKvCache&)> setup;
       bool eager_inputs = false;
       int gemv_ctas_per_sm = 0;  // Esm2Model::set_decode_gemv_ctas_per_sm around the steps
+      bool wide_ctas = false;    // kernels::set_turbo_decode_wide_ctas around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -671,6 +675,9 @@ int section_decode(const std::string& preset, int64_t cached) {
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
         {"ab_gemv_cta_per_task_ms", "gemv CTA per task", [](tm::TurboKvCache&) {}, false,
          tk::kDecodeGemvCtaPerTask},
+        {"ab_wide_ctas_ms", "8-warp attention CTAs", [](tm::TurboKvCache&) {}, false, 0, true},
+        {"ab_wide_ctas_splits5_ms", "8-warp CTAs, 5 splits",
+         [](tm::TurboKvCache& c) { c.set_step_splits(5, false); }, false, 0, true},
     };
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
@@ -686,7 +693,10 @@ int section_decode(const std::string& preset, int64_t cached) {
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
+        const bool wide = tk::turbo_decode_wide_ctas();
+        tk::set_turbo_decode_wide_ctas(variants[i].wide_ctas);
         ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
+        tk::set_turbo_decode_wide_ctas(wide);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());

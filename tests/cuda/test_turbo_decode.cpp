@@ -273,6 +273,60 @@ TEST(TurboDecode, LongCacheSplitK) {
   expect_matches(run_decode_case(c), "batch 2 (16384, 9001), sign QJL");
 }
 
+// set_turbo_decode_wide_ctas: where rows × splits fit one CTA per SM, the 3- and 4-bit kernels
+// at head_dim ≤ 64 run 8 warps per CTA. Against the CPU oracle, and against the 4-warp kernel
+// (the CTA sums its warps in another order: not the same bits, within float rounding).
+TEST(TurboDecode, WideCtasMatchCpuOracle) {
+  TURBOESM_REQUIRE_GPU();
+  int dev = 0, sms = 0;
+  ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
+  ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
+  struct Restore {
+    bool was = tk::turbo_decode_wide_ctas();
+    ~Restore() { tk::set_turbo_decode_wide_ctas(was); }
+  } restore;
+  for (int bits : {3, 4})
+    for (int dim : {16, 24, 32, 64})
+      for (int norm = 0; norm < 2; ++norm) {
+        DecodeCase c;
+        c.bits = bits;
+        c.dim = dim;
+        c.batch = 3;
+        c.lengths = {1000, 1, 130};
+        c.split_counters = norm == 1;  // the in-kernel merge with 8-warp CTAs too
+        if (norm == 1) {               // the 650M step's modes: norm none, no QJL, σ/μ on V
+          c.k.norm = c.v.norm = tq::NormMode::kNone;
+          c.v.scale_mean = true;
+        }
+        c.seed = 300 + bits * 7 + dim + norm;
+        const std::string what = "wide b" + std::to_string(bits) + " d" + std::to_string(dim) +
+                                 (norm ? " norm none" : " token norm");
+        tk::set_turbo_decode_wide_ctas(false);
+        const DecodeOutcome narrow = run_decode_case(c);
+        tk::set_turbo_decode_wide_ctas(true);
+        const DecodeOutcome wide = run_decode_case(c);
+        tk::set_turbo_decode_wide_ctas(false);
+        EXPECT_TRUE(tk::turbo_decode_wide_applies(bits, dim, 3 * c.heads, wide.splits, sms))
+            << what << ": " << wide.splits << " splits of " << 3 * c.heads
+            << " rows should run 8-warp CTAs on " << sms << " SMs";
+        EXPECT_FALSE(tk::turbo_decode_wide_applies(bits, dim, 3 * c.heads, wide.splits, sms))
+            << "the switch is off again";
+        expect_matches(wide, what);
+        ASSERT_EQ(wide.out.size(), narrow.out.size());
+        double scale = 1e-30, diff = 0.0;
+        for (size_t i = 0; i < narrow.out.size(); ++i) {
+          scale = std::max(scale, std::abs(static_cast<double>(narrow.out[i])));
+          diff = std::max(diff, std::abs(static_cast<double>(wide.out[i]) - narrow.out[i]));
+        }
+        EXPECT_LE(diff / scale, 1e-5) << what << ": 8-warp vs 4-warp CTAs";
+        EXPECT_EQ(wide.counters_nonzero, 0) << what;
+      }
+  tk::set_turbo_decode_wide_ctas(true);
+  EXPECT_FALSE(tk::turbo_decode_wide_applies(2, 64, 6, 4, sms)) << "2 bits: no wide instance";
+  EXPECT_FALSE(tk::turbo_decode_wide_applies(3, 128, 6, 4, sms)) << "d 128: no wide instance";
+  EXPECT_FALSE(tk::turbo_decode_wide_applies(3, 64, sms, 2, sms)) << "more CTAs than SMs";
+}
+
 // DecodeParams::split_counters: the last split CTA of each row merges (no second kernel), with
 // the merge kernel's operations in its order, so the output bits are the same; the counters end
 // at zero, so the next call (and a CUDA graph replay) starts clean.

@@ -45,6 +45,9 @@ struct AppendCase {
   /// Give turbo_decode_append the smallest workspace it takes (two partials per row: one cached
   /// split and the new token's), and check that one byte less is refused before any launch.
   bool min_workspace = false;
+  /// turbo_decode_append with set_turbo_decode_wide_ctas(wide) (8-warp CTAs where they apply;
+  /// the two-launch reference runs with the process default)
+  bool wide = false;
   uint64_t seed = 1;
 };
 
@@ -191,7 +194,10 @@ AppendOutcome run_append_case(const AppendCase& c) {
                 cudaErrorInvalidValue);
     }
     DeviceBuffer ws(ws_bytes);
+    const bool was_wide = tk::turbo_decode_wide_ctas();
+    tk::set_turbo_decode_wide_ctas(c.wide);
     const cudaError_t e = tk::turbo_decode_append(p, a, ws.get(), ws_bytes, nullptr);
+    tk::set_turbo_decode_wide_ctas(was_wide);
     EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
@@ -292,6 +298,13 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     c.split_counters = false;
     c.starts = {20000};
     c.capacity_tokens = 0;
+    cases.push_back(c);
+  }
+  for (size_t i = 0, n = cases.size(); i < n; ++i) {  // 8-warp CTAs where they apply
+    if (cases[i].bits == 2 || cases[i].min_workspace) continue;
+    AppendCase c = cases[i];
+    c.name += ", wide switch on";
+    c.wide = true;
     cases.push_back(c);
   }
   for (size_t i = 0; i < cases.size(); ++i) {

@@ -65,6 +65,19 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p);
 void set_turbo_decode_fused_merge(bool enabled);
 bool turbo_decode_fused_merge();
 
+/// \brief Whether launches of at most one CTA per SM (rows × splits ≤ SMs: a batch-1 decode
+/// step, short caches) run CTAs of 8 warps instead of 4, for 3- and 4-bit codes at head_dim ≤ 64
+/// (default false): twice the warps per SM to hide the latencies of a short split (its q', its
+/// tables, one or two tokens per thread). The same values up to the order of the CTA's sums.
+/// Process-wide, not synchronised: set it before launching (a CUDA graph keeps the kernel it
+/// captured).
+void set_turbo_decode_wide_ctas(bool enabled);
+bool turbo_decode_wide_ctas();
+/// \brief Whether a launch of `rows` rows (batch · heads · q_len) in `splits` splits on a device
+/// of `num_sms` SMs runs 8-warp CTAs: set_turbo_decode_wide_ctas on, `bits` 3 or 4 and
+/// `head_dim` ≤ 64 (the instances that compile the general kernel only), rows · splits ≤ num_sms.
+bool turbo_decode_wide_applies(int bits, int head_dim, int64_t rows, int splits, int num_sms);
+
 /// \brief Launches the fused decode attention on `stream`.
 /// \param p                 all pointers DEVICE pointers; q [batch, heads, q_len, head_dim] fp32,
 ///                          out [batch, heads, q_len, head_dim] fp32, lengths [batch] int32
