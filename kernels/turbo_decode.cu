@@ -72,7 +72,7 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
 }
 
 std::atomic<bool> g_fused_merge{true};
-std::atomic<bool> g_wide_ctas{false};
+std::atomic<bool> g_wide_ctas{true};
 // decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
 void* g_timeline = nullptr;
 uint32_t g_timeline_capacity = 0;

@@ -652,9 +652,10 @@ int section_decode(const std::string& preset, int64_t cached) {
   // CTA, 8 cached splits (TurboKvCache::set_step_splits; automatic: 4 for the 1280-slot view of
   // 1024 cached tokens), quantize_append + turbo_decode (two launches, splits merged in the decode
   // kernel), decode_gemv's grid as one CTA per task (default: as many CTAs as fit, looping
-  // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps), and the
-  // attention with 8-warp CTAs (kernels::set_turbo_decode_wide_ctas around the steps), also
-  // with 5 cached splits (5 + 1 splits × 20 heads = 120 CTAs, still one per SM).
+  // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps), the
+  // attention with 4-warp CTAs (default: 8 where every CTA has an SM;
+  // kernels::set_turbo_decode_wide_ctas around the steps), and 5 cached splits (5 + 1 splits ×
+  // 20 heads = 120 CTAs, still one per SM).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -663,7 +664,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       std::function<void(tm::TurboKvCache&)> setup;
       bool eager_inputs = false;
       int gemv_ctas_per_sm = 0;  // Esm2Model::set_decode_gemv_ctas_per_sm around the steps
-      bool wide_ctas = false;    // kernels::set_turbo_decode_wide_ctas around the steps
+      bool wide_ctas = true;     // kernels::set_turbo_decode_wide_ctas around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -675,9 +676,9 @@ int section_decode(const std::string& preset, int64_t cached) {
          [](tm::TurboKvCache& c) { c.set_fused_step_append(false); }},
         {"ab_gemv_cta_per_task_ms", "gemv CTA per task", [](tm::TurboKvCache&) {}, false,
          tk::kDecodeGemvCtaPerTask},
-        {"ab_wide_ctas_ms", "8-warp attention CTAs", [](tm::TurboKvCache&) {}, false, 0, true},
+        {"ab_narrow_ctas_ms", "4-warp attention CTAs", [](tm::TurboKvCache&) {}, false, 0, false},
         {"ab_wide_ctas_splits5_ms", "8-warp CTAs, 5 splits",
-         [](tm::TurboKvCache& c) { c.set_step_splits(5, false); }, false, 0, true},
+         [](tm::TurboKvCache& c) { c.set_step_splits(5, false); }},
     };
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {

@@ -305,12 +305,12 @@ TEST(TurboDecode, WideCtasMatchCpuOracle) {
         const DecodeOutcome narrow = run_decode_case(c);
         tk::set_turbo_decode_wide_ctas(true);
         const DecodeOutcome wide = run_decode_case(c);
-        tk::set_turbo_decode_wide_ctas(false);
         EXPECT_TRUE(tk::turbo_decode_wide_applies(bits, dim, 3 * c.heads, wide.splits, sms))
             << what << ": " << wide.splits << " splits of " << 3 * c.heads
             << " rows should run 8-warp CTAs on " << sms << " SMs";
-        EXPECT_FALSE(tk::turbo_decode_wide_applies(bits, dim, 3 * c.heads, wide.splits, sms))
-            << "the switch is off again";
+        tk::set_turbo_decode_wide_ctas(false);
+        EXPECT_FALSE(tk::turbo_decode_wide_applies(bits, dim, 3 * c.heads, narrow.splits, sms))
+            << "the switch is off";
         expect_matches(wide, what);
         ASSERT_EQ(wide.out.size(), narrow.out.size());
         double scale = 1e-30, diff = 0.0;
