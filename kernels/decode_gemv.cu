@@ -314,7 +314,7 @@ __global__ void __launch_bounds__(kThreads)
     }
     const int n_done = n0;
     if (task + static_cast<int>(gridDim.x) < tasks) {  // the next task's first pass, in flight
-      select(task + gridDim.x);                         // during this one's reduction and stores
+      select(task + gridDim.x);                        // during this one's reduction and stores
       load(v_begin);
     }
     const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part[parity]);
@@ -359,8 +359,8 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
   const auto kernel = decode_gemv_kernel<T, MM, KSPLIT>;
   const size_t smem = smem_bytes(p);
   if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(
-        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
@@ -371,7 +371,8 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
     const cudaError_t e =
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
     if (e != cudaSuccess) return e;
-    const int per_sm = p.ctas_per_sm > 0 ? std::min(p.ctas_per_sm, std::max(fit, 1)) : std::max(fit, 1);
+    const int per_sm =
+        p.ctas_per_sm > 0 ? std::min(p.ctas_per_sm, std::max(fit, 1)) : std::max(fit, 1);
     ctas = static_cast<int>(std::min<int64_t>(tasks, int64_t(per_sm) * sm_count()));
   }
   return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks);

@@ -224,8 +224,8 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
   detail::DecodeLaunch l;
   l.p = p;
   // 8 warps per CTA where every CTA has an SM to itself (set_turbo_decode_wide_ctas).
-  l.wide = turbo_decode_wide_applies(p.k.layout.bits, p.head_dim,
-                                     static_cast<int64_t>(p.batch) * p.heads * p.q_len, splits, sms);
+  l.wide = turbo_decode_wide_applies(
+      p.k.layout.bits, p.head_dim, static_cast<int64_t>(p.batch) * p.heads * p.q_len, splits, sms);
   if (app != nullptr) {
     l.append = true;
     l.app = *app;

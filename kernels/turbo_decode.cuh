@@ -357,6 +357,12 @@ __device__ __forceinline__ float merge_splits(const DecodeLaunch& launch, int ro
   return l;
 }
 
+/// Resident CTAs per SM kernel 1 of `warps` warps is compiled for: 128 registers per thread
+/// either way (4 CTAs of 4 warps, 2 of 8).
+constexpr int decode_min_blocks_per_sm(int warps) {
+  return kDecodeMinBlocksPerSm * kDecodeWarps / warps;
+}
+
 /// \brief Whether (BITS, D) also compiles kernel 1 with 8 warps per CTA (DecodeLaunch::wide):
 /// the general-variant instances that turbo_decode_append takes (3 and 4 bits, D ≤ 64).
 template <int BITS, int D>
@@ -366,7 +372,7 @@ inline constexpr bool kDecodeWideCtas = !kDecodeModeVariants<BITS, D> && D <= 64
 /// (DecodeLaunch::wide) for launches of at most one CTA per SM: twice the warps to hide a short
 /// split's latencies (q', tables, few tokens per thread), compiled for the same 128 registers.
 template <int BITS, int D, DecodeVariant VARIANT, int WARPS = kDecodeWarps>
-__global__ void __launch_bounds__(32 * WARPS, kDecodeMinBlocksPerSm * kDecodeWarps / WARPS)
+__global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     turbo_decode_kernel(const __grid_constant__ DecodeLaunch launch) {
   static_assert(WARPS == 4 || WARPS == 8, "turbo_decode_kernel: 4 or 8 warps");
   constexpr int kWarps = WARPS;

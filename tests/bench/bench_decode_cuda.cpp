@@ -289,8 +289,7 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
         tk::set_turbo_decode_wide_ctas(false);
         d.run_turbo();
         tk::set_turbo_decode_wide_ctas(wide);
-      }
-      else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
+      } else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
         d.run_turbo(std::stoi(variant.substr(7)));
       else if (variant == "sdpa_fp16")
         d.run_sdpa();
@@ -315,8 +314,8 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
     state.counters["read_GBps"] = bytes / (med * 1e-6) / 1e9;
     state.counters["hbm_peak_pct"] = 100.0 * bytes / (med * 1e-6) / kHbmPeakBytesPerSecond;
     const int splits = variant == "turbo" || variant == "turbo_4warps" ? d.splits
-                       : turbo                                      ? std::stoi(variant.substr(7))
-                                                                    : 0;
+                       : turbo ? std::stoi(variant.substr(7))
+                               : 0;
     state.counters["splits"] = splits;
     if (variant == "turbo") state.counters["append_us_per_seq_K"] = d.append_us;
     g_harness->rows.push_back({s.name(), variant, med, bytes, splits});

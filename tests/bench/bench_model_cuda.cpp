@@ -1028,8 +1028,10 @@ int section_big(const std::string& preset, int64_t residues, int steps) {
     s.prefill(prefix);
     const double ms = median(time_appends(s, 16, steps - 16, 23));
     m->set_decode_gemv_ctas_per_sm(0);
-    std::printf("turbo3  graph with decode_gemv one CTA per task: %.2f ms/token (default grid "
-                "above)\n", ms);
+    std::printf(
+        "turbo3  graph with decode_gemv one CTA per task: %.2f ms/token (default grid "
+        "above)\n",
+        ms);
     j.add("turbo3_graph_gemv_cta_per_task_ms_per_token", ms);
   }
   std::printf("JSON %s\n", j.str().c_str());
@@ -1049,10 +1051,10 @@ int section_gemv() {
     bool ln, gelu, residual;
   };
   const std::vector<Shape> shapes = {
-      {"650M_qkv", 1280, 3840, true, false, false},  {"650M_o", 1280, 1280, false, false, true},
-      {"650M_fc1", 1280, 5120, true, true, false},   {"650M_fc2", 5120, 1280, false, false, true},
-      {"15B_qkv", 5120, 15360, true, false, false},  {"15B_o", 5120, 5120, false, false, true},
-      {"15B_fc1", 5120, 20480, true, true, false},   {"15B_fc2", 20480, 5120, false, false, true},
+      {"650M_qkv", 1280, 3840, true, false, false}, {"650M_o", 1280, 1280, false, false, true},
+      {"650M_fc1", 1280, 5120, true, true, false},  {"650M_fc2", 5120, 1280, false, false, true},
+      {"15B_qkv", 5120, 15360, true, false, false}, {"15B_o", 5120, 5120, false, false, true},
+      {"15B_fc1", 5120, 20480, true, true, false},  {"15B_fc2", 20480, 5120, false, false, true},
   };
   const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
   at::Tensor flush = at::empty({int64_t(256) << 20}, o.dtype(at::kByte));
@@ -1155,11 +1157,11 @@ int main(int argc, char** argv) {
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),
                          std::stoi(arg(4, "1024")));
-    std::fprintf(
-        stderr,
-        "usage: bench_model_cuda config|decode|gemv|prefill|profile_step|trace_step|timeline_step|big "
-        "[preset] [tokens] "
-        "[steps (big) | batch (prefill)]\n");
+    std::fprintf(stderr,
+                 "usage: bench_model_cuda "
+                 "config|decode|gemv|prefill|profile_step|trace_step|timeline_step|big "
+                 "[preset] [tokens] "
+                 "[steps (big) | batch (prefill)]\n");
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_model_cuda: error: %s\n", e.what());

@@ -138,10 +138,10 @@ TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
   TURBOESM_REQUIRE_GPU();
   const at::ScalarType t = GetParam();
   const std::vector<Case> cases = {
-      {1, 5120, 20480, true, true, true, false, false},  // 15B pre-LN + FC1 + GELU: 10240 tasks
+      {1, 5120, 20480, true, true, true, false, false},   // 15B pre-LN + FC1 + GELU: 10240 tasks
       {1, 20480, 5120, false, true, false, true, false},  // 15B FC2: 4 slices, 4 passes
-      {4, 2056, 3000, true, false, false, true, true},   // 4 rows, K not a multiple of a pass
-      {1, 1280, 1280, false, true, false, true, true},   // 650M O (K split in 2)
+      {4, 2056, 3000, true, false, false, true, true},    // 4 rows, K not a multiple of a pass
+      {1, 1280, 1280, false, true, false, true, true},    // 650M O (K split in 2)
   };
   at::manual_seed(11);
   for (const Case& c : cases) {

@@ -27,9 +27,10 @@
 /// under the weight loads; long or few rows split K over the CTA's warps (partial sums meet in
 /// shared memory). Where there are more such tasks than CTAs fit at once (the 15B model's
 /// products), a CTA loops over tasks with the prologue done once, the next task's weights
-/// requested before the current one's reduction (DecodeGemvParams::ctas_per_sm). The LayerNorm statistics are computed by every warp on its own (shuffles, no
-/// CTA barrier); the prologue's x'' lives in shared memory (rows · K · sizeof(T) bytes).
-/// No allocation, no synchronisation: capturable in a CUDA graph.
+/// requested before the current one's reduction (DecodeGemvParams::ctas_per_sm). The LayerNorm
+/// statistics are computed by every warp on its own (shuffles, no CTA barrier); the prologue's x''
+/// lives in shared memory (rows · K · sizeof(T) bytes). No allocation, no synchronisation:
+/// capturable in a CUDA graph.
 
 #include <cuda_runtime_api.h>
 
