@@ -4,6 +4,8 @@
 #      (tiny preset) and the CUDA-graph step vs the eager step;
 #   2. bench_model_cuda decode : esm2_t33_650M, FP16 weights, batch 1, 1024 cached tokens, time per
 #      appended token: 3-bit turbo cache eager / CUDA graph, FP16 cache eager / CUDA graph;
+#   2b. bench_model_cuda gemv  : decode_gemv alone on the 650M and 15B products, per grid, beside
+#      at::sum and at::mv reading the same weight (gemv.txt);
 #   3. bench_model_cuda prefill: esm2_t33_650M, 1024 residues, forward vs prefill writing the turbo
 #      cache (quantize-on-append) and the FP16 cache; the SDPA backend of the exact attention;
 #      again at batch 4 (more GPU work per launch; prefill_b4.txt);
@@ -22,9 +24,9 @@
 #   cmake --build <dir> --target test_cuda bench_model_cuda
 # or built here first with TURBOESM_GPU_BUILD=1 (needs the build dependencies on this machine).
 #   TURBOESM_BUILD_DIR  build tree holding bin/ and lib/ (default: build-cuda-m)
-#   TURBOESM_SKIP       space-separated subset of: test memcheck decode prefill prefill_b4 trace
-#                       timeline hf big
-# Output in ${OUT:-gpu-out}: gpu.txt, test_model_decode.log, decode.txt, prefill.txt,
+#   TURBOESM_SKIP       space-separated subset of: test memcheck decode gemv prefill prefill_b4
+#                       trace timeline hf big
+# Output in ${OUT:-gpu-out}: gpu.txt, test_model_decode.log, decode.txt, gemv.txt, prefill.txt,
 # prefill_b4.txt, trace.txt, timeline.txt, hf_prefill.txt, big.txt, summary.json (every JSON line of the sections, plus the
 # HF speed-ups).
 set -uo pipefail
@@ -48,7 +50,7 @@ if [[ "${_skip}" != *" memcheck "* ]]; then
   grep -E "ERROR SUMMARY" "${_out}/test_model_decode.log" | tail -2
   [[ ${_m} -ne 0 ]] && _rc=1
 fi
-for s in decode prefill; do
+for s in decode gemv prefill; do
   if [[ "${_skip}" != *" ${s} "* ]]; then
     timeout 300 "${_bench}" "${s}" > "${_out}/${s}.txt" 2>&1 || { echo "bench ${s} failed"; _rc=1; }
     cat "${_out}/${s}.txt"
@@ -101,7 +103,7 @@ python3 - "${_out}" <<'EOF'
 import json, os, sys
 out = sys.argv[1]
 summary = {}
-for name in ("decode", "prefill", "prefill_b4", "trace", "timeline", "hf_prefill", "big"):
+for name in ("decode", "gemv", "prefill", "prefill_b4", "trace", "timeline", "hf_prefill", "big"):
     path = os.path.join(out, name + ".txt")
     if not os.path.exists(path):
         continue
