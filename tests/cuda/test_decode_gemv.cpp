@@ -40,6 +40,23 @@ struct Case {
   bool ln, bias, gelu, residual, x_fp32;
 };
 
+/// Random inputs of a case in dtype t (x in fp32 when c.x_fp32; absent parts undefined), drawn
+/// in a fixed order from the current seed.
+struct CaseInputs {
+  at::Tensor x, w, g, b, bias, res;
+};
+CaseInputs make_inputs(const Case& c, at::ScalarType t) {
+  const auto o = at::TensorOptions().device(kGpu);
+  CaseInputs in;
+  in.x = (at::randn({c.rows, c.k}, o) * 2 + 0.5).to(c.x_fp32 ? at::kFloat : t);
+  in.w = (at::randn({c.n, c.k}, o) / std::sqrt(double(c.k))).to(t);
+  if (c.ln) in.g = (1 + 0.1 * at::randn({c.k}, o)).to(t);
+  if (c.ln) in.b = (0.1 * at::randn({c.k}, o)).to(t);
+  if (c.bias) in.bias = (0.1 * at::randn({c.n}, o)).to(t);
+  if (c.residual) in.res = at::randn({c.rows, c.n}, o).to(t);
+  return in;
+}
+
 /// Eager reference: the ATen ops of Esm2Model's eager path, in the same roundings.
 at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, const at::Tensor& w,
                  const at::Tensor& bias, bool gelu, const at::Tensor& res, at::ScalarType t) {
@@ -104,13 +121,8 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
   };
   at::manual_seed(3);
   for (const Case& c : cases) {
-    const auto o = at::TensorOptions().device(kGpu);
-    const at::Tensor x = (at::randn({c.rows, c.k}, o) * 2 + 0.5).to(c.x_fp32 ? at::kFloat : t);
-    const at::Tensor w = (at::randn({c.n, c.k}, o) / std::sqrt(double(c.k))).to(t);
-    const at::Tensor g = c.ln ? (1 + 0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
-    const at::Tensor b = c.ln ? (0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
-    const at::Tensor bias = c.bias ? (0.1 * at::randn({c.n}, o)).to(t) : at::Tensor();
-    const at::Tensor res = c.residual ? at::randn({c.rows, c.n}, o).to(t) : at::Tensor();
+    const CaseInputs in = make_inputs(c, t);
+    const at::Tensor &x = in.x, &w = in.w, &g = in.g, &b = in.b, &bias = in.bias, &res = in.res;
     const at::Tensor want = eager(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
     const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
     ASSERT_TRUE(at::isfinite(got).all().item<bool>());
@@ -145,13 +157,8 @@ TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
   };
   at::manual_seed(11);
   for (const Case& c : cases) {
-    const auto o = at::TensorOptions().device(kGpu);
-    const at::Tensor x = (at::randn({c.rows, c.k}, o) * 2 + 0.5).to(c.x_fp32 ? at::kFloat : t);
-    const at::Tensor w = (at::randn({c.n, c.k}, o) / std::sqrt(double(c.k))).to(t);
-    const at::Tensor g = c.ln ? (1 + 0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
-    const at::Tensor b = c.ln ? (0.1 * at::randn({c.k}, o)).to(t) : at::Tensor();
-    const at::Tensor bias = c.bias ? (0.1 * at::randn({c.n}, o)).to(t) : at::Tensor();
-    const at::Tensor res = c.residual ? at::randn({c.rows, c.n}, o).to(t) : at::Tensor();
+    const CaseInputs in = make_inputs(c, t);
+    const at::Tensor &x = in.x, &w = in.w, &g = in.g, &b = in.b, &bias = in.bias, &res = in.res;
     const at::Tensor per_task =
         run_kernel(x, g, b, w, bias, c.gelu, res, t, tk::kDecodeGemvCtaPerTask);
     ASSERT_TRUE(at::isfinite(per_task).all().item<bool>());
