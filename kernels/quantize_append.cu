@@ -27,7 +27,7 @@ cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
   const dim3 grid((p.new_tokens + detail::kAppendTokensPerCta - 1) / detail::kAppendTokensPerCta,
                   p.heads, p.batch * sides);
   return detail::launch_pdl(detail::quantize_append_kernel<D>, grid,
-                           dim3(detail::kAppendWarps * 32), smem, stream, p);
+                            dim3(detail::kAppendWarps * 32), smem, stream, p);
 }
 
 template <int D, int BITS>
@@ -132,6 +132,11 @@ const char* side_invalid_reason(const QuantizeAppendParams& p) {
     return "cache constants: rotation, centroids and boundaries are required";
   if (reinterpret_cast<uintptr_t>(c.constants.rotation) % 16 != 0)
     return "cache constants: rotation must be 16-byte aligned (it is staged with 16-byte loads)";
+  if (c.constants.rotation_f16 != nullptr &&
+      (c.constants.rotation_f16_lo == nullptr || p.head_dim % 16 != 0 ||
+       reinterpret_cast<uintptr_t>(c.constants.rotation_f16) % 16 != 0))
+    return "cache constants: rotation_f16 needs rotation_f16_lo, head_dim a multiple of 16 and "
+           "16-byte alignment";
   if (l.qjl == QjlMode::kProd && (c.constants.qjl_proj == nullptr || l.qjl_dim <= 0 ||
                                   l.qjl_dim % 8 != 0 || l.qjl_dim > 8 * p.head_dim))
     return "QJL prod mode needs constants.qjl_proj [heads, m, head_dim], m a multiple of 8 in "

@@ -110,10 +110,10 @@ __device__ __forceinline__ uint16_t float_to_half_bits_dev(float f) {
 __device__ __forceinline__ float row_norm_factor(double n2, const quant::PageLayout& lay,
                                                  uint8_t* page, int slot, bool writer,
                                                  int* status) {
-  const float n = static_cast<float>(sqrt(n2));
   bool bad = !isfinite(n2);
   float inv = 1.0f;
-  if (lay.norm == quant::NormMode::kToken) {
+  if (lay.norm == quant::NormMode::kToken) {  // sqrt in double only where n is used
+    const float n = static_cast<float>(sqrt(n2));
     bad = bad || n > quant::kHalfMax;
     inv = n > 0.0f ? __fdiv_rn(1.0f, n) : 0.0f;
     if (writer) *quant::token_norm(page, lay, slot) = float_to_half_bits_dev(n);
@@ -362,7 +362,8 @@ __host__ __device__ constexpr int tile_stride(int d) { return d + 4; }
 
 /// Row stride (halves) of Π's fp16 parts on the fp16 MMA path: (D + 8) / 2 words ≡ 4 (mod 32)
 /// for D = 64, 128 (and a permutation of the banks for 16, 32): conflict-free B fragments.
-__host__ __device__ constexpr int tile_stride_f16(int d) { return d + 8; }
+/// The same layout as HeadConstantsView::rotation_f16 (copied as is when the cache has it).
+__host__ __device__ constexpr int tile_stride_f16(int d) { return rotation_f16_row_stride(d); }
 
 /// The fp16 MMA path (m16n8k16) applies: fp16 rows (exact fp16 A operands) that are not centered,
 /// D a multiple of 16.
@@ -396,11 +397,6 @@ __device__ __forceinline__ void mma_tf32(float (&d)[4], const uint32_t (&a)[4], 
       "{%8,%9}, {%0,%1,%2,%3};\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/// 1 iff `v` is not finite (exponent bits all ones), else 0.
-__device__ __forceinline__ uint32_t nonfinite_bit(float v) {
-  return (__float_as_uint(v) & 0x7f800000u) == 0x7f800000u ? 1u : 0u;
 }
 
 /// \brief stage_matrix for the tile kernel: the row-major D×D Π (16-byte aligned) to shared
@@ -439,12 +435,24 @@ __device__ __forceinline__ void store_words(uint8_t* dst, const uint32_t (&w)[N]
   }
 }
 
+/// Calls f(std::true_type{}) or f(std::false_type{}): a uniform runtime flag as a template
+/// argument (`decltype(flag)::value`), one instantiation per value.
+template <class F>
+__device__ __forceinline__ void with_bool(bool b, F&& f) {
+  if (b)
+    f(std::true_type{});
+  else
+    f(std::false_type{});
+}
+
 /// \brief Loads rows [0, ROWS) of x (row r at element first_elem + r · row_stride), widened to
-/// fp32 and centered (xc = x − μ, μ may be null), into dst[r * stride + j]; rows past `valid` are
-/// zero. 16-byte loads, all of a thread's issued before its stores, when every row is 16-byte
-/// aligned. The vector width is a template parameter (WIDE: 8 fp16/bf16 elements per 16 bytes,
-/// else 4 fp32), so that row and column indices are shifts, not runtime divisions.
-template <int D, int ROWS, int THREADS, bool WIDE>
+/// fp32 and, with CENTER, centered (xc = x − μ), into dst[r * stride + j] (stride a multiple of
+/// 4); rows past `valid` are zero. 16-byte loads, all of a thread's issued before its stores,
+/// when every row is 16-byte aligned; 16-byte shared stores. The vector width is a template
+/// parameter (WIDE: 8 fp16/bf16 elements per 16 bytes, else 4 fp32), so that row and column
+/// indices are shifts, not runtime divisions; CENTER too, so that the uncentered rows (the
+/// default caches) carry no predicated μ loads.
+template <int D, int ROWS, int THREADS, bool WIDE, bool CENTER>
 __device__ __forceinline__ void load_tile_rows_vec(const void* x, AppendInput dtype,
                                                    int64_t first_elem, int64_t row_stride,
                                                    int valid, const float* __restrict__ mu,
@@ -460,7 +468,7 @@ __device__ __forceinline__ void load_tile_rows_vec(const void* x, AppendInput dt
     const int r = idx / kVecsPerRow, c = idx % kVecsPerRow;
     v[k] = (idx < kVecs && r < valid)
                ? __ldg(reinterpret_cast<const uint4*>(base + r * row_stride * kElemBytes) + c)
-               : make_uint4(0u, 0u, 0u, 0u);
+               : make_uint4(0u, 0u, 0u, 0u);  // rows past `valid` stay 0 (not −μ) below
   }
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
@@ -481,13 +489,15 @@ __device__ __forceinline__ void load_tile_rows_vec(const void* x, AppendInput dt
       for (int e = 0; e < 8; ++e)
         f[e] = __uint_as_float(e % 2 ? (w[e / 2] & 0xffff0000u) : (w[e / 2] << 16));
     }
-    float* d = dst + r * stride + j0;
+    if constexpr (CENTER) {
+      if (r < valid) {
 #pragma unroll
-    for (int e = 0; e < kPerVec; ++e) {
-      float xv = r < valid ? f[e] : 0.0f;
-      if (mu && r < valid) xv = __fsub_rn(xv, __ldg(mu + j0 + e));
-      d[e] = xv;
+        for (int e = 0; e < kPerVec; ++e) f[e] = __fsub_rn(f[e], __ldg(mu + j0 + e));
+      }
     }
+    float4* d = reinterpret_cast<float4*>(dst + r * stride + j0);  // 16-byte aligned
+#pragma unroll
+    for (int e = 0; e < kPerVec; e += 4) d[e / 4] = make_float4(f[e], f[e + 1], f[e + 2], f[e + 3]);
   }
 }
 
@@ -502,12 +512,12 @@ __device__ __forceinline__ void load_tile_rows(const void* x, AppendInput dtype,
   const bool aligned = (reinterpret_cast<uintptr_t>(x) % 16 == 0) &&
                        ((first_elem * esize) % 16 == 0) && ((row_stride * esize) % 16 == 0);
   if (aligned) {  // D % 8 == 0 (the kernel's static_assert): whole vectors per row
-    if (wide)
-      load_tile_rows_vec<D, ROWS, THREADS, true>(x, dtype, first_elem, row_stride, valid, mu, dst,
-                                                 stride, tid);
-    else
-      load_tile_rows_vec<D, ROWS, THREADS, false>(x, dtype, first_elem, row_stride, valid, mu, dst,
-                                                  stride, tid);
+    with_bool(wide, [&](auto kWide) {
+      with_bool(mu != nullptr, [&](auto kCenter) {
+        load_tile_rows_vec<D, ROWS, THREADS, decltype(kWide)::value, decltype(kCenter)::value>(
+            x, dtype, first_elem, row_stride, valid, mu, dst, stride, tid);
+      });
+    });
     return;
   }
   for (int idx = tid; idx < ROWS * D; idx += THREADS) {
@@ -531,10 +541,6 @@ __device__ __forceinline__ void mma_f16(float (&d)[4], const uint32_t (&a)[4], u
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-/// Scale of the low fp16 part of Π: lo = fp16((Π − hi) · 2^12), so that the residual stays in the
-/// normal fp16 range (|Π − hi| ≤ 2^-11 |Π|); the products are scaled back by 2^-12 (exact).
-inline constexpr float kF16LoScale = 4096.0f;
-
 /// \brief The row-major D×D Π (16-byte aligned) to shared memory as two fp16 parts, hi[i·stride+j]
 /// = fp16(Π_ij) and lo[i·stride+j] = fp16((Π_ij − hi) · 2^12): Π to ~22 bits, like 3xTF32.
 /// Returns whether this thread saw a nonzero lo part (Π exact in fp16, e.g. a Hadamard rotation
@@ -549,7 +555,7 @@ __device__ __forceinline__ bool stage_rotation_split_f16(const float* __restrict
 #pragma unroll
     for (int c = 0; c < 4; ++c) {
       h4[c] = __float2half_rn(e[c]);
-      l4[c] = __float2half_rn(__fmul_rn(__fsub_rn(e[c], __half2float(h4[c])), kF16LoScale));
+      l4[c] = __float2half_rn(__fmul_rn(__fsub_rn(e[c], __half2float(h4[c])), kRotationF16LoScale));
       lo_any = lo_any || __half2float(l4[c]) != 0.0f;
     }
     const int o = i * stride + j;
@@ -561,20 +567,32 @@ __device__ __forceinline__ bool stage_rotation_split_f16(const float* __restrict
   return lo_any;
 }
 
+/// Copies `chunks` 16-byte chunks from global `src` to shared `dst` (both 16-byte aligned),
+/// every thread's loads issued before its stores (batches of 8).
+template <int THREADS>
+__device__ __forceinline__ void copy_to_shared_16(const void* __restrict__ src, void* dst,
+                                                  int chunks, int tid) {
+  const uint4* s4 = static_cast<const uint4*>(src);
+  uint4* d4 = static_cast<uint4*>(dst);
+  for (int c0 = 0; c0 < chunks; c0 += 8 * THREADS) {
+    uint4 v[8];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int c = c0 + k * THREADS + tid;
+      if (c < chunks) v[k] = __ldg(s4 + c);
+    }
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const int c = c0 + k * THREADS + tid;
+      if (c < chunks) d4[c] = v[k];
+    }
+  }
+}
+
 /// Two fp32 values that are exact fp16 values, as one fp16x2 register (element 0 in the low half).
 __device__ __forceinline__ uint32_t pack_half2_exact(float a, float b) {
   const __half2 h = __floats2half2_rn(a, b);
   return *reinterpret_cast<const uint32_t*>(&h);
-}
-
-/// Calls f(std::true_type{}) or f(std::false_type{}): a uniform runtime flag as a template
-/// argument (`decltype(flag)::value`), one instantiation per value.
-template <class F>
-__device__ __forceinline__ void with_bool(bool b, F&& f) {
-  if (b)
-    f(std::true_type{});
-  else
-    f(std::false_type{});
 }
 
 /// \brief Writes the warp's m16n8 accumulator fragments acc[n-tile][4] (rows g, g + 8; columns
@@ -639,7 +657,7 @@ __device__ __forceinline__ void rotate_tile_rows_f16(float* w, const __half* s_h
     for (int nt = 0; nt < D / 8; ++nt)
 #pragma unroll
       for (int e = 0; e < 4; ++e)
-        acc[nt][e] = __fmaf_rn(acc_lo[nt][e], 1.0f / kF16LoScale, acc[nt][e]);
+        acc[nt][e] = __fmaf_rn(acc_lo[nt][e], 1.0f / kRotationF16LoScale, acc[nt][e]);
   }
   store_tile_fragments<D>(w, acc, lane);
 }
@@ -757,10 +775,18 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   __half* s_hi16 = reinterpret_cast<__half*>(smem_raw);  // fp16 path: [D][SH] hi, then [D][SH] lo
   __half* s_lo16 = s_hi16 + D * tile_stride_f16(D);
   const float* rot = cst.rotation + static_cast<int64_t>(h) * D * D;
-  const bool lo_mine = f16_path
-                           ? stage_rotation_split_f16<D, kTileWarps * 32>(rot, s_hi16, s_lo16,
-                                                                          tile_stride_f16(D), tid)
-                           : stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
+  bool lo_mine;
+  if (f16_path && cst.rotation_f16 != nullptr) {  // pre-split by the cache: copy hi (and lo)
+    const bool lo = __ldg(cst.rotation_f16_lo + h) != 0;
+    copy_to_shared_16<kTileWarps * 32>(
+        cst.rotation_f16 + static_cast<int64_t>(h) * 2 * D * tile_stride_f16(D), s_hi16,
+        (lo ? 2 : 1) * D * tile_stride_f16(D) * 2 / 16, tid);
+    lo_mine = lo;
+  } else {
+    lo_mine = f16_path ? stage_rotation_split_f16<D, kTileWarps * 32>(rot, s_hi16, s_lo16,
+                                                                      tile_stride_f16(D), tid)
+                       : stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
+  }
   {
     for (int i = tid; i < D; i += kTileWarps * 32) {
       s_isig[i] = cst.scale ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
@@ -793,16 +819,21 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
     }
     n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
   } else {
-    uint32_t nonfinite = 0u;
+    // f = Σ 0 · xc_j (one FMA per value) is 0 for a finite span and NaN as soon as one xc_j is
+    // ±inf or NaN (0 · inf = NaN); fmaf_rn keeps nvcc from folding the product away.
+    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four independent chains
     if (r < kTileRowsPerWarp) {
 #pragma unroll
       for (int j = 0; j < kSpan; j += 4) {
         const float4 v = *reinterpret_cast<const float4*>(w_x + r * S + part * kSpan + j);
-        nonfinite |=
-            nonfinite_bit(v.x) | nonfinite_bit(v.y) | nonfinite_bit(v.z) | nonfinite_bit(v.w);
+        f[0] = __fmaf_rn(v.x, 0.0f, f[0]);
+        f[1] = __fmaf_rn(v.y, 0.0f, f[1]);
+        f[2] = __fmaf_rn(v.z, 0.0f, f[2]);
+        f[3] = __fmaf_rn(v.w, 0.0f, f[3]);
       }
     }
-    if (kTailLanes == 2) nonfinite |= __shfl_xor_sync(kFullMask, nonfinite, 1);
+    bool nonfinite = __fadd_rn(__fadd_rn(f[0], f[1]), __fadd_rn(f[2], f[3])) != 0.0f;  // NaN
+    if (kTailLanes == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
     n2 = nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;  // NaN flags the row
   }
   __syncwarp();

@@ -68,6 +68,10 @@ quant::HeadConstantsView TurboHeadConstants::view() const {
   v.boundaries = ptr_or_null(boundaries);
   v.qjl_scale = ptr_or_null(qjl_scale);
   v.qjl_proj = ptr_or_null(qjl_projection);
+  if (rotation_f16.defined()) {
+    v.rotation_f16 = reinterpret_cast<const uint16_t*>(rotation_f16.data_ptr<int16_t>());
+    v.rotation_f16_lo = rotation_f16_lo.data_ptr<int32_t>();
+  }
   return v;
 }
 
@@ -83,6 +87,21 @@ TurboHeadConstants TurboHeadConstants::to(c10::Device device) const {
   c.mean = mv(mean);
   c.qjl_scale = mv(qjl_scale);
   c.qjl_projection = mv(qjl_projection);
+#ifdef TURBOESM_WITH_CUDA
+  if (device.is_cuda() && rotation.defined() && rotation.dim() == 3 && rotation.size(1) % 16 == 0 &&
+      rotation.size(1) == rotation.size(2)) {
+    // The prefill kernel's fp16 parts of Π, split once here instead of by each of its CTAs.
+    const at::Tensor rot = rotation.to(at::kCPU, at::kFloat).contiguous();
+    const int H = static_cast<int>(rot.size(0)), d = static_cast<int>(rot.size(1));
+    at::Tensor parts = at::empty({H, 2, d, kernels::rotation_f16_row_stride(d)}, at::kShort);
+    at::Tensor lo = at::empty({H}, at::kInt);
+    kernels::rotation_f16_split(rot.data_ptr<float>(), H, d,
+                                reinterpret_cast<uint16_t*>(parts.data_ptr<int16_t>()),
+                                lo.data_ptr<int32_t>());
+    c.rotation_f16 = parts.to(device);
+    c.rotation_f16_lo = lo.to(device);
+  }
+#endif
   return c;
 }
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "turboesm/kernels/quantize_append.h"
 #include "turboesm/quant/cache_view.h"
 #include "turboesm/quant/quantizer.h"
 
@@ -171,6 +172,14 @@ class HeadSet {
     d_mean_ = DeviceBuffer::from(mean_);
     d_qjl_scale_ = DeviceBuffer::from(qjl_scale_);
     d_qjl_proj_ = DeviceBuffer::from(qjl_proj_);
+    if (dim % 16 == 0) {  // Π pre-split for the tile kernel, as TurboHeadConstants::to makes it
+      std::vector<uint16_t> parts(static_cast<size_t>(heads) * 2 * dim *
+                                  turboesm::kernels::rotation_f16_row_stride(dim));
+      std::vector<int32_t> lo(heads);
+      turboesm::kernels::rotation_f16_split(rotation_.data(), heads, dim, parts.data(), lo.data());
+      d_rotation_f16_ = DeviceBuffer::from(parts);
+      d_rotation_f16_lo_ = DeviceBuffer::from(lo);
+    }
   }
 
   const tq::TurboQuantizer& q(int h) const { return *q_[h]; }
@@ -178,9 +187,14 @@ class HeadSet {
   int heads() const { return heads_; }
   int dim() const { return dim_; }
 
-  /// Device constants view.
-  tq::HeadConstantsView device_constants() const {
+  /// Device constants view; `presplit`: with Π's fp16 parts (HeadConstantsView::rotation_f16,
+  /// head_dim a multiple of 16), as the model's caches pass them.
+  tq::HeadConstantsView device_constants(bool presplit = false) const {
     tq::HeadConstantsView v;
+    if (presplit) {
+      v.rotation_f16 = d_rotation_f16_.get<uint16_t>();
+      v.rotation_f16_lo = d_rotation_f16_lo_.get<int32_t>();
+    }
     v.rotation = d_rotation_.get<float>();
     v.scale = scale_.empty() ? nullptr : d_scale_.get<float>();
     v.mean = mean_.empty() ? nullptr : d_mean_.get<float>();
@@ -200,7 +214,7 @@ class HeadSet {
   tq::PageLayout layout_{};
   std::vector<float> rotation_, centroids_, boundaries_, scale_, mean_, qjl_scale_, qjl_proj_;
   DeviceBuffer d_rotation_, d_centroids_, d_boundaries_, d_scale_, d_mean_, d_qjl_scale_,
-      d_qjl_proj_;
+      d_qjl_proj_, d_rotation_f16_, d_rotation_f16_lo_;
 };
 
 /// A dense paged cache [batch, heads, max_pages, page_bytes] on the host.

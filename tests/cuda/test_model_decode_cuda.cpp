@@ -16,6 +16,7 @@
 #include "cuda/cuda_test_util.h"
 #include "turboesm/error.h"
 #include "turboesm/io/tokenizer.h"
+#include "turboesm/kernels/quantize_append.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
@@ -228,6 +229,41 @@ TEST(ModelDecodeCudaStepSplits, GraphStepEqualsEagerStep) {
       std::printf("[model decode graph vs eager, %d cached splits, merge %s] max|d| %.2e\n", splits,
                   in_kernel ? "in kernel" : "kernel", d);
     }
+  }
+}
+
+// The cache's CUDA constants carry Π's fp16 parts for the prefill append kernel: exactly the
+// host split of the same Π (kernels::rotation_f16_split), passed on by view(); CPU copies have
+// none.
+TEST(TurboConstantsCuda, CudaCopiesCarryThePresplitRotation) {
+  TURBOESM_REQUIRE_GPU();
+  const tm::EsmConfig cfg = tm::EsmConfig::preset("tiny");
+  for (const tq::RotationKind kind : {tq::RotationKind::kRandom, tq::RotationKind::kHadamard}) {
+    const tm::TurboCacheSpec spec =
+        tm::TurboCacheSpec::random(cfg, 3, 3, kind, tq::NormMode::kNone, tq::QjlMode::kNone, 7);
+    const tm::TurboHeadConstants& host = spec.layers[1].v;
+    const tm::TurboHeadConstants dev = host.to(c10::Device(c10::kCUDA, 0));
+    const at::Tensor rot = host.rotation.contiguous();
+    const int H = static_cast<int>(rot.size(0)), d = static_cast<int>(rot.size(1));
+    at::Tensor parts = at::empty({H, 2, d, kernels::rotation_f16_row_stride(d)}, at::kShort);
+    at::Tensor lo = at::empty({H}, at::kInt);
+    kernels::rotation_f16_split(rot.data_ptr<float>(), H, d,
+                                reinterpret_cast<uint16_t*>(parts.data_ptr<int16_t>()),
+                                lo.data_ptr<int32_t>());
+    ASSERT_TRUE(dev.rotation_f16.defined() && dev.rotation_f16_lo.defined());
+    EXPECT_TRUE(dev.rotation_f16.is_cuda());
+    EXPECT_TRUE(at::equal(dev.rotation_f16.cpu(), parts));
+    EXPECT_TRUE(at::equal(dev.rotation_f16_lo.cpu(), lo));
+    // A head has low parts iff some Π_ij is not an fp16 value (a Hadamard Π's ±d^-1/2 is one
+    // only where √d is a power of two: not at the tiny preset's d = 32).
+    const at::Tensor inexact =
+        rot.ne(rot.to(at::kHalf).to(at::kFloat)).flatten(1).any(1).to(at::kInt);
+    EXPECT_TRUE(at::equal(lo, inexact));
+    const tq::HeadConstantsView v = dev.view();
+    EXPECT_EQ(static_cast<const void*>(v.rotation_f16), dev.rotation_f16.data_ptr());
+    EXPECT_EQ(static_cast<const void*>(v.rotation_f16_lo), dev.rotation_f16_lo.data_ptr());
+    EXPECT_FALSE(host.to(c10::Device(c10::kCPU)).rotation_f16.defined());
+    EXPECT_EQ(host.to(c10::Device(c10::kCPU)).view().rotation_f16, nullptr);
   }
 }
 

@@ -43,12 +43,14 @@ struct AppendCase {
   uint64_t seed = 1;
   tk::AppendPath path = tk::AppendPath::kAuto;
   tk::AppendInput input = tk::AppendInput::kFloat32;
+  bool presplit = false;  ///< pass Π's fp16 parts (HeadConstantsView::rotation_f16)
 };
 
 struct AppendOutcome {
   int64_t values = 0, code_mismatch = 0, qjl_mismatch = 0, other_byte_mismatch = 0;
   int64_t not_near_tie = 0;  ///< mismatches that are not one level at a near-tie (must be 0)
   int status = 0;
+  std::vector<uint8_t> pages;  ///< the device's pages after the call
 };
 
 /// bf16 bits of `f`, round to nearest even (finite inputs).
@@ -135,7 +137,7 @@ AppendOutcome run_append_case(const AppendCase& c) {
   p.path = c.path;
   p.starts = d_starts.get<int32_t>();
   p.counts = d_counts.get<int32_t>();
-  p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants());
+  p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants(c.presplit));
   p.status = d_status.get<int>();
   EXPECT_EQ(tk::quantize_append_invalid_reason(p), nullptr)
       << tk::quantize_append_invalid_reason(p);
@@ -205,6 +207,7 @@ AppendOutcome run_append_case(const AppendCase& c) {
   // Everything else (norms, residual norms, untouched slots and padding) must be byte-identical.
   for (size_t k = 0; k < got.size(); ++k)
     if (!mask[k]) o.other_byte_mismatch += got[k] != expect.bytes[k];
+  o.pages = got;
   return o;
 }
 
@@ -343,6 +346,46 @@ TEST(QuantizeAppend, TilePathPrefillMatchesHostEncoder) {
               static_cast<long long>(mismatches), static_cast<long long>(values),
               static_cast<double>(mismatches) / static_cast<double>(values));
   EXPECT_LE(static_cast<double>(mismatches), kMaxCodeMismatchRate * static_cast<double>(values));
+}
+
+// Π pre-split by the cache (HeadConstantsView::rotation_f16, what TurboKvCache passes on CUDA)
+// and Π split by every CTA give the same pages: the fp16 MMA path with lo parts (dense Π) and
+// without (Hadamard Π), at every head_dim the split supports. Rows on the 3xTF32 path (bf16,
+// centered fp16) ignore the parts: the same bytes again.
+TEST(QuantizeAppend, TilePresplitRotationGivesTheSameBytes) {
+  TURBOESM_REQUIRE_GPU();
+  for (const tk::AppendInput in : {tk::AppendInput::kFloat16, tk::AppendInput::kBFloat16}) {
+    for (const int dim : {16, 32, 64, 128}) {
+      for (const bool hadamard : {false, true}) {
+        for (const bool centered : {false, true}) {
+          AppendCase c;
+          c.batch = 2;
+          c.heads = 3;
+          c.dim = dim;
+          c.new_tokens = 300;
+          c.starts = {0, 17};
+          c.counts = {300, 250};
+          c.input = in;
+          c.path = tk::AppendPath::kTile;
+          c.side.norm = tq::NormMode::kNone;
+          c.side.hadamard = hadamard;
+          c.side.scale_mean = centered;
+          c.seed = 5 + dim + (hadamard ? 1 : 0) + (centered ? 2 : 0);
+          const std::string what = "in=" + std::to_string(static_cast<int>(in)) + " d" +
+                                   std::to_string(dim) + (hadamard ? " hadamard" : " dense") +
+                                   (centered ? " centered" : "");
+          const AppendOutcome split_by_ctas = run_append_case(c);
+          c.presplit = true;
+          const AppendOutcome presplit = run_append_case(c);
+          ASSERT_EQ(split_by_ctas.pages.size(), presplit.pages.size()) << what;
+          EXPECT_TRUE(split_by_ctas.pages == presplit.pages) << what;
+          EXPECT_EQ(presplit.not_near_tie, 0) << what;
+          EXPECT_EQ(presplit.other_byte_mismatch, 0) << what;
+          EXPECT_EQ(presplit.status, 0) << what;
+        }
+      }
+    }
+  }
 }
 
 /// fp16 rows, `path`, device starts/counts: the fields the multi-call tests share.
@@ -576,7 +619,7 @@ TEST(QuantizeAppendArgs, RejectsInvalidParamsWithAReason) {
     return p;
   };
   EXPECT_EQ(tk::quantize_append_invalid_reason(valid()), nullptr);
-  std::vector<tk::QuantizeAppendParams> bad(11, valid());
+  std::vector<tk::QuantizeAppendParams> bad(13, valid());
   bad[0].head_dim = 48;
   bad[1].x = nullptr;
   bad[2].cache.constants.boundaries = nullptr;
@@ -590,6 +633,10 @@ TEST(QuantizeAppendArgs, RejectsInvalidParamsWithAReason) {
   bad[8].path = tk::AppendPath::kTile;       // prod QJL has no tile path
   bad[9].stride_b = 1000;                    // strides given without a token stride
   bad[10].cache.constants.rotation = f + 1;  // not 16-byte aligned
+  static uint16_t parts[16] __attribute__((aligned(16)));
+  bad[11].cache.constants.rotation_f16 = parts;      // without its lo flags
+  bad[12].cache.constants.rotation_f16 = parts + 1;  // not 16-byte aligned
+  bad[12].cache.constants.rotation_f16_lo = s;
   for (size_t i = 0; i < bad.size(); ++i) {
     EXPECT_NE(tk::quantize_append_invalid_reason(bad[i]), nullptr) << i;
     EXPECT_EQ(tk::quantize_append(bad[i], nullptr), cudaErrorInvalidValue) << i;

@@ -43,6 +43,7 @@
 
 #include "turboesm/kernels/element_type.h"
 #include "turboesm/quant/cache_view.h"
+#include "turboesm/quant/half.h"
 
 namespace turboesm::kernels {
 
@@ -83,6 +84,43 @@ struct QuantizeAppendParams {
   const void* x2 = nullptr;
   quant::CacheView cache2{};
 };
+
+/// Row stride (fp16 elements) of a head's Π parts in HeadConstantsView::rotation_f16 — the tile
+/// kernel's shared-memory layout, so that a CTA stages them with plain 16-byte copies.
+constexpr int rotation_f16_row_stride(int d) { return d + 8; }
+
+/// Scale of the low fp16 part of Π: lo = fp16((Π − hi) · 2^12) keeps the residual in fp16's
+/// normal range (|Π − hi| ≤ 2^-11 |Π|); the products are scaled back by 2^-12 (exact).
+inline constexpr float kRotationF16LoScale = 4096.0f;
+
+/// \brief Splits the row-major rotations `rot` [heads][d][d] (d a multiple of 16) into the
+/// layout of HeadConstantsView::rotation_f16 (host side; upload both outputs):
+/// out[((h · 2 + part) · d + i) · (d + 8) + j] = hi = fp16(Π_ij) (part 0) or
+/// lo = fp16((Π_ij − hi) · 2^12) (part 1), padding 0; lo_any[h] = 1 iff a lo of head h is nonzero.
+/// The same roundings, in the same order, as the kernel's own split (bit-identical parts).
+inline void rotation_f16_split(const float* rot, int heads, int d, uint16_t* out, int32_t* lo_any) {
+  const int s = rotation_f16_row_stride(d);
+  for (int h = 0; h < heads; ++h) {
+    uint16_t* hi = out + static_cast<size_t>(h) * 2 * d * s;
+    uint16_t* lo = hi + static_cast<size_t>(d) * s;
+    lo_any[h] = 0;
+    for (int i = 0; i < d; ++i) {
+      for (int j = 0; j < s; ++j) {
+        if (j >= d) {
+          hi[i * s + j] = lo[i * s + j] = 0;
+          continue;
+        }
+        const float e = rot[(static_cast<size_t>(h) * d + i) * d + j];
+        const uint16_t hb = quant::float_to_half_bits(e);
+        const float rest = e - quant::half_bits_to_float(hb);  // exact
+        const uint16_t lb = quant::float_to_half_bits(rest * kRotationF16LoScale);
+        hi[i * s + j] = hb;
+        lo[i * s + j] = lb;
+        if ((lb & 0x7fffu) != 0) lo_any[h] = 1;
+      }
+    }
+  }
+}
 
 /// \brief Why `p` cannot be run by quantize_append, or nullptr when it can (host-side checks).
 const char* quantize_append_invalid_reason(const QuantizeAppendParams& p);

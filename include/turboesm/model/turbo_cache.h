@@ -35,10 +35,14 @@ struct TurboHeadConstants {
   at::Tensor mean;            ///< [H, d] μ, or undefined
   at::Tensor qjl_scale;       ///< [H] s (QjlMode::kSign), or undefined
   at::Tensor qjl_projection;  ///< [H, m, d] S (QjlMode::kProd), or undefined
+  /// Derived by to() for CUDA devices (d a multiple of 16), else undefined: Π pre-split into fp16
+  /// parts for the prefill append kernel, [H, 2, d, d + 8] fp16 bits as int16, and [H] int32
+  /// "low part nonzero" flags (kernels::rotation_f16_split; HeadConstantsView::rotation_f16).
+  at::Tensor rotation_f16, rotation_f16_lo;
 
   /// \brief Raw pointers for quant::CacheView (tensors must be contiguous fp32).
   quant::HeadConstantsView view() const;
-  /// \brief Copy on `device` (contiguous fp32).
+  /// \brief Copy on `device` (contiguous fp32), plus the derived rotation_f16 parts on CUDA.
   TurboHeadConstants to(c10::Device device) const;
   /// \brief Checks every shape, dtype and value against `config` and `heads`; throws
   /// turboesm::Error naming `what` (e.g. "layers.3.k") and the offending tensor.

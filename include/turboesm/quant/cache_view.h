@@ -37,6 +37,11 @@ struct HeadConstantsView {
   const float* boundaries = nullptr;  ///< [H, 2^bits - 1]
   const float* qjl_scale = nullptr;   ///< [H] (kSign) or nullptr
   const float* qjl_proj = nullptr;    ///< [H, m, d] (kProd) or nullptr
+  /// Optional, device copies only: Π pre-split into fp16 parts for the tile append kernel's fp16
+  /// tensor-core path, [H][2][d][d + 8] fp16 bits (kernels/quantize_append.h:
+  /// rotation_f16_split), so that its CTAs copy Π instead of splitting it; nullptr: they split.
+  const uint16_t* rotation_f16 = nullptr;
+  const int32_t* rotation_f16_lo = nullptr;  ///< [H]: 1 where head h's low part is nonzero
 };
 
 /// \brief One layer's compressed K or V cache for a batch (see file comment).
