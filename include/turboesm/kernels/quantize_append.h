@@ -28,7 +28,9 @@
 ///   increasing j for token norms, scaling, codes, packing, sign bits) is the exact path's
 ///   arithmetic, one or two lanes per row. A code can differ from the exact path's by one level
 ///   only for a value within that error of a decision boundary (tests count them: ≤ 1e-6 of
-///   values). No `prod` QJL (its S·r projection stays on kRows).
+///   values). No `prod` QJL (its S·r projection stays on kRows). Π's fp16 parts come pre-split
+///   from the cache when it has them (HeadConstantsView::rotation_f16, rotation_f16_split below:
+///   the model's CUDA caches do), else every CTA splits Π itself: the same bits either way.
 /// kAuto takes kTile for new_tokens ≥ kQuantizeAppendTileMinTokens without prod QJL, else kRows.
 ///
 /// Bad rows cannot throw on the device: a row with a non-finite value (or, with NormMode::kToken,
