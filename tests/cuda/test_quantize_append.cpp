@@ -299,6 +299,22 @@ TEST(QuantizeAppend, ManyTokensCountsMismatches) {
   expect_same_pages(run_append_case(c), "rows, prefill 1500 tokens");
 }
 
+/// Two sequences of `heads` heads: the first writes all `tokens` rows at position 0, the second
+/// tokens − start rows at `start` (a cache that already holds `start` tokens).
+AppendCase two_sequence_case(int heads, int dim, int tokens, int start, tk::AppendInput in,
+                             tk::AppendPath path) {
+  AppendCase c;
+  c.batch = 2;
+  c.heads = heads;
+  c.dim = dim;
+  c.new_tokens = tokens;
+  c.starts = {0, start};
+  c.counts = {tokens, tokens - start};
+  c.input = in;
+  c.path = path;
+  return c;
+}
+
 // The prefill path on prefill-sized inputs, in every input dtype, with and without σ/μ and sign
 // QJL, dense and Hadamard rotations: mismatches (near-ties only) at most 1e-6 of values, as for
 // the rows path. This covers each MMA variant: fp16 rows not centered → fp16 MMA (with lo parts
@@ -312,15 +328,8 @@ TEST(QuantizeAppend, TilePathPrefillMatchesHostEncoder) {
     for (const bool scaled_sign : {false, true}) {
       for (const int dim : {64, 128}) {
         for (const bool hadamard : {false, true}) {
-          AppendCase c;
-          c.batch = 2;
-          c.heads = 4;
-          c.dim = dim;
-          c.new_tokens = 1500;
-          c.starts = {0, 100};
-          c.counts = {1500, 1400};
-          c.input = in;
-          c.path = tk::AppendPath::kAuto;  // resolves to the tile path for 1500 tokens
+          // kAuto resolves to the tile path for 1500 tokens.
+          AppendCase c = two_sequence_case(4, dim, 1500, 100, in, tk::AppendPath::kAuto);
           c.side.norm = scaled_sign ? tq::NormMode::kNone : tq::NormMode::kToken;
           c.side.qjl = scaled_sign ? tq::QjlMode::kSign : tq::QjlMode::kNone;
           c.side.scale_mean = scaled_sign;
@@ -358,15 +367,8 @@ TEST(QuantizeAppend, TilePresplitRotationGivesTheSameBytes) {
     for (const int dim : {16, 32, 64, 128}) {
       for (const bool hadamard : {false, true}) {
         for (const bool centered : {false, true}) {
-          AppendCase c;
-          c.batch = 2;
-          c.heads = 3;
-          c.dim = dim;
-          c.new_tokens = 300;
-          c.starts = {0, 17};
-          c.counts = {300, 250};
-          c.input = in;
-          c.path = tk::AppendPath::kTile;
+          AppendCase c = two_sequence_case(3, dim, 300, 17, in, tk::AppendPath::kTile);
+          c.counts[1] = 250;
           c.side.norm = tq::NormMode::kNone;
           c.side.hadamard = hadamard;
           c.side.scale_mean = centered;
