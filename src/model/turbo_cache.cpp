@@ -87,22 +87,30 @@ TurboHeadConstants TurboHeadConstants::to(c10::Device device) const {
   c.mean = mv(mean);
   c.qjl_scale = mv(qjl_scale);
   c.qjl_projection = mv(qjl_projection);
-#ifdef TURBOESM_WITH_CUDA
-  if (device.is_cuda() && rotation.defined() && rotation.dim() == 3 && rotation.size(1) % 16 == 0 &&
-      rotation.size(1) == rotation.size(2)) {
-    // The prefill kernel's fp16 parts of Π, split once here instead of by each of its CTAs.
-    const at::Tensor rot = rotation.to(at::kCPU, at::kFloat).contiguous();
-    const int H = static_cast<int>(rot.size(0)), d = static_cast<int>(rot.size(1));
-    at::Tensor parts = at::empty({H, 2, d, kernels::rotation_f16_row_stride(d)}, at::kShort);
-    at::Tensor lo = at::empty({H}, at::kInt);
-    kernels::rotation_f16_split(rot.data_ptr<float>(), H, d,
-                                reinterpret_cast<uint16_t*>(parts.data_ptr<int16_t>()),
-                                lo.data_ptr<int32_t>());
-    c.rotation_f16 = parts.to(device);
-    c.rotation_f16_lo = lo.to(device);
+  if (device.is_cuda() && c.rotation.defined() && c.rotation.dim() == 3 &&
+      c.rotation.size(1) % 16 == 0 && c.rotation.size(1) == c.rotation.size(2)) {
+    // The prefill kernel's fp16 parts of Π, split once here (on the device: a few elementwise
+    // kernels) instead of by each of its CTAs.
+    auto parts = rotation_f16_parts(c.rotation);
+    c.rotation_f16 = std::move(parts.first);
+    c.rotation_f16_lo = std::move(parts.second);
   }
-#endif
   return c;
+}
+
+std::pair<at::Tensor, at::Tensor> rotation_f16_parts(const at::Tensor& rotation) {
+  TURBOESM_CHECK(rotation.dim() == 3 && rotation.size(1) == rotation.size(2) &&
+                     rotation.size(1) % 16 == 0 && rotation.scalar_type() == at::kFloat,
+                 "rotation_f16_parts: rotations must be fp32 [H, d, d] with d a multiple of 16, "
+                 "got ",
+                 c10::toString(rotation.scalar_type()), " ", rotation.sizes());
+  // kernels::rotation_f16_split's operations as tensor ops (each IEEE-rounded on its own, fp16
+  // conversions round to nearest even): hi = fp16(Π), lo = fp16((Π − hi) · 2^12); rows padded
+  // with zeros to d + 8.
+  const at::Tensor hi = rotation.to(at::kHalf);
+  const at::Tensor lo = rotation.sub(hi.to(at::kFloat)).mul(4096.0).to(at::kHalf);
+  const at::Tensor parts = at::constant_pad_nd(at::stack({hi, lo}, 1), {0, 8}, 0.0);
+  return {parts.view(at::kShort).contiguous(), lo.ne(0).flatten(1).any(1).to(at::kInt)};
 }
 
 void TurboHeadConstants::validate(const quant::QuantizerConfig& cfg, int heads,

@@ -10,10 +10,14 @@
 
 #include "model/model_test_util.h"
 #include "turboesm/error.h"
+#ifdef TURBOESM_WITH_CUDA
+#include "turboesm/kernels/quantize_append.h"
+#endif
 #include "turboesm/model/attention.h"
 #include "turboesm/model/kv_cache.h"
 #include "turboesm/model/turbo_cache.h"
 #include "turboesm/quant/format.h"
+#include "turboesm/quant/rotation.h"
 
 namespace turboesm {
 namespace {
@@ -309,6 +313,43 @@ TEST(KvCache, ErrorsNameTheProblem) {
   }
   turbo.set_step_splits(0, true);
 }
+
+#ifdef TURBOESM_WITH_CUDA
+// Π's fp16 parts for the CUDA prefill kernel as the cache computes them (tensor ops, run here on
+// the CPU; on CUDA TurboHeadConstants::to runs the same ops on the device) are the bits of the
+// kernels' host reference kernels::rotation_f16_split, for dense and Hadamard rotations at every
+// head_dim the split supports — and rotations that are not [H, d, d] with 16 | d are refused.
+TEST(TurboConstants, RotationF16PartsEqualTheKernelsSplit) {
+  for (const int d : {16, 32, 64, 128}) {
+    for (const quant::RotationKind kind :
+         {quant::RotationKind::kRandom, quant::RotationKind::kHadamard}) {
+      const int H = 3;
+      std::vector<float> rot;
+      for (int h = 0; h < H; ++h) {
+        const quant::Rotation r = quant::make_rotation(kind, d, 40 + 7 * h + d);
+        rot.insert(rot.end(), r.matrix.begin(), r.matrix.end());
+      }
+      std::vector<uint16_t> want(static_cast<size_t>(H) * 2 * d * (d + 8));
+      std::vector<int32_t> want_lo(H);
+      kernels::rotation_f16_split(rot.data(), H, d, want.data(), want_lo.data());
+      const auto got = model::rotation_f16_parts(at::from_blob(rot.data(), {H, d, d}, at::kFloat));
+      ASSERT_EQ(got.first.scalar_type(), at::kShort);
+      ASSERT_EQ(got.first.numel(), static_cast<int64_t>(want.size()));
+      const auto* g = reinterpret_cast<const uint16_t*>(got.first.contiguous().data_ptr<int16_t>());
+      EXPECT_TRUE(std::equal(want.begin(), want.end(), g)) << "d " << d;
+      EXPECT_TRUE(at::equal(got.second, at::tensor(want_lo, at::kInt))) << "d " << d;
+      // √d a power of two: a Hadamard Π (±d^-1/2) is exact in fp16, no low parts.
+      if (kind == quant::RotationKind::kHadamard && (d == 16 || d == 64))
+        EXPECT_EQ(got.second.sum().item<int64_t>(), 0) << "d " << d;
+      else
+        EXPECT_EQ(got.second.sum().item<int64_t>(), H) << "d " << d;
+    }
+  }
+  EXPECT_THROW(model::rotation_f16_parts(at::zeros({2, 24, 24})), Error);
+  EXPECT_THROW(model::rotation_f16_parts(at::zeros({2, 16, 32})), Error);
+  EXPECT_THROW(model::rotation_f16_parts(at::zeros({2, 16, 16}, at::kDouble)), Error);
+}
+#endif
 
 }  // namespace
 }  // namespace turboesm

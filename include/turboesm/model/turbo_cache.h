@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "turboesm/model/config.h"
@@ -51,6 +52,12 @@ struct TurboHeadConstants {
   quant::TurboQuantizer quantizer(int head, const quant::QuantizerConfig& config,
                                   quant::RotationKind kind) const;
 };
+
+/// \brief Π's fp16 parts for the CUDA prefill append kernel, on the rotations' device:
+/// {[H, 2, d, d + 8] fp16 bits as int16, [H] int32 "low part nonzero"} of the fp32 rotations
+/// [H, d, d] (d a multiple of 16) — kernels::rotation_f16_split's layout and values, computed with
+/// tensor ops (TurboHeadConstants::to uses it for CUDA copies).
+std::pair<at::Tensor, at::Tensor> rotation_f16_parts(const at::Tensor& rotation);
 
 /// \brief K and V constants of one layer.
 struct TurboLayerConstants {
