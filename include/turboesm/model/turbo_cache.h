@@ -38,7 +38,8 @@ struct TurboHeadConstants {
   at::Tensor qjl_projection;  ///< [H, m, d] S (QjlMode::kProd), or undefined
   /// Derived by to() for CUDA devices (d a multiple of 16), else undefined: Π pre-split into fp16
   /// parts for the prefill append kernel, [H, 2, d, d + 8] fp16 bits as int16, and [H] int32
-  /// "low part nonzero" flags (kernels::rotation_f16_split; HeadConstantsView::rotation_f16).
+  /// "low part nonzero" flags (rotation_f16_parts below; HeadConstantsView::rotation_f16). Device
+  /// memory: 2 · d · (d + 8) · 2 bytes per head and side (650M: 24 MB, 15B: 267 MB in all).
   at::Tensor rotation_f16, rotation_f16_lo;
 
   /// \brief Raw pointers for quant::CacheView (tensors must be contiguous fp32).
