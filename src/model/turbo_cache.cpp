@@ -106,10 +106,13 @@ std::pair<at::Tensor, at::Tensor> rotation_f16_parts(const at::Tensor& rotation)
                  c10::toString(rotation.scalar_type()), " ", rotation.sizes());
   // kernels::rotation_f16_split's operations as tensor ops (each IEEE-rounded on its own, fp16
   // conversions round to nearest even): hi = fp16(Π), lo = fp16((Π − hi) · 2^12); rows padded
-  // with zeros to d + 8.
+  // with zeros to rotation_f16_row_stride(d).
+  const int64_t d = rotation.size(1);
   const at::Tensor hi = rotation.to(at::kHalf);
-  const at::Tensor lo = rotation.sub(hi.to(at::kFloat)).mul(4096.0).to(at::kHalf);
-  const at::Tensor parts = at::constant_pad_nd(at::stack({hi, lo}, 1), {0, 8}, 0.0);
+  const at::Tensor lo =
+      rotation.sub(hi.to(at::kFloat)).mul(double{quant::kRotationF16LoScale}).to(at::kHalf);
+  const at::Tensor parts = at::constant_pad_nd(
+      at::stack({hi, lo}, 1), {0, quant::rotation_f16_row_stride(static_cast<int>(d)) - d}, 0.0);
   return {parts.view(at::kShort).contiguous(), lo.ne(0).flatten(1).any(1).to(at::kInt)};
 }
 

@@ -29,8 +29,8 @@
 ///   arithmetic, one or two lanes per row. A code can differ from the exact path's by one level
 ///   only for a value within that error of a decision boundary (tests count them: ≤ 1e-6 of
 ///   values). No `prod` QJL (its S·r projection stays on kRows). Π's fp16 parts come pre-split
-///   from the cache when it has them (HeadConstantsView::rotation_f16, rotation_f16_split below:
-///   the model's CUDA caches do), else every CTA splits Π itself: the same bits either way.
+///   from the cache when it has them (HeadConstantsView::rotation_f16: the model's CUDA caches
+///   do), else every CTA splits Π itself: the same bits either way.
 /// kAuto takes kTile for new_tokens ≥ kQuantizeAppendTileMinTokens without prod QJL, else kRows.
 ///
 /// Bad rows cannot throw on the device: a row with a non-finite value (or, with NormMode::kToken,
@@ -87,16 +87,12 @@ struct QuantizeAppendParams {
   quant::CacheView cache2{};
 };
 
-/// Row stride (fp16 elements) of a head's Π parts in HeadConstantsView::rotation_f16 — the tile
-/// kernel's shared-memory layout, so that a CTA stages them with plain 16-byte copies.
-constexpr int rotation_f16_row_stride(int d) { return d + 8; }
+using quant::kRotationF16LoScale;
+using quant::rotation_f16_row_stride;
 
-/// Scale of the low fp16 part of Π: lo = fp16((Π − hi) · 2^12) keeps the residual in fp16's
-/// normal range (|Π − hi| ≤ 2^-11 |Π|); the products are scaled back by 2^-12 (exact).
-inline constexpr float kRotationF16LoScale = 4096.0f;
-
-/// \brief Splits the row-major rotations `rot` [heads][d][d] (d a multiple of 16) into the
-/// layout of HeadConstantsView::rotation_f16 (host side; upload both outputs):
+/// \brief Host reference of HeadConstantsView::rotation_f16 (the tests' oracle; the model's CUDA
+/// caches compute the same bits on the device, model::rotation_f16_parts): splits the row-major
+/// rotations `rot` [heads][d][d] (d a multiple of 16) into that layout:
 /// out[((h · 2 + part) · d + i) · (d + 8) + j] = hi = fp16(Π_ij) (part 0) or
 /// lo = fp16((Π_ij − hi) · 2^12) (part 1), padding 0; lo_any[h] = 1 iff a lo of head h is nonzero.
 /// The same roundings, in the same order, as the kernel's own split (bit-identical parts).

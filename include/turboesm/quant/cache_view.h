@@ -38,11 +38,20 @@ struct HeadConstantsView {
   const float* qjl_scale = nullptr;   ///< [H] (kSign) or nullptr
   const float* qjl_proj = nullptr;    ///< [H, m, d] (kProd) or nullptr
   /// Optional, device copies only: Π pre-split into fp16 parts for the tile append kernel's fp16
-  /// tensor-core path, [H][2][d][d + 8] fp16 bits (kernels/quantize_append.h:
-  /// rotation_f16_split), so that its CTAs copy Π instead of splitting it; nullptr: they split.
+  /// tensor-core path, [H][2][d][rotation_f16_row_stride(d)] fp16 bits: hi = fp16(Π), then
+  /// lo = fp16((Π − hi) · kRotationF16LoScale), rows zero-padded (host reference:
+  /// kernels::rotation_f16_split), so that its CTAs copy Π instead of splitting it; nullptr: they
+  /// split.
   const uint16_t* rotation_f16 = nullptr;
   const int32_t* rotation_f16_lo = nullptr;  ///< [H]: 1 where head h's low part is nonzero
 };
+
+/// Row stride (fp16 elements) of a head's Π parts in HeadConstantsView::rotation_f16: d + 8, the
+/// tile append kernel's shared-memory layout, so that a CTA stages them with plain 16-byte copies.
+constexpr int rotation_f16_row_stride(int d) { return d + 8; }
+/// Scale of the low fp16 part in HeadConstantsView::rotation_f16: lo = fp16((Π − hi) · 2^12) keeps
+/// the residual in fp16's normal range (|Π − hi| ≤ 2^-11 |Π|); products are scaled back by 2^-12.
+inline constexpr float kRotationF16LoScale = 4096.0f;
 
 /// \brief One layer's compressed K or V cache for a batch (see file comment).
 struct CacheView {
