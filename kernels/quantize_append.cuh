@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     quantize_append_kernel(const __grid_constant__ QuantizeAppendParams p) {
   constexpr int kPerLane = (D + 31) / 32;
   // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
-  const int side = static_cast<int>(blockIdx.z) / p.batch;
+  const int side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
   const int b = static_cast<int>(blockIdx.z) - side * p.batch;
   const int h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -729,11 +729,21 @@ __device__ __forceinline__ void encode_span(const float* y, float inv, const flo
       float z = yv[e];
       if (TOKEN) z = __fmul_rn(z, inv);
       if (SCALED) z = __fmul_rn(z, isig[j]);
-      const uint32_t c = quant::encode_value_tree<BITS>(z, bnd);  // = the compare-count code
-      const int bit = j * BITS;  // value j occupies bits [j·BITS, ...) of the span's record
-      codes[bit / 32] |= c << (bit % 32);
-      if (bit % 32 + BITS > 32) codes[bit / 32 + 1] |= c >> (32 - bit % 32);
-      if (SIGN) signs[j / 32] |= (__fsub_rn(z, cen[c]) >= 0.0f ? 1u : 0u) << (j % 32);
+      // Value j occupies bits [j·BITS, (j + 1)·BITS) of the span's record; its code is the
+      // compare-count code. Without sign bits each code bit is ORed into its word as soon as the
+      // search knows it (a predicated OR at a compile-time position).
+      if constexpr (SIGN) {
+        const uint32_t c = quant::encode_value_tree<BITS>(z, bnd);
+        const int bit = j * BITS;
+        codes[bit / 32] |= c << (bit % 32);
+        if (bit % 32 + BITS > 32) codes[bit / 32 + 1] |= c >> (32 - bit % 32);
+        signs[j / 32] |= (__fsub_rn(z, cen[c]) >= 0.0f ? 1u : 0u) << (j % 32);
+      } else {
+        quant::encode_value_tree_bits<BITS>(z, bnd, [&](int k, bool set) {
+          const int bit = j * BITS + k;
+          if (set) codes[bit / 32] |= 1u << (bit % 32);
+        });
+      }
     }
   }
 }
@@ -750,7 +760,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   constexpr int S = tile_stride(D);
   constexpr int kLevels = 1 << BITS;
   // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
-  const int side = static_cast<int>(blockIdx.z) / p.batch;
+  const int side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
   const int b = static_cast<int>(blockIdx.z) - side * p.batch, h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const quant::CacheView& cache = side ? p.cache2 : p.cache;

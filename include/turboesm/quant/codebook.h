@@ -47,31 +47,41 @@ TURBOESM_HOST_DEVICE TURBOESM_FORCE_INLINE uint32_t encode_value(float v, const 
   return code;
 }
 
+/// \brief The binary search of encode_value_tree with each code bit handed over as soon as it is
+/// known: bit(k, set) for k = BITS − 1 (most significant) down to 0. A caller that packs codes
+/// can OR each bit into its word (one predicated instruction) instead of assembling the code.
+template <int BITS, class Bit>
+TURBOESM_HOST_DEVICE TURBOESM_FORCE_INLINE void encode_value_tree_bits(float v, const float* b,
+                                                                       Bit&& bit) {
+  static_assert(BITS >= 1 && BITS <= 4, "encode_value_tree: BITS must be in 1..4");
+  const bool p0 = v > b[(1 << (BITS - 1)) - 1];
+  bit(BITS - 1, p0);
+  if constexpr (BITS == 2) {
+    bit(0, v > (p0 ? b[2] : b[0]));
+  } else if constexpr (BITS == 3) {
+    const bool p1 = v > (p0 ? b[5] : b[1]);
+    bit(1, p1);
+    bit(0, v > (p0 ? (p1 ? b[6] : b[4]) : (p1 ? b[2] : b[0])));
+  } else if constexpr (BITS == 4) {
+    const bool p1 = v > (p0 ? b[11] : b[3]);
+    bit(2, p1);
+    const bool p2 = v > (p0 ? (p1 ? b[13] : b[9]) : (p1 ? b[5] : b[1]));
+    bit(1, p2);
+    const float t3 = p0 ? (p1 ? (p2 ? b[14] : b[12]) : (p2 ? b[10] : b[8]))
+                        : (p1 ? (p2 ? b[6] : b[4]) : (p2 ? b[2] : b[0]));
+    bit(0, v > t3);
+  }
+}
+
 /// \brief encode_value by binary search: BITS comparisons, each against a boundary picked by
 /// selects on the earlier outcomes (no data-dependent indexing, so a register array of boundaries
 /// stays in registers). Same code as encode_value for ascending boundaries, NaN included (every
 /// comparison false: code 0). 3 bits: 3 compares + 4 selects instead of 7 compares + 7 adds.
 template <int BITS>
 TURBOESM_HOST_DEVICE TURBOESM_FORCE_INLINE uint32_t encode_value_tree(float v, const float* b) {
-  static_assert(BITS >= 1 && BITS <= 4, "encode_value_tree: BITS must be in 1..4");
-  const bool p0 = v > b[(1 << (BITS - 1)) - 1];
-  if constexpr (BITS == 1) {
-    return p0 ? 1u : 0u;
-  } else if constexpr (BITS == 2) {
-    const bool p1 = v > (p0 ? b[2] : b[0]);
-    return (p0 ? 2u : 0u) | (p1 ? 1u : 0u);
-  } else if constexpr (BITS == 3) {
-    const bool p1 = v > (p0 ? b[5] : b[1]);
-    const bool p2 = v > (p0 ? (p1 ? b[6] : b[4]) : (p1 ? b[2] : b[0]));
-    return (p0 ? 4u : 0u) | (p1 ? 2u : 0u) | (p2 ? 1u : 0u);
-  } else {
-    const bool p1 = v > (p0 ? b[11] : b[3]);
-    const bool p2 = v > (p0 ? (p1 ? b[13] : b[9]) : (p1 ? b[5] : b[1]));
-    const float t3 = p0 ? (p1 ? (p2 ? b[14] : b[12]) : (p2 ? b[10] : b[8]))
-                        : (p1 ? (p2 ? b[6] : b[4]) : (p2 ? b[2] : b[0]));
-    const bool p3 = v > t3;
-    return (p0 ? 8u : 0u) | (p1 ? 4u : 0u) | (p2 ? 2u : 0u) | (p3 ? 1u : 0u);
-  }
+  uint32_t code = 0;
+  encode_value_tree_bits<BITS>(v, b, [&](int k, bool set) { code |= set ? 1u << k : 0u; });
+  return code;
 }
 
 /// \brief Reference encoder: linear search up the sorted boundaries (same result as encode_value).
