@@ -285,10 +285,8 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
       if (variant == "turbo") {
         d.run_turbo();
       } else if (variant == "turbo_4warps") {  // 4-warp CTAs where the default runs 8
-        const bool wide = tk::turbo_decode_wide_ctas();
-        tk::set_turbo_decode_wide_ctas(false);
+        const tk::ScopedTurboDecodeWideCtas narrow(false);
         d.run_turbo();
-        tk::set_turbo_decode_wide_ctas(wide);
       } else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
         d.run_turbo(std::stoi(variant.substr(7)));
       else if (variant == "sdpa_fp16")

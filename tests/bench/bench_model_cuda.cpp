@@ -694,10 +694,10 @@ int section_decode(const std::string& preset, int64_t cached) {
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
-        const bool wide = tk::turbo_decode_wide_ctas();
-        tk::set_turbo_decode_wide_ctas(variants[i].wide_ctas);
-        ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
-        tk::set_turbo_decode_wide_ctas(wide);
+        {
+          const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
+          ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
+        }
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());

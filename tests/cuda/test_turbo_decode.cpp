@@ -281,10 +281,7 @@ TEST(TurboDecode, WideCtasMatchCpuOracle) {
   int dev = 0, sms = 0;
   ASSERT_EQ(cudaGetDevice(&dev), cudaSuccess);
   ASSERT_EQ(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev), cudaSuccess);
-  struct Restore {
-    bool was = tk::turbo_decode_wide_ctas();
-    ~Restore() { tk::set_turbo_decode_wide_ctas(was); }
-  } restore;
+  const tk::ScopedTurboDecodeWideCtas restore(tk::turbo_decode_wide_ctas());
   for (int bits : {3, 4})
     for (int dim : {16, 24, 32, 64})
       for (int norm = 0; norm < 2; ++norm) {

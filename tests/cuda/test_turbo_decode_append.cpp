@@ -194,10 +194,11 @@ AppendOutcome run_append_case(const AppendCase& c) {
                 cudaErrorInvalidValue);
     }
     DeviceBuffer ws(ws_bytes);
-    const bool was_wide = tk::turbo_decode_wide_ctas();
-    tk::set_turbo_decode_wide_ctas(c.wide);
-    const cudaError_t e = tk::turbo_decode_append(p, a, ws.get(), ws_bytes, nullptr);
-    tk::set_turbo_decode_wide_ctas(was_wide);
+    cudaError_t e;
+    {
+      const tk::ScopedTurboDecodeWideCtas wide(c.wide);
+      e = tk::turbo_decode_append(p, a, ws.get(), ws_bytes, nullptr);
+    }
     EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
     EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }

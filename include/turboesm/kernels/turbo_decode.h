@@ -75,6 +75,20 @@ bool turbo_decode_fused_merge();
 /// captured).
 void set_turbo_decode_wide_ctas(bool enabled);
 bool turbo_decode_wide_ctas();
+/// \brief Sets set_turbo_decode_wide_ctas for a scope and restores the previous setting when the
+/// scope ends (benchmarks' A/B variants, tests of either kernel).
+class ScopedTurboDecodeWideCtas {
+ public:
+  explicit ScopedTurboDecodeWideCtas(bool enabled) : was_(turbo_decode_wide_ctas()) {
+    set_turbo_decode_wide_ctas(enabled);
+  }
+  ~ScopedTurboDecodeWideCtas() { set_turbo_decode_wide_ctas(was_); }
+  ScopedTurboDecodeWideCtas(const ScopedTurboDecodeWideCtas&) = delete;
+  ScopedTurboDecodeWideCtas& operator=(const ScopedTurboDecodeWideCtas&) = delete;
+
+ private:
+  bool was_;
+};
 /// \brief Whether a launch of `rows` rows (batch · heads · q_len) in `splits` splits on a device
 /// of `num_sms` SMs runs 8-warp CTAs: set_turbo_decode_wide_ctas on, `bits` 3 or 4 and
 /// `head_dim` ≤ 64 (the instances that compile the general kernel only), rows · splits ≤ num_sms.
