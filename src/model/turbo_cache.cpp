@@ -49,6 +49,11 @@ void check_tensor(const at::Tensor& t, std::vector<int64_t> shape, const std::st
   TURBOESM_CHECK(at::isfinite(t).all().item<bool>(), name, " has non-finite values");
 }
 
+/// Whether rotations `r` have the shape rotation_f16_parts splits: [H, d, d], d a multiple of 16.
+bool has_f16_parts_shape(const at::Tensor& r) {
+  return r.dim() == 3 && r.size(1) == r.size(2) && r.size(1) % 16 == 0;
+}
+
 /// Seed of one (layer, head, K/V, purpose) stream, derived from the spec seed (splitmix64).
 uint64_t derive_seed(uint64_t seed, uint64_t layer, uint64_t head, uint64_t what) {
   uint64_t z = seed + 0x9E3779B97F4A7C15ull * (1 + layer * 1000003ull + head * 1009ull + what);
@@ -87,8 +92,7 @@ TurboHeadConstants TurboHeadConstants::to(c10::Device device) const {
   c.mean = mv(mean);
   c.qjl_scale = mv(qjl_scale);
   c.qjl_projection = mv(qjl_projection);
-  if (device.is_cuda() && c.rotation.defined() && c.rotation.dim() == 3 &&
-      c.rotation.size(1) % 16 == 0 && c.rotation.size(1) == c.rotation.size(2)) {
+  if (device.is_cuda() && c.rotation.defined() && has_f16_parts_shape(c.rotation)) {
     // The prefill kernel's fp16 parts of Π, split once here (on the device: a few elementwise
     // kernels) instead of by each of its CTAs.
     auto parts = rotation_f16_parts(c.rotation);
@@ -99,8 +103,7 @@ TurboHeadConstants TurboHeadConstants::to(c10::Device device) const {
 }
 
 std::pair<at::Tensor, at::Tensor> rotation_f16_parts(const at::Tensor& rotation) {
-  TURBOESM_CHECK(rotation.dim() == 3 && rotation.size(1) == rotation.size(2) &&
-                     rotation.size(1) % 16 == 0 && rotation.scalar_type() == at::kFloat,
+  TURBOESM_CHECK(has_f16_parts_shape(rotation) && rotation.scalar_type() == at::kFloat,
                  "rotation_f16_parts: rotations must be fp32 [H, d, d] with d a multiple of 16, "
                  "got ",
                  c10::toString(rotation.scalar_type()), " ", rotation.sizes());
