@@ -181,14 +181,28 @@ __device__ __forceinline__ void encode_row_warp(const float (&x)[(D + 31) / 32],
   uint8_t code[kPerLane];
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
-  for (int j = 0; j < D; ++j) {
-    const float xj = s_x[j];
-    const double v = static_cast<double>(xj);
-    n2 = __dadd_rn(n2, __dmul_rn(v, v));
+  if (cst.rotation_identity) {
+    // Π = I (HeadConstantsView::rotation_identity; `pi` is not read): the sum below is
+    // 0 + … + 1 · xc_i + …, i.e. xc_i + 0.
+    for (int j = 0; j < D; ++j) {
+      const double v = static_cast<double>(s_x[j]);
+      n2 = __dadd_rn(n2, __dmul_rn(v, v));
+    }
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
-      if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
+      if (i < D) z[k] = __fadd_rn(s_x[i], 0.0f);
+    }
+  } else {
+    for (int j = 0; j < D; ++j) {
+      const float xj = s_x[j];
+      const double v = static_cast<double>(xj);
+      n2 = __dadd_rn(n2, __dmul_rn(v, v));
+#pragma unroll
+      for (int k = 0; k < kPerLane; ++k) {
+        const int i = lane + 32 * k;
+        if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
+      }
     }
   }
   const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, status);
@@ -285,9 +299,10 @@ __global__ void __launch_bounds__(kAppendWarps * 32)
     mu[k] = (cst.mean && i < D) ? cst.mean[h * D + i] : 0.0f;
     inv_sigma[k] = (cst.scale && i < D) ? cst.scale[h * D + i] : 1.0f;
   }
-  // Πᵀ: s_pit[j * (D + 1) + i] = Π_ij.
-  stage_matrix<D, kAppendWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pit, 1,
-                                     D + 1, tid);
+  // Πᵀ: s_pit[j * (D + 1) + i] = Π_ij (not read when Π = I).
+  if (!cst.rotation_identity)
+    stage_matrix<D, kAppendWarps * 32>(cst.rotation + static_cast<int64_t>(h) * D * D, s_pit, 1,
+                                       D + 1, tid);
   detail::pdl_wait();
   const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
   const int first = blockIdx.x * kAppendTokensPerCta;
@@ -785,14 +800,18 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   __half* s_hi16 = reinterpret_cast<__half*>(smem_raw);  // fp16 path: [D][SH] hi, then [D][SH] lo
   __half* s_lo16 = s_hi16 + D * tile_stride_f16(D);
   const float* rot = cst.rotation + static_cast<int64_t>(h) * D * D;
-  bool lo_mine;
-  if (f16_path && cst.rotation_f16 != nullptr) {  // pre-split by the cache: copy hi (and lo)
+  // Π = I (HeadConstantsView::rotation_identity): no Π in shared memory, no MMAs; y = xc, the
+  // values the MMAs give for the identity matrix (a zero's sign aside: no code or sign bit
+  // depends on it).
+  const bool identity = cst.rotation_identity;
+  bool lo_mine = false;
+  if (!identity && f16_path && cst.rotation_f16 != nullptr) {  // pre-split: copy hi (and lo)
     const bool lo = __ldg(cst.rotation_f16_lo + h) != 0;
     copy_to_shared_16<kTileWarps * 32>(
         cst.rotation_f16 + static_cast<int64_t>(h) * 2 * D * tile_stride_f16(D), s_hi16,
         (lo ? 2 : 1) * D * tile_stride_f16(D) * 2 / 16, tid);
     lo_mine = lo;
-  } else {
+  } else if (!identity) {
     lo_mine = f16_path ? stage_rotation_split_f16<D, kTileWarps * 32>(rot, s_hi16, s_lo16,
                                                                       tile_stride_f16(D), tid)
                        : stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
@@ -850,13 +869,13 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
 
   // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
   if constexpr (tile_f16_dim(D)) {
-    if (f16_path) {
+    if (f16_path && !identity) {
       with_bool(pi_lo, [&](auto kPiLo) {
         rotate_tile_rows_f16<D, decltype(kPiLo)::value>(w_x, s_hi16, s_lo16, lane);
       });
     }
   }
-  if (!f16_path) {
+  if (!f16_path && !identity) {
     with_bool(a_exact, [&](auto kAExact) {
       with_bool(pi_lo, [&](auto kPiLo) {
         rotate_tile_rows<D, decltype(kAExact)::value, decltype(kPiLo)::value>(w_x, s_pi, s_pi_lo,

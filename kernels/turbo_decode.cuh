@@ -319,13 +319,16 @@ __device__ __forceinline__ float inverse_rotate(const float* __restrict__ rot, c
 
 /// \brief out[row] = Π_Vᵀ s_y + μ_V (μ_V only for a non-empty row, l > 0): the end of a row,
 /// after one split or after merging several. s_y complete (synchronised) before the call.
+/// Π_V = I (HeadConstantsView::rotation_identity): out = s_y + 0 + μ_V, what the fma chain gives
+/// for the identity matrix.
 template <int D>
 __device__ __forceinline__ void rotate_back_and_store(const quant::DecodeParams& p, int row, int h,
                                                       const float* s_y, float l) {
   const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
   const float* mu = p.v.constants.mean;
+  const bool identity = p.v.constants.rotation_identity;
   for (int i = threadIdx.x; i < D; i += kDecodeThreads) {
-    float o = inverse_rotate<D>(rot, s_y, i);
+    float o = identity ? __fadd_rn(s_y[i], 0.0f) : inverse_rotate<D>(rot, s_y, i);
     if (mu && l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }
@@ -447,7 +450,8 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   }
   // The row's merge (the last split CTA, unknown yet) reads Π_V by columns at the very end of
   // the chain; split 0 asks the L2 for it now, so those loads need not go to HBM.
-  if (split == 0 && num_splits > 1 && p.split_counters != nullptr) {
+  if (split == 0 && num_splits > 1 && p.split_counters != nullptr &&
+      !p.v.constants.rotation_identity) {
     const float* rot_v = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
     for (int line = tid; line < D * D / 32; line += kThreads)
       asm volatile("prefetch.global.L2 [%0];" ::"l"(rot_v + line * 32));
@@ -472,6 +476,7 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     // lane i reads Π_ij at i(D + 1) + j: conflict-free): 4-byte asynchronous copies, all in
     // flight at once and holding no registers, completed after the wait.
     for (int side = 0; side < 2; ++side) {
+      if ((side ? p.v : p.k).constants.rotation_identity) continue;  // the encoder skips Π
       const float* src = (side ? p.v : p.k).constants.rotation + static_cast<int64_t>(h) * D * D;
       float* dst = s_dyn + dl.app + side * dl.app_side;
       for (int e = tid; e < D * D; e += kThreads)
@@ -916,6 +921,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   const int row = blockIdx.x;
   const int h = (row / p.q_len) % p.heads;
   const float* rot = p.v.constants.rotation + static_cast<int64_t>(h) * D * D;
+  const bool identity = p.v.constants.rotation_identity;  // Π_V = I: no column, no products
   __shared__ float s_y[D];
   // Column i = threadIdx.x of Π_V, requested first: its HBM latency overlaps the partials' loads.
   constexpr int kHeld = D < 64 ? D : 64;
@@ -923,7 +929,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   TimelineStamp stamp;
   stamp.open(launch, kTimelineMerge);
   pdl_launch_dependents();
-  if (threadIdx.x < D) {
+  if (threadIdx.x < D && !identity) {
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
   }
@@ -935,9 +941,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
   if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
     const int i = threadIdx.x;
     float o = 0.0f;
+    if (identity) {
+      o = __fadd_rn(s_y[i], 0.0f);  // the chain below for Π_V = I
+    } else {
 #pragma unroll
-    for (int j = 0; j < kHeld; ++j) o = fmaf(col[j], s_y[j], o);
-    o = inverse_rotate<D>(rot, s_y, i, kHeld, o);
+      for (int j = 0; j < kHeld; ++j) o = fmaf(col[j], s_y[j], o);
+      o = inverse_rotate<D>(rot, s_y, i, kHeld, o);
+    }
     if (mu && l > 0.0f) o += mu[h * D + i];
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }

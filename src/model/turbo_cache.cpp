@@ -64,6 +64,13 @@ uint64_t derive_seed(uint64_t seed, uint64_t layer, uint64_t head, uint64_t what
 
 }  // namespace
 
+bool is_identity_rotation(const at::Tensor& rotation) {
+  if (!rotation.defined() || rotation.dim() != 3 || rotation.size(1) != rotation.size(2))
+    return false;
+  const at::Tensor eye = at::eye(rotation.size(1), rotation.options().dtype(at::kFloat));
+  return at::equal(rotation.to(at::kFloat), eye.expand_as(rotation));
+}
+
 quant::HeadConstantsView TurboHeadConstants::view() const {
   quant::HeadConstantsView v;
   v.rotation = ptr_or_null(rotation);
@@ -77,6 +84,7 @@ quant::HeadConstantsView TurboHeadConstants::view() const {
     v.rotation_f16 = reinterpret_cast<const uint16_t*>(rotation_f16.data_ptr<int16_t>());
     v.rotation_f16_lo = rotation_f16_lo.data_ptr<int32_t>();
   }
+  v.rotation_identity = rotation_identity;
   return v;
 }
 
@@ -92,6 +100,7 @@ TurboHeadConstants TurboHeadConstants::to(c10::Device device) const {
   c.mean = mv(mean);
   c.qjl_scale = mv(qjl_scale);
   c.qjl_projection = mv(qjl_projection);
+  c.rotation_identity = is_identity_rotation(rotation);
   if (device.is_cuda() && c.rotation.defined() && has_f16_parts_shape(c.rotation)) {
     // The prefill kernel's fp16 parts of Π, split once here (on the device: a few elementwise
     // kernels) instead of by each of its CTAs.
@@ -341,9 +350,13 @@ TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
   for (size_t l = 0; l < layers_.size(); ++l) {
     layers_[l].constants.k = spec_.layers[l].k.to(shape.device);
     layers_[l].constants.v = spec_.layers[l].v.to(shape.device);
+    // A side whose Π is the identity (e.g. V after model/value_fold.h) is labelled so.
+    const auto kind = [&](const TurboHeadConstants& c) {
+      return c.rotation_identity ? quant::RotationKind::kIdentity : spec_.rotation;
+    };
     for (int h = 0; h < shape.heads; ++h) {
-      k_quant_[l].push_back(spec_.layers[l].k.quantizer(h, kc, spec_.rotation));
-      v_quant_[l].push_back(spec_.layers[l].v.quantizer(h, vc, spec_.rotation));
+      k_quant_[l].push_back(spec_.layers[l].k.quantizer(h, kc, kind(layers_[l].constants.k)));
+      v_quant_[l].push_back(spec_.layers[l].v.quantizer(h, vc, kind(layers_[l].constants.v)));
     }
   }
   if (shape.device.is_cuda()) {

@@ -78,6 +78,7 @@
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
 #include "turboesm/model/turbo_cache.h"
+#include "turboesm/model/value_fold.h"
 
 #ifdef TURBOESM_BENCH_CUPTI
 #include "bench/kernel_trace.h"
@@ -654,8 +655,10 @@ int section_decode(const std::string& preset, int64_t cached) {
   // kernel), decode_gemv's grid as one CTA per task (default: as many CTAs as fit, looping
   // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps), the
   // attention with 4-warp CTAs (default: 8 where every CTA has an SM;
-  // kernels::set_turbo_decode_wide_ctas around the steps), and 5 cached splits (5 + 1 splits ×
-  // 20 heads = 120 CTAs, still one per SM).
+  // kernels::set_turbo_decode_wide_ctas around the steps), 5 cached splits (5 + 1 splits ×
+  // 20 heads = 120 CTAs, still one per SM), and the model with Π_V folded into W_V / W_O
+  // (model/value_fold.h; the same spec's K side, V unrotated: no Π_V in the step's append or
+  // the merge kernel).
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -665,6 +668,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool eager_inputs = false;
       int gemv_ctas_per_sm = 0;  // Esm2Model::set_decode_gemv_ctas_per_sm around the steps
       bool wide_ctas = true;     // kernels::set_turbo_decode_wide_ctas around the steps
+      bool value_fold = false;   // the Π_V-folded model and spec (model/value_fold.h)
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -679,11 +683,14 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_narrow_ctas_ms", "4-warp attention CTAs", [](tm::TurboKvCache&) {}, false, 0, false},
         {"ab_wide_ctas_splits5_ms", "8-warp CTAs, 5 splits",
          [](tm::TurboKvCache& c) { c.set_step_splits(5, false); }},
+        {"ab_value_fold_ms", "V rotation folded", [](tm::TurboKvCache&) {}, false, 0, true, true},
     };
+    const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
-      sessions.push_back(
-          std::make_unique<tm::Session>(m, make_cache(*m, tm::CacheKind::kTurbo, &spec)));
+      const std::shared_ptr<tm::Esm2Model>& vm = v.value_fold ? vfold.model : m;
+      sessions.push_back(std::make_unique<tm::Session>(
+          vm, make_cache(*vm, tm::CacheKind::kTurbo, v.value_fold ? &vfold.spec : &spec)));
       v.setup(dynamic_cast<tm::TurboKvCache&>(sessions.back()->cache()));
       sessions.back()->enable_cuda_graph(cached + kRounds * (kWarmup + kSteps) + 1, 256);
       sessions.back()->prefill(prefix);
@@ -787,9 +794,13 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
   tm::Session sr(m, make_cache(*m, tm::CacheKind::kTurbo, &spec, batch));  // the row kernel
   dynamic_cast<tm::TurboKvCache&>(sr.cache())
       .set_cuda_append_path(tm::TurboKvCache::CudaAppendPath::kRows);
+  // Π_V folded into W_V / W_O (model/value_fold.h): the same spec's K side, V without rotation.
+  const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
+  tm::Session sv(vfold.model, make_cache(*vfold.model, tm::CacheKind::kTurbo, &vfold.spec, batch));
   const std::vector<std::pair<std::string, std::function<void()>>> modes = {
       {"forward", [&] { m->forward(tokens, at::Tensor()); }},
       {"prefill_turbo3", [&] { st.prefill(tokens); }},
+      {"prefill_turbo3_vfold", [&] { sv.prefill(tokens); }},
       {"prefill_turbo3_rows", [&] { sr.prefill(tokens); }},
       {"prefill_turbo3_sign", [&] { ss.prefill(tokens); }},
       {"prefill_fp16", [&] { sf.prefill(tokens); }}};
@@ -924,6 +935,7 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
     using Path = tm::TurboKvCache::CudaAppendPath;
     const std::vector<WriteCase> cases = {
         {"cache_write_turbo3", &st.cache(), at::kHalf, Path::kAuto},
+        {"cache_write_turbo3_vfold", &sv.cache(), at::kHalf, Path::kAuto},
         {"cache_write_turbo3_random", random_cache.get(), at::kHalf, Path::kAuto},
         {"cache_write_turbo3_bf16", &st.cache(), at::kBFloat16, Path::kAuto},
         {"cache_write_turbo3_fp32_random", random_cache.get(), at::kFloat, Path::kAuto},

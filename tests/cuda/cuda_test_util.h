@@ -110,6 +110,9 @@ struct SideConfig {
   bool scale_mean = false;  ///< per-coordinate σ and μ
   int page_tokens = tq::kPageTokens;
   bool hadamard = false;  ///< randomized Hadamard rotations (entries ±d^-1/2) instead of dense ones
+  /// Π = I; HeadSet::device_constants then sets HeadConstantsView::rotation_identity (the
+  /// kernels' skip) unless asked not to.
+  bool identity = false;
 };
 
 /// H TurboQuantizers (one per head, different seeds) with their constants flattened
@@ -117,7 +120,8 @@ struct SideConfig {
 /// SideConfig::hadamard.
 class HeadSet {
  public:
-  HeadSet(int heads, int dim, const SideConfig& c, uint64_t seed) : heads_(heads), dim_(dim) {
+  HeadSet(int heads, int dim, const SideConfig& c, uint64_t seed)
+      : heads_(heads), dim_(dim), identity_(c.identity) {
     for (int h = 0; h < heads; ++h) {
       tq::QuantizerConfig cfg;
       cfg.dim = dim;
@@ -128,8 +132,9 @@ class HeadSet {
       cfg.page_tokens = c.page_tokens;
       tq::QuantizerParams p;
       const uint64_t s = seed + 101 * h;
-      p.rotation =
-          c.hadamard ? tq::make_hadamard_rotation(dim, s) : tq::make_random_rotation(dim, s);
+      p.rotation = c.identity   ? tq::make_identity_rotation(dim)
+                   : c.hadamard ? tq::make_hadamard_rotation(dim, s)
+                                : tq::make_random_rotation(dim, s);
       tq::Rng rng(s + 1);
       if (c.norm == tq::NormMode::kToken) {
         p.codebook = tq::analytic_codebook(dim, c.bits);
@@ -188,9 +193,12 @@ class HeadSet {
   int dim() const { return dim_; }
 
   /// Device constants view; `presplit`: with Π's fp16 parts (HeadConstantsView::rotation_f16,
-  /// head_dim a multiple of 16), as the model's caches pass them.
-  tq::HeadConstantsView device_constants(bool presplit = false) const {
+  /// head_dim a multiple of 16), as the model's caches pass them; `identity_flag`: with
+  /// HeadConstantsView::rotation_identity when SideConfig::identity (false: the kernels multiply
+  /// by the identity matrix, the reference of their skip).
+  tq::HeadConstantsView device_constants(bool presplit = false, bool identity_flag = true) const {
     tq::HeadConstantsView v;
+    v.rotation_identity = identity_ && identity_flag;
     if (presplit) {
       v.rotation_f16 = d_rotation_f16_.get<uint16_t>();
       v.rotation_f16_lo = d_rotation_f16_lo_.get<int32_t>();
@@ -210,6 +218,7 @@ class HeadSet {
     dst.insert(dst.end(), src.begin(), src.end());
   }
   int heads_, dim_;
+  bool identity_;
   std::vector<std::unique_ptr<tq::TurboQuantizer>> q_;
   tq::PageLayout layout_{};
   std::vector<float> rotation_, centroids_, boundaries_, scale_, mean_, qjl_scale_, qjl_proj_;

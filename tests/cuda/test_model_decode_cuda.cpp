@@ -21,6 +21,7 @@
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/session.h"
 #include "turboesm/model/turbo_cache.h"
+#include "turboesm/model/value_fold.h"
 
 namespace turboesm {
 namespace {
@@ -229,6 +230,47 @@ TEST(ModelDecodeCudaStepSplits, GraphStepEqualsEagerStep) {
       std::printf("[model decode graph vs eager, %d cached splits, merge %s] max|d| %.2e\n", splits,
                   in_kernel ? "in kernel" : "kernel", d);
     }
+  }
+}
+
+// Π_V folded into W_V / W_O (model/value_fold.h) on CUDA: the cache's V constants carry the
+// identity flag (the kernels skip Π_V in the prefill write, the step's append and the merge),
+// the folded pair decodes on CUDA as on the CPU, and its CUDA-graph step equals its eager step,
+// with the merge kernel and with the split counters.
+TEST(ModelDecodeCudaValueFold, FoldedModelMatchesCpuAndItsGraph) {
+  TURBOESM_REQUIRE_GPU();
+  auto cpu = tiny(c10::Device(c10::kCPU));
+  auto gpu = tiny(c10::Device(c10::kCUDA, 0));
+  const SpecCase sc{"random_token", tq::RotationKind::kRandom, tq::NormMode::kToken,
+                    tq::QjlMode::kNone};
+  const tm::TurboCacheSpec spec = make_spec(cpu->config(), sc);
+  const tm::ValueFold fc = tm::fold_value_rotation(*cpu, spec);
+  const tm::ValueFold fg = tm::fold_value_rotation(*gpu, spec);
+  tm::Session s_cpu = make_session(fc.model, tm::CacheKind::kTurbo, &fc.spec);
+  tm::Session s_gpu = make_session(fg.model, tm::CacheKind::kTurbo, &fg.spec);
+  const auto& gcache = dynamic_cast<const tm::TurboKvCache&>(s_gpu.cache());
+  EXPECT_TRUE(gcache.decode_params(0).v.constants.rotation_identity);
+  EXPECT_FALSE(gcache.decode_params(0).k.constants.rotation_identity);
+  const auto seq = encode(kProtein.substr(0, 60));
+  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 30);
+  EXPECT_LE(max_abs_diff(s_cpu.prefill(row(prefix)), s_gpu.prefill(row(prefix))), kCpuCudaTol);
+  double worst = 0.0;
+  for (size_t j = 30; j < seq.size(); ++j) {
+    const at::Tensor t = row({seq[j]});
+    const at::Tensor hc = s_cpu.append(t), hg = s_gpu.append(t);
+    ASSERT_TRUE(all_finite(hg)) << "token " << j;
+    worst = std::max(worst, max_abs_diff(hc, hg));
+  }
+  EXPECT_LE(worst, kCpuCudaTol);
+  for (const bool in_kernel : {false, true}) {
+    tm::Session eager = make_session(fg.model, tm::CacheKind::kTurbo, &fg.spec);
+    tm::Session graph = make_session(fg.model, tm::CacheKind::kTurbo, &fg.spec);
+    dynamic_cast<tm::TurboKvCache&>(graph.cache()).set_step_splits(3, in_kernel);
+    const double d = graph_vs_eager_80(eager, graph);
+    EXPECT_LE(d, kGraphEagerTol) << "merge in kernel " << in_kernel;
+    std::printf(
+        "[model decode, V rotation folded] cpu vs cuda %.2e, graph vs eager (merge %s) %.2e\n",
+        worst, in_kernel ? "in kernel" : "kernel", d);
   }
 }
 

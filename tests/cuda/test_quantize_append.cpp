@@ -43,7 +43,8 @@ struct AppendCase {
   uint64_t seed = 1;
   tk::AppendPath path = tk::AppendPath::kAuto;
   tk::AppendInput input = tk::AppendInput::kFloat32;
-  bool presplit = false;  ///< pass Π's fp16 parts (HeadConstantsView::rotation_f16)
+  bool presplit = false;      ///< pass Π's fp16 parts (HeadConstantsView::rotation_f16)
+  bool identity_flag = true;  ///< with side.identity: HeadConstantsView::rotation_identity
 };
 
 struct AppendOutcome {
@@ -137,7 +138,7 @@ AppendOutcome run_append_case(const AppendCase& c) {
   p.path = c.path;
   p.starts = d_starts.get<int32_t>();
   p.counts = d_counts.get<int32_t>();
-  p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants(c.presplit));
+  p.cache = host.view(d_pages.get<uint8_t>(), hs.device_constants(c.presplit, c.identity_flag));
   p.status = d_status.get<int>();
   EXPECT_EQ(tk::quantize_append_invalid_reason(p), nullptr)
       << tk::quantize_append_invalid_reason(p);
@@ -384,6 +385,42 @@ TEST(QuantizeAppend, TilePresplitRotationGivesTheSameBytes) {
           EXPECT_EQ(presplit.not_near_tie, 0) << what;
           EXPECT_EQ(presplit.other_byte_mismatch, 0) << what;
           EXPECT_EQ(presplit.status, 0) << what;
+        }
+      }
+    }
+  }
+}
+
+// Π = I with HeadConstantsView::rotation_identity (the V side of a cache whose Π_V is folded
+// into the model, model/value_fold.h): both paths skip the rotation, and the pages are the host
+// encoder's bytes exactly (its sum over the identity matrix is xc_i + 0, the skip's value), for
+// every input type, head_dim, and mode; the same identity matrix without the flag (row kernel:
+// the host's sum; tile kernel: MMAs) stays within the near-tie budget as before.
+TEST(QuantizeAppend, IdentityRotationSkipGivesTheHostEncodersBytes) {
+  TURBOESM_REQUIRE_GPU();
+  for (const tk::AppendPath path : {tk::AppendPath::kRows, tk::AppendPath::kTile}) {
+    for (const tk::AppendInput in :
+         {tk::AppendInput::kFloat32, tk::AppendInput::kFloat16, tk::AppendInput::kBFloat16}) {
+      for (const int dim : {16, 24, 32, 64, 128}) {
+        for (const bool centered_sign : {false, true}) {
+          AppendCase c = two_sequence_case(3, dim, 300, 17, in, path);
+          c.counts[1] = 250;
+          c.side.identity = true;
+          c.side.norm = centered_sign ? tq::NormMode::kNone : tq::NormMode::kToken;
+          c.side.qjl = centered_sign ? tq::QjlMode::kSign : tq::QjlMode::kNone;
+          c.side.scale_mean = centered_sign;
+          c.seed = 300 + dim + 7 * static_cast<int>(in) + (centered_sign ? 1 : 0);
+          const std::string what = std::string(path == tk::AppendPath::kTile ? "tile" : "rows") +
+                                   " in=" + std::to_string(static_cast<int>(in)) + " d" +
+                                   std::to_string(dim) +
+                                   (centered_sign ? " none+sign+centered" : " token");
+          const AppendOutcome skip = run_append_case(c);
+          EXPECT_EQ(skip.code_mismatch, 0) << what << ": skip vs host encoder";
+          EXPECT_EQ(skip.qjl_mismatch, 0) << what << ": skip vs host encoder";
+          EXPECT_EQ(skip.other_byte_mismatch, 0) << what;
+          EXPECT_EQ(skip.status, 0) << what;
+          c.identity_flag = false;
+          expect_same_pages(run_append_case(c), what + " (identity matrix, no flag)");
         }
       }
     }

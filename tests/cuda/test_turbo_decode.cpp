@@ -38,6 +38,8 @@ struct DecodeCase {
   /// Give DecodeParams::split_counters (the last split CTA merges); the call then runs 3 times
   /// on the same counters and every run must give the same bits and leave them zero.
   bool split_counters = false;
+  bool identity_flag =
+      true;  ///< with v.identity / k.identity: HeadConstantsView::rotation_identity
   uint64_t seed = 1;
 };
 
@@ -102,8 +104,8 @@ DecodeOutcome run_decode_case(const DecodeCase& c) {
   p.out = d_out.get<float>();
   p.lengths = d_len.get<int32_t>();
   p.sm_scale = sm_scale;
-  p.k = kp.view(d_kpages.get<uint8_t>(), ks.device_constants());
-  p.v = vp.view(d_vpages.get<uint8_t>(), vs.device_constants());
+  p.k = kp.view(d_kpages.get<uint8_t>(), ks.device_constants(false, c.identity_flag));
+  p.v = vp.view(d_vpages.get<uint8_t>(), vs.device_constants(false, c.identity_flag));
   EXPECT_EQ(tk::turbo_decode_invalid_reason(p), nullptr) << tk::turbo_decode_invalid_reason(p);
 
   int dev = 0, sms = 0;
@@ -367,6 +369,50 @@ TEST(TurboDecode, InKernelMergeEqualsMergeKernel) {
     tk::set_turbo_decode_fused_merge(true);
     EXPECT_EQ(off.counters_nonzero, 0) << what;
     EXPECT_EQ(std::memcmp(off.out.data(), ref.out.data(), ref.out.size() * 4), 0) << what;
+  }
+}
+
+// Π_V = I with HeadConstantsView::rotation_identity (model/value_fold.h): the row's end, the
+// merge kernel and the in-kernel merge skip the inverse rotation. Same bits as the fma chain over
+// the identity matrix (flag off), with one split, the merge kernel and the split counters, and
+// within the oracle's tolerance; centered V (μ added after the skipped product) included.
+TEST(TurboDecode, IdentityValueRotationSkipEqualsTheMatrix) {
+  TURBOESM_REQUIRE_GPU();
+  std::vector<DecodeCase> cases(4);
+  cases[0].heads = 20;  // the 650M step's shape: split
+  cases[0].lengths = {1025};
+  cases[0].k.norm = cases[0].v.norm = tq::NormMode::kNone;
+  cases[1].lengths = {40};  // one split
+  cases[1].v.scale_mean = true;
+  cases[2].bits = 2;  // batch 13 with unequal lengths (0 and 1 included), d 128
+  cases[2].dim = 128;
+  cases[2].batch = 13;
+  cases[2].heads = 1;
+  cases[2].lengths = {0, 1, 7, 64, 1000, 5000, 300, 2, 999, 4096, 513, 257, 3000};
+  cases[3].dim = 32;  // token norms, sign QJL on K, centered and scaled V
+  cases[3].k.qjl = tq::QjlMode::kSign;
+  cases[3].v.scale_mean = true;
+  cases[3].batch = 2;
+  cases[3].lengths = {2000, 700};
+  for (size_t i = 0; i < cases.size(); ++i) {
+    for (const bool counters : {false, true}) {
+      DecodeCase c = cases[i];
+      c.seed = 70 + i;
+      c.v.identity = true;
+      c.split_counters = counters;
+      const std::string what =
+          "case " + std::to_string(i) + (counters ? " split counters" : " merge kernel");
+      const DecodeOutcome skip = run_decode_case(c);
+      c.identity_flag = false;
+      const DecodeOutcome matrix = run_decode_case(c);
+      expect_matches(skip, what);
+      ASSERT_EQ(skip.out.size(), matrix.out.size());
+      int64_t differ = 0;
+      for (size_t j = 0; j < skip.out.size(); ++j)
+        differ += std::memcmp(&skip.out[j], &matrix.out[j], 4) != 0;
+      EXPECT_EQ(differ, 0) << what << ": the skip differs from the identity matrix";
+      EXPECT_EQ(skip.counters_nonzero, 0) << what;
+    }
   }
 }
 

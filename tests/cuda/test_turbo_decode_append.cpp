@@ -301,6 +301,21 @@ TEST(TurboDecodeAppend, EqualsAppendThenDecode) {
     c.capacity_tokens = 0;
     cases.push_back(c);
   }
+  {
+    AppendCase c = cases.front();  // Π_V folded into the model (model/value_fold.h): V skips Π
+    c.name = "650M step, identity V rotation";
+    c.v.identity = true;
+    cases.push_back(c);
+    c.name = "650M step, identity V rotation, merge kernel";
+    c.split_counters = false;
+    cases.push_back(c);
+  }
+  {
+    AppendCase c = cases[1];  // centered V, token norms, both sides' Π the identity
+    c.name = "d64 b2 batch 5, identity K and V rotations";
+    c.k.identity = c.v.identity = true;
+    cases.push_back(c);
+  }
   for (size_t i = 0, n = cases.size(); i < n; ++i) {  // 8-warp CTAs where they apply
     if (cases[i].bits == 2 || cases[i].min_workspace) continue;
     AppendCase c = cases[i];

@@ -41,6 +41,10 @@ struct TurboHeadConstants {
   /// "low part nonzero" flags (rotation_f16_parts below; HeadConstantsView::rotation_f16). Device
   /// memory: 2 · d · (d + 8) · 2 bytes per head and side (650M: 24 MB, 15B: 267 MB in all).
   at::Tensor rotation_f16, rotation_f16_lo;
+  /// Derived by to(): every head's Π is exactly the identity (HeadConstantsView::
+  /// rotation_identity: the kernels skip the rotation; e.g. the V side of a spec whose Π_V was
+  /// folded into the model, model/value_fold.h).
+  bool rotation_identity = false;
 
   /// \brief Raw pointers for quant::CacheView (tensors must be contiguous fp32).
   quant::HeadConstantsView view() const;
@@ -59,6 +63,10 @@ struct TurboHeadConstants {
 /// [H, d, d] (d a multiple of 16) — kernels::rotation_f16_split's layout and values, computed with
 /// tensor ops (TurboHeadConstants::to uses it for CUDA copies).
 std::pair<at::Tensor, at::Tensor> rotation_f16_parts(const at::Tensor& rotation);
+
+/// \brief Whether `rotation` [H, d, d] is exactly the identity for every head (any device;
+/// false for an undefined or misshaped tensor).
+bool is_identity_rotation(const at::Tensor& rotation);
 
 /// \brief K and V constants of one layer.
 struct TurboLayerConstants {

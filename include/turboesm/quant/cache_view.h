@@ -44,6 +44,11 @@ struct HeadConstantsView {
   /// split.
   const uint16_t* rotation_f16 = nullptr;
   const int32_t* rotation_f16_lo = nullptr;  ///< [H]: 1 where head h's low part is nonzero
+  /// Every head's Π is exactly the identity (`rotation` still points at it): the CUDA kernels
+  /// skip the rotation and its inverse (y = x), which gives the values the identity matrix gives
+  /// (a zero's sign aside, which no code, sign bit or output depends on). The V side of a cache
+  /// whose Π_V is folded into the model's weights (model/value_fold.h) has it.
+  bool rotation_identity = false;
 };
 
 /// Row stride (fp16 elements) of a head's Π parts in HeadConstantsView::rotation_f16: d + 8, the

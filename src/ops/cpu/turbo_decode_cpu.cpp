@@ -618,12 +618,18 @@ class RowKernel {
     float y[quant::kMaxHeadDim];
     const float* sc = c.scale ? c.scale + static_cast<size_t>(h) * d : nullptr;
     for (int j = 0; j < d; ++j) y[j] = acc[j] * inv * (sc ? sc[j] : 1.0f);
-    const float* rot = c.rotation + static_cast<size_t>(h) * d * d;
-    for (int j = 0; j < d; ++j) out[j] = 0.0f;
-    for (int i = 0; i < d; ++i) {
-      const float yi = y[i];
-      const float* row = rot + static_cast<size_t>(i) * d;
-      for (int j = 0; j < d; ++j) out[j] += row[j] * yi;
+    if (c.rotation_identity) {
+      // Π_V = I (HeadConstantsView::rotation_identity): the sum below is 0 + … + 1 · y_j + …,
+      // i.e. y_j + 0.
+      for (int j = 0; j < d; ++j) out[j] = y[j] + 0.0f;
+    } else {
+      const float* rot = c.rotation + static_cast<size_t>(h) * d * d;
+      for (int j = 0; j < d; ++j) out[j] = 0.0f;
+      for (int i = 0; i < d; ++i) {
+        const float yi = y[i];
+        const float* row = rot + static_cast<size_t>(i) * d;
+        for (int j = 0; j < d; ++j) out[j] += row[j] * yi;
+      }
     }
     if (c.mean) {
       const float* mu = c.mean + static_cast<size_t>(h) * d;
