@@ -13,12 +13,14 @@
 //                                              step again with the eager dense ops and without
 //                                              programmatic dependent launch; rounds of the
 //                                              fused decode-append vs the append as its own
-//                                              kernel, interleaved
+//                                              kernel, the model with Π_V folded into W_V / W_O
+//                                              (model/value_fold.h), interleaved
 //   bench_model_cuda prefill [preset] [res] [batch]
 //                                              prefill of `batch` (1) sequences of `res` residues
 //                                              (default 1024): plain forward vs Session::prefill
 //                                              writing the turbo cache (quantize-on-append: tile
-//                                              path, and the row path for comparison) and the
+//                                              path, and the row path for comparison; the
+//                                              Π_V-folded model and spec) and the
 //                                              fp16 cache; SDPA backend; the forward with
 //                                              each layer's cache write between CUDA events
 //                                              (the writes' time inside a prefill); the writes
@@ -830,27 +832,37 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
   // Where a prefill's extra time goes: the same forward with each layer's cache write between
   // CUDA events (in-situ write time), against the plain forward, interleaved.
   {
-    TimedPrefillAttention timed_turbo(&st.cache()), timed_fp16(&sf.cache());
+    TimedPrefillAttention timed_turbo(&st.cache()), timed_fp16(&sf.cache()),
+        timed_vfold(&sv.cache());
+    // (name, timed backend, its cache, the model it runs on)
+    struct Timed {
+      const char* name;
+      TimedPrefillAttention* t;
+      tm::KvCache* cache;
+      const tm::Esm2Model* model;
+    };
+    const std::vector<Timed> timed = {{"turbo3", &timed_turbo, &st.cache(), m.get()},
+                                      {"fp16", &timed_fp16, &sf.cache(), m.get()},
+                                      {"vfold", &timed_vfold, &sv.cache(), vfold.model.get()}};
     std::map<std::string, std::vector<double>> total, writes;
     for (int i = 0; i < kWarmup + kIters; ++i) {
-      for (auto* t : {&timed_turbo, &timed_fp16}) {
-        const std::string name = t == &timed_turbo ? "turbo3" : "fp16";
-        tm::KvCache& cache = t == &timed_turbo ? st.cache() : sf.cache();
+      for (const Timed& t : timed) {
         tm::ForwardOptions fo;
-        fo.backend = t;
-        cache.clear();
-        const double x = time_ms([&] { m->forward(tokens, at::Tensor(), fo); });
-        const double w = t->take_append_ms();
+        fo.backend = t.t;
+        t.cache->clear();
+        const double x = time_ms([&] { t.model->forward(tokens, at::Tensor(), fo); });
+        const double w = t.t->take_append_ms();
         if (i >= kWarmup) {
-          total[name].push_back(x);
-          writes[name].push_back(w);
+          total[t.name].push_back(x);
+          writes[t.name].push_back(w);
         }
       }
       const double f = time_ms([&] { m->forward(tokens, at::Tensor()); });
       if (i >= kWarmup) total["forward"].push_back(f);
     }
     const double f = median(total["forward"]);
-    for (const std::string name : {"turbo3", "fp16"}) {
+    for (const Timed& t : timed) {
+      const std::string name = t.name;
       const double x = median(total[name]), w = median(writes[name]);
       std::printf(
           "in-situ %-6s: forward + writes %.3f ms (forward alone %.3f, %+.1f%%), writes inside "
