@@ -14,6 +14,7 @@
 #include "turboesm/calibration/collector.h"
 #include "turboesm/error.h"
 #include "turboesm/model/session.h"
+#include "turboesm/model/value_fold.h"
 
 namespace turboesm::calibration {
 
@@ -132,7 +133,7 @@ std::string kind_name(CacheKind k) { return model::to_string(k); }
 }  // namespace
 
 CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& model,
-                              const model::TurboCacheSpec& turbo,
+                              const model::TurboCacheSpec& turbo_spec,
                               const std::vector<io::FastaRecord>& records,
                               const CompareOptions& opts) {
   TURBOESM_CHECK(model != nullptr, "compare_records: no model");
@@ -142,7 +143,18 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
                  "model runs in ",
                  c10::toString(model->dtype()), " (load it with dtype fp32)");
   const model::EsmConfig& cfg = model->config();
-  turbo.validate(cfg);
+  turbo_spec.validate(cfg);
+  // The Turbo caches' model and spec: as given, or with Π_V folded into the model.
+  std::shared_ptr<const model::Esm2Model> tmodel = model;
+  model::TurboCacheSpec turbo = turbo_spec;
+  if (opts.fold_value_rotation) {
+    TURBOESM_CHECK(!opts.alt_turbo,
+                   "compare: folding the V rotation into the model applies to one checkpoint; a "
+                   "second one (--checkpoint-b) is not supported with it");
+    model::ValueFold f = model::fold_value_rotation(*model, turbo_spec);
+    tmodel = std::move(f.model);
+    turbo = std::move(f.spec);
+  }
   for (CacheKind k : opts.baselines)
     TURBOESM_CHECK(k != CacheKind::kTurbo && k != CacheKind::kFp32,
                    "baselines must be fp16, int8 or fp8, got ", kind_name(k));
@@ -168,6 +180,7 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
   CompareReport rep;
   rep.dense_layers = opts.dense_layers;
   rep.turbo_description = turbo.summary();
+  rep.value_fold = opts.fold_value_rotation;
   {
     const auto c = make_cache(cfg, dev, CacheKind::kTurbo, &turbo, opts.dense_layers, alt_layers);
     if (const auto* mc = dynamic_cast<const model::MixedKvCache*>(c.get()))
@@ -206,26 +219,37 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
     for (const auto& kv : layer_rate_sum)
       rep.kv_bytes[kv.first] += kv.second * (len + 2) * cfg.num_attention_heads;
 
-    // (a) teacher-forced, all caches at once on one FP32 forward pass.
+    // (a) teacher-forced, all caches at once on one FP32 forward pass (two when the Turbo caches
+    // run on the Π_V-folded model: its forward for them, the given model's for the baselines).
     {
       std::vector<std::unique_ptr<model::KvCache>> caches;
-      std::vector<TeacherForcedProbe::Target> targets;
-      auto add = [&](const std::string& name, CacheKind k, const model::TurboCacheSpec* spec,
-                     std::vector<double>* out) {
+      std::vector<TeacherForcedProbe::Target> turbo_targets, base_targets;
+      auto add = [&](std::vector<TeacherForcedProbe::Target>& targets, const std::string& name,
+                     CacheKind k, const model::TurboCacheSpec* spec, std::vector<double>* out) {
         caches.push_back(make_cache(cfg, dev, k, spec, opts.dense_layers,
                                     spec == &turbo_plain ? alt_layers_plain : alt_layers));
         out->assign(static_cast<size_t>(L), 0.0);
         targets.push_back({name, caches.back().get(), out});
       };
       CacheScores& ts = rc.caches["turbo"];
-      add("turbo", CacheKind::kTurbo, &turbo, &ts.layer_cosine);
-      if (has_qjl) add("turbo_no_qjl", CacheKind::kTurbo, &turbo_plain, &ts.layer_cosine_no_qjl);
+      add(turbo_targets, "turbo", CacheKind::kTurbo, &turbo, &ts.layer_cosine);
+      if (has_qjl)
+        add(turbo_targets, "turbo_no_qjl", CacheKind::kTurbo, &turbo_plain,
+            &ts.layer_cosine_no_qjl);
       for (CacheKind k : opts.baselines)
-        add(kind_name(k), k, nullptr, &rc.caches[kind_name(k)].layer_cosine);
-      TeacherForcedProbe probe(std::move(targets));
-      model::ForwardOptions fo;
-      fo.backend = &probe;
-      model->forward(at::tensor(ids, at::kLong).view({1, -1}), at::Tensor(), fo);
+        add(tmodel == model ? turbo_targets : base_targets, kind_name(k), k, nullptr,
+            &rc.caches[kind_name(k)].layer_cosine);
+      const at::Tensor tokens = at::tensor(ids, at::kLong).view({1, -1});
+      const auto probe_forward = [&](const model::Esm2Model& m,
+                                     std::vector<TeacherForcedProbe::Target>&& targets) {
+        if (targets.empty()) return;
+        TeacherForcedProbe probe(std::move(targets));
+        model::ForwardOptions fo;
+        fo.backend = &probe;
+        m.forward(tokens, at::Tensor(), fo);
+      };
+      probe_forward(*tmodel, std::move(turbo_targets));
+      probe_forward(*model, std::move(base_targets));
       if (!has_qjl) ts.layer_cosine_no_qjl = ts.layer_cosine;
     }
 
@@ -239,16 +263,17 @@ CompareReport compare_records(const std::shared_ptr<const model::Esm2Model>& mod
     rc.appended = static_cast<int64_t>(rest.size());
     {
       auto t0 = Clock::now();
+      // The Turbo session's model: its prefill runs that model's plain forward bit for bit.
       const at::Tensor plain =
-          model->forward(prefix, at::Tensor()).last_hidden_state.to(at::kCPU, at::kFloat);
+          tmodel->forward(prefix, at::Tensor()).last_hidden_state.to(at::kCPU, at::kFloat);
       rc.plain_forward_ms = ms_since(t0);
       const SessionRun ref = run_session(model, CacheKind::kFp32, nullptr, prefix, rest);
       CacheScores& fs = rc.caches["fp32"];
       fs.prefill_ms = ref.prefill_ms;
       fs.append_ms_per_token = rest.empty() ? 0.0 : ref.append_ms / rest.size();
       auto score = [&](const std::string& name, CacheKind k, const model::TurboCacheSpec* spec) {
-        const SessionRun run =
-            run_session(model, k, spec, prefix, rest, opts.dense_layers, alt_layers);
+        const SessionRun run = run_session(k == CacheKind::kTurbo ? tmodel : model, k, spec, prefix,
+                                           rest, opts.dense_layers, alt_layers);
         CacheScores& cs = rc.caches[name];
         cs.prefill_ms = run.prefill_ms;
         cs.append_ms_per_token = rest.empty() ? 0.0 : run.append_ms / rest.size();
@@ -380,6 +405,7 @@ json report_json(const CompareReport& rep) {
   for (const auto& r : rep.records) max_diff = std::max(max_diff, r.prefill_max_abs_diff);
   json summary = {{"records", rep.records.size()},
                   {"turbo", rep.turbo_description},
+                  {"value_fold", rep.value_fold},
                   {"layer_cosine_mean", num(t.layer_mean)},
                   {"layer_cosine_min", num(t.layer_min)},
                   {"layer_cosine_no_qjl_mean", num(t.no_qjl_mean)},
@@ -421,7 +447,8 @@ json report_json(const CompareReport& rep) {
 std::string report_table(const CompareReport& rep) {
   std::ostringstream os;
   char buf[512];
-  os << "turbo: " << rep.turbo_description << "\n";
+  os << "turbo: " << rep.turbo_description
+     << (rep.value_fold ? " (V rotation folded into the model's W_V / W_O)" : "") << "\n";
   os << "records: " << rep.records.size() << ", layers: " << rep.num_layers
      << ", checkpoint bytes: " << rep.checkpoint_bytes << "\n\n";
   std::snprintf(buf, sizeof buf, "%-7s %10s %10s %10s %10s %8s %14s %8s %10s %12s\n", "cache",

@@ -57,7 +57,7 @@ const World& world() {
            ">MYG_HORSE\nGLSDGEWQQVLNVWGKVEADIAGHGQEVLIRLFTGHPETLEKFDKFKHLKTEAEMKASED\n"
            ">GFP\nMSKGEELFTGVVPILVELDGDVNGHKFSVSGEGEGDATYGKLTLKFICTTGKLPVPWPTLVTT\n";
     const test::ProgramRun mk = run(w.dir, "turboesm-make-model",
-                              "--preset tiny --seed 1 --init-std 0.08 --out " + w.model);
+                                    "--preset tiny --seed 1 --init-std 0.08 --out " + w.model);
     EXPECT_EQ(mk.code, 0) << mk.err;
     const test::ProgramRun cal =
         run(w.dir, "turboesm-calibrate",
@@ -76,8 +76,8 @@ TEST(CalibrateCompareProgram, RoundTripWritesTheJsonContract) {
   ASSERT_TRUE(fs::exists(w.ckpt));
   const std::string out_json = w.dir + "/report.json";
   const test::ProgramRun r = run(w.dir, "turboesm-compare",
-                           "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
-                               w.fasta + " --json " + out_json + " --overwrite --threads 1");
+                                 "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
+                                     w.fasta + " --json " + out_json + " --overwrite --threads 1");
   ASSERT_EQ(r.code, 0) << r.err;
   EXPECT_HAS(r.out, "layer_cos");
   const json j = json::parse(test::slurp(out_json));
@@ -124,8 +124,8 @@ TEST(CalibrateCompareProgram, RoundTripWritesTheJsonContract) {
   }
   // --json refuses to overwrite without --overwrite.
   const test::ProgramRun again = run(w.dir, "turboesm-compare",
-                               "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
-                                   w.fasta + " --json " + out_json);
+                                     "--model " + w.model + " --checkpoint " + w.ckpt +
+                                         " --fasta " + w.fasta + " --json " + out_json);
   EXPECT_EQ(again.code, 1);
   EXPECT_HAS(again.err, "refusing to overwrite");
 }
@@ -156,9 +156,8 @@ TEST(CalibrateCompareProgram, CompareMixesFormatsPerLayer) {
   EXPECT_EQ(turbo_rate, 3 * d / 8 + d / 8 + 3 * d / 8);  // K 3-bit + sign bits, V 3-bit
   EXPECT_EQ(s["kv_bytes"]["turbo"].get<int64_t>(), tokens * heads * (int8_rate + turbo_rate));
   // The two options of the second checkpoint go together; layers must exist.
-  const std::string base =
-      "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " + w.fasta +
-      " --no-end-to-end --baselines '' --threads 1 ";
+  const std::string base = "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
+                           w.fasta + " --no-end-to-end --baselines '' --threads 1 ";
   const test::ProgramRun only_b = run(w.dir, "turboesm-compare", base + "--b-layers 1");
   EXPECT_EQ(only_b.code, 1);
   EXPECT_HAS(only_b.err, "--checkpoint-b and --b-layers go together");
@@ -166,6 +165,41 @@ TEST(CalibrateCompareProgram, CompareMixesFormatsPerLayer) {
   const test::ProgramRun far = run(w.dir, "turboesm-compare", base + "--dense-layers 5");
   EXPECT_EQ(far.code, 1);
   EXPECT_HAS(far.err, "dense layer 5 out of range [0, 2)");
+}
+
+TEST(CalibrateCompareProgram, CompareWithTheValueRotationFolded) {
+  // --fold-v: the Turbo cache runs on the model with Π_V folded into W_V / W_O. The same model up
+  // to one rounding, so its scores match the unfolded run closely; its prefill is still its plain
+  // forward bit for bit; the JSON says which it was.
+  const World& w = world();
+  ASSERT_TRUE(fs::exists(w.ckpt));
+  const std::string base = "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
+                           w.fasta + " --overwrite --threads 1 --baselines int8 --json ";
+  const test::ProgramRun plain = run(w.dir, "turboesm-compare", base + w.dir + "/plain.json");
+  ASSERT_EQ(plain.code, 0) << plain.err;
+  const test::ProgramRun folded =
+      run(w.dir, "turboesm-compare", base + w.dir + "/folded.json --fold-v");
+  ASSERT_EQ(folded.code, 0) << folded.err;
+  EXPECT_HAS(folded.out, "V rotation folded");
+  const json a = json::parse(test::slurp(w.dir + "/plain.json"));
+  const json b = json::parse(test::slurp(w.dir + "/folded.json"));
+  EXPECT_FALSE(a["summary"]["value_fold"].get<bool>());
+  EXPECT_TRUE(b["summary"]["value_fold"].get<bool>());
+  EXPECT_EQ(b["summary"]["prefill_max_abs_diff"].get<double>(), 0.0);
+  EXPECT_EQ(a["summary"]["kv_bytes"], b["summary"]["kv_bytes"]);
+  for (const char* k : {"layer_cosine_mean", "final_hidden_cosine_mean"})
+    EXPECT_NEAR(a["summary"][k].get<double>(), b["summary"][k].get<double>(), 1e-5) << k;
+  // The baselines run on the model as loaded: the same numbers either way.
+  EXPECT_EQ(a["summary"]["baselines"]["int8"]["layer_cosine_mean"],
+            b["summary"]["baselines"]["int8"]["layer_cosine_mean"]);
+  // One checkpoint only.
+  const test::ProgramRun both = run(
+      w.dir, "turboesm-compare",
+      base + w.dir + "/x.json --fold-v --no-end-to-end --checkpoint-b " + w.ckpt + " --b-layers 1");
+  EXPECT_EQ(both.code, 1);
+  EXPECT_HAS(both.err, "not supported with it");
+  EXPECT_EQ(error_lines(both.err), 1) << both.err;
+  EXPECT_FALSE(fs::exists(w.dir + "/x.json"));
 }
 
 TEST(CalibrateCompareProgram, CalibrateRefusesBadInput) {
@@ -202,8 +236,9 @@ TEST(CalibrateCompareProgram, CompareRefusesAnotherModelsCheckpoint) {
                 "--preset tiny --seed 2 --init-std 0.08 --out " + other + " --overwrite")
                 .code,
             0);
-  const test::ProgramRun r = run(w.dir, "turboesm-compare",
-                           "--model " + other + " --checkpoint " + w.ckpt + " --fasta " + w.fasta);
+  const test::ProgramRun r =
+      run(w.dir, "turboesm-compare",
+          "--model " + other + " --checkpoint " + w.ckpt + " --fasta " + w.fasta);
   EXPECT_EQ(r.code, 1);
   EXPECT_HAS(r.err, "fingerprint mismatch: same config, different weights");
   EXPECT_EQ(error_lines(r.err), 1);
@@ -213,8 +248,8 @@ TEST(CalibrateCompareProgram, CompareRefusesAnotherModelsCheckpoint) {
   EXPECT_EQ(bad.code, 1);
   EXPECT_EQ(error_lines(bad.err), 1) << bad.err;
   const test::ProgramRun base = run(w.dir, "turboesm-compare",
-                              "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
-                                  w.fasta + " --baselines int4");
+                                    "--model " + w.model + " --checkpoint " + w.ckpt + " --fasta " +
+                                        w.fasta + " --baselines int4");
   EXPECT_EQ(base.code, 1);
   EXPECT_HAS(base.err, "int4");
 }

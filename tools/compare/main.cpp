@@ -38,7 +38,7 @@ int main(int argc, char** argv) {
   std::string dense_layers, dense_kind = "int8", ckpt_b, b_layers;
   int threads = 0;
   int64_t max_records = 0, max_residues = 1022;
-  bool overwrite = false, no_e2e = false;
+  bool overwrite = false, no_e2e = false, fold_v = false;
   app.add_option("--model", model_dir, "HF model directory")->required();
   app.add_option("--checkpoint", ckpt_path, "calibration checkpoint (turboesm-calibrate)")
       ->required();
@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
   app.add_option("--b-layers", b_layers,
                  "comma-separated layers (0-based) quantized with --checkpoint-b's constants and "
                  "modes; counted in kv_bytes");
+  app.add_flag("--fold-v", fold_v,
+               "run the Turbo cache on the model with the checkpoint's V rotation folded into "
+               "W_V / W_O (the same model up to one rounding; V stored without rotation, faster "
+               "on CUDA); the FP32 reference and the baselines run on the model as loaded");
   app.add_option("--threads", threads, "CPU threads (0 = LibTorch default)");
   app.add_flag("--overwrite", overwrite, "replace an existing --json file");
   if (const int rc = tools::parse_args(app, argc, argv, kProg); rc >= 0) return rc;
@@ -81,6 +85,7 @@ int main(int argc, char** argv) {
       co.baselines.push_back(k);
     }
     co.end_to_end = !no_e2e;
+    co.fold_value_rotation = fold_v;
     {
       const model::CacheKind dk = model::parse_cache_kind(dense_kind);
       TURBOESM_CHECK(dk != model::CacheKind::kTurbo,

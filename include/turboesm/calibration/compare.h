@@ -50,6 +50,10 @@ struct CompareOptions {
   std::shared_ptr<const model::TurboCacheSpec> alt_turbo;
   std::vector<int> alt_layers;
   int64_t max_residues = 1022;  ///< longer records are cropped
+  /// Run the Turbo caches on the model with Π_V folded into W_V / W_O and the folded spec
+  /// (model/value_fold.h: the same model up to one rounding, V stored without rotation); the FP32
+  /// reference and the baselines run on the model as given. Not with alt_turbo.
+  bool fold_value_rotation = false;
   /// Called after each record with (records done, records total). May be empty.
   std::function<void(size_t, size_t)> progress;
 };
@@ -78,6 +82,7 @@ struct RecordComparison {
 struct CompareReport {
   std::vector<RecordComparison> records;
   std::string turbo_description;
+  bool value_fold = false;                  ///< CompareOptions::fold_value_rotation
   std::vector<std::string> cache_names;     ///< "turbo" then the baselines
   std::map<std::string, int64_t> kv_bytes;  ///< fp32/fp16/int8/fp8/turbo, all records, L+2
   /// Per format; "turbo" is the Turbo layers' rate (dense layers: see kv_bytes and dense_layers).
