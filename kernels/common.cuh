@@ -25,18 +25,29 @@ __device__ __forceinline__ float load_half(const uint8_t* p) {
   return half_bits_to_float_dev(*reinterpret_cast<const uint16_t*>(p));
 }
 
+/// A global load of `p`, through the L1 (plain) or the L2 only (L2_ONLY: `ld.global.cg`, which a
+/// line this SM cached before another kernel rewrote it cannot answer).
+template <bool L2_ONLY, typename V>
+__device__ __forceinline__ V load_global(const V* p) {
+  if constexpr (L2_ONLY) {
+    return __ldcg(p);
+  } else {
+    return *p;
+  }
+}
+
 /// \brief Loads BYTES bytes starting at `p` into 32-bit words `w` (little endian; stream byte k is
 /// byte k % 4 of w[k / 4]; bytes past BYTES in the last word are unspecified).
 /// Uses 16-, 8- or 4-byte loads when BYTES (and so the address, see the callers) allows it; else
 /// aligned words + funnel shifts, reading only the words that overlap [p, p + BYTES), which stay
-/// inside the 16-byte-aligned region that holds the record.
-template <int BYTES>
+/// inside the 16-byte-aligned region that holds the record. L2_ONLY: see load_global.
+template <int BYTES, bool L2_ONLY = false>
 __device__ __forceinline__ void load_record(const uint8_t* p, uint32_t (&w)[(BYTES + 3) / 4]) {
   constexpr int N = (BYTES + 3) / 4;
   if constexpr (BYTES % 16 == 0) {
 #pragma unroll
     for (int i = 0; i < BYTES / 16; ++i) {
-      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      const uint4 v = load_global<L2_ONLY>(reinterpret_cast<const uint4*>(p) + i);
       w[4 * i + 0] = v.x;
       w[4 * i + 1] = v.y;
       w[4 * i + 2] = v.z;
@@ -45,13 +56,14 @@ __device__ __forceinline__ void load_record(const uint8_t* p, uint32_t (&w)[(BYT
   } else if constexpr (BYTES % 8 == 0) {
 #pragma unroll
     for (int i = 0; i < BYTES / 8; ++i) {
-      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
+      const uint2 v = load_global<L2_ONLY>(reinterpret_cast<const uint2*>(p) + i);
       w[2 * i + 0] = v.x;
       w[2 * i + 1] = v.y;
     }
   } else if constexpr (BYTES % 4 == 0) {
 #pragma unroll
-    for (int i = 0; i < N; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
+    for (int i = 0; i < N; ++i)
+      w[i] = load_global<L2_ONLY>(reinterpret_cast<const uint32_t*>(p) + i);
   } else {
     const uintptr_t a = reinterpret_cast<uintptr_t>(p);
     const uint32_t* base = reinterpret_cast<const uint32_t*>(a & ~uintptr_t{3});
@@ -60,8 +72,8 @@ __device__ __forceinline__ void load_record(const uint8_t* p, uint32_t (&w)[(BYT
     const int nwords = static_cast<int>((off + BYTES + 3u) / 4u);
     uint32_t raw[N + 1];
 #pragma unroll
-    for (int i = 0; i < N; ++i) raw[i] = base[i];
-    raw[N] = nwords > N ? base[N] : 0u;
+    for (int i = 0; i < N; ++i) raw[i] = load_global<L2_ONLY>(base + i);
+    raw[N] = nwords > N ? load_global<L2_ONLY>(base + N) : 0u;
 #pragma unroll
     for (int i = 0; i < N; ++i) w[i] = __funnelshift_r(raw[i], raw[i + 1], 8u * off);
   }

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 /// \file pdl.cu
-/// \brief The process-wide switch of programmatic dependent launch (include/turboesm/kernels/pdl.h).
+/// \brief The process-wide switch of programmatic dependent launch
+/// (include/turboesm/kernels/pdl.h).
 
 #include <atomic>
 
@@ -9,9 +10,12 @@
 namespace turboesm::kernels {
 namespace {
 std::atomic<bool> g_enabled{true};
+std::atomic<int> g_carveout{-1};
 }  // namespace
 
 void set_programmatic_dependent_launch(bool enabled) { g_enabled.store(enabled); }
 bool programmatic_dependent_launch() { return g_enabled.load(); }
+void set_decode_shared_carveout(int percent) { g_carveout.store(percent < 0 ? -1 : percent); }
+int decode_shared_carveout() { return g_carveout.load(); }
 
 }  // namespace turboesm::kernels

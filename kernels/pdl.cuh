@@ -27,7 +27,8 @@ __device__ __forceinline__ void pdl_wait() {
 }
 
 /// `kernel<<<grid, block, smem, stream>>>(args...)`, with programmatic stream serialization
-/// when programmatic_dependent_launch() is on. \return the launch error.
+/// when programmatic_dependent_launch() is on and the shared-memory carve-out
+/// decode_shared_carveout() when it is set. \return the launch error.
 template <typename... KernelArgs, typename... Args>
 cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, size_t smem,
                        cudaStream_t stream, Args&&... args) {
@@ -36,11 +37,18 @@ cudaError_t launch_pdl(void (*kernel)(KernelArgs...), dim3 grid, dim3 block, siz
   cfg.blockDim = block;
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
-  cudaLaunchAttribute attr[1];
-  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cudaLaunchAttribute attr[2];
+  unsigned n = 0;
+  if (programmatic_dependent_launch()) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n++].val.programmaticStreamSerializationAllowed = 1;
+  }
+  if (const int carveout = decode_shared_carveout(); carveout >= 0) {
+    attr[n].id = cudaLaunchAttributePreferredSharedMemoryCarveout;
+    attr[n++].val.sharedMemCarveout = static_cast<unsigned>(carveout);
+  }
   cfg.attrs = attr;
-  cfg.numAttrs = programmatic_dependent_launch() ? 1 : 0;
+  cfg.numAttrs = n;
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 

@@ -108,15 +108,18 @@ __device__ __forceinline__ uint16_t float_to_half_bits_dev(float f) {
 /// with NormMode::kToken stores n as fp16 (when `writer`); a non-finite row or an fp16-overflowing
 /// norm sets kQuantizeAppendBadRow (when `writer`). Returns the factor z = y · factor (1/n or 1).
 __device__ __forceinline__ float row_norm_factor(double n2, const quant::PageLayout& lay,
-                                                 uint8_t* page, int slot, bool writer,
-                                                 int* status) {
+                                                 uint8_t* page, int slot, bool writer, int* status,
+                                                 float* norm_out = nullptr) {
   bool bad = !isfinite(n2);
   float inv = 1.0f;
+  if (writer && norm_out) *norm_out = 1.0f;
   if (lay.norm == quant::NormMode::kToken) {  // sqrt in double only where n is used
     const float n = static_cast<float>(sqrt(n2));
     bad = bad || n > quant::kHalfMax;
     inv = n > 0.0f ? __fdiv_rn(1.0f, n) : 0.0f;
-    if (writer) *quant::token_norm(page, lay, slot) = float_to_half_bits_dev(n);
+    const uint16_t stored = float_to_half_bits_dev(n);
+    if (writer) *quant::token_norm(page, lay, slot) = stored;
+    if (writer && norm_out) *norm_out = half_bits_to_float_dev(stored);  // what a decoder reads
   }
   if (bad && writer && status) atomicOr(status, kQuantizeAppendBadRow);
   return inv;
@@ -129,6 +132,23 @@ __host__ __device__ inline size_t append_smem_bytes(int d, int m) {
   return sizeof(float) *
              (static_cast<size_t>(d) * (d + 1) + static_cast<size_t>(kAppendWarps) * d) +
          static_cast<size_t>(kAppendWarps) * ((bits_len + 15) / 16 * 16);
+}
+
+/// warp_pack for a compile-time width: the divisions by NBITS are shifts and masks (3: a multiply)
+/// instead of a run-time integer division per bit.
+template <int NBITS>
+__device__ __forceinline__ void warp_pack_bits(const uint8_t* vals, int n, uint8_t* dst, int lane) {
+  const int total = n * NBITS;
+  const int bytes = (total + 7) / 8;
+  for (int k = lane; k < bytes; k += 32) {
+    uint32_t byte = 0;
+#pragma unroll
+    for (int bit = 0; bit < 8; ++bit) {
+      const int s = 8 * k + bit;
+      if (s < total) byte |= ((static_cast<uint32_t>(vals[s / NBITS]) >> (s % NBITS)) & 1u) << bit;
+    }
+    dst[k] = static_cast<uint8_t>(byte);
+  }
 }
 
 /// Writes the `nbits`-bit values vals[0..n) (bitpack.h layout) to dst [packed_size(n, nbits)]
@@ -154,15 +174,17 @@ __device__ __forceinline__ void warp_pack(const uint8_t* vals, int n, int nbits,
 /// kernel's is transposed, the decode-append CTA's row-major). bnd / cen: this head's boundaries
 /// and centroids; s_x [D] floats and s_codes [max(D, m)] bytes: this warp's scratch. Shared by the
 /// row kernel and turbo_decode's append CTA (kernels/turbo_decode.cuh), so both write the same
-/// bytes.
-template <int D, class Pi>
-__device__ __forceinline__ void encode_row_warp(const float (&x)[(D + 31) / 32],
-                                                const float (&mu)[(D + 31) / 32],
-                                                const float (&inv_sigma)[(D + 31) / 32], Pi&& pi,
-                                                const float* bnd, const float* cen, float* s_x,
-                                                uint8_t* s_codes, const quant::PageLayout& lay,
-                                                const quant::HeadConstantsView& cst, int h,
-                                                uint8_t* page, int slot, int lane, int* status) {
+/// bytes. BITS: lay.bits when the caller knows it at compile time (0: read at run time).
+/// staged_row / staged_norm (optional, the staged decode kernel): the row as a decoder
+/// reads it back — centroid C[c_i] at i, and the stored norm (fp16-rounded; 1 without token
+/// norms; written by lane 0).
+template <int D, int BITS = 0, class Pi>
+__device__ __forceinline__ void encode_row_warp(
+    const float (&x)[(D + 31) / 32], const float (&mu)[(D + 31) / 32],
+    const float (&inv_sigma)[(D + 31) / 32], Pi&& pi, const float* bnd, const float* cen,
+    float* s_x, uint8_t* s_codes, const quant::PageLayout& lay, const quant::HeadConstantsView& cst,
+    int h, uint8_t* page, int slot, int lane, int* status, float* staged_row = nullptr,
+    float* staged_norm = nullptr) {
   constexpr int kPerLane = (D + 31) / 32;
   const int bits = lay.bits;
   const int m = lay.qjl_dim;
@@ -176,36 +198,63 @@ __device__ __forceinline__ void encode_row_warp(const float (&x)[(D + 31) / 32],
   // n² in double and the rotation in fp32, both in increasing j with every operation rounded
   // separately (as TurboQuantizer::encode); every lane computes the same sequential n². One
   // loop for both: their dependent chains interleave instead of running one after the other.
+  // Without token norms n² only tells whether the row is finite (Σ of squared floats cannot
+  // overflow a double), so for the decode kernels (BITS > 0: the append CTA's latency is the
+  // step's) the 64-step double chain is replaced by a vote over the lanes' coordinates: the same
+  // verdict, n² = NaN or 0. (The row kernel keeps the chain: its registers are at their bound.)
+  const bool token_norm = lay.norm == quant::NormMode::kToken;
   double n2 = 0.0;
   float z[kPerLane];
   uint8_t code[kPerLane];
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
-  if (cst.rotation_identity) {
-    // Π = I (HeadConstantsView::rotation_identity; `pi` is not read): the sum below is
-    // 0 + … + 1 · xc_i + …, i.e. xc_i + 0.
-    for (int j = 0; j < D; ++j) {
-      const double v = static_cast<double>(s_x[j]);
-      n2 = __dadd_rn(n2, __dmul_rn(v, v));
+  if (!(BITS > 0 && !token_norm)) {
+    if (cst.rotation_identity) {
+      for (int j = 0; j < D; ++j) {
+        const double v = static_cast<double>(s_x[j]);
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      }
+    } else {
+      for (int j = 0; j < D; ++j) {
+        const float xj = s_x[j];
+        const double v = static_cast<double>(xj);
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+#pragma unroll
+        for (int k = 0; k < kPerLane; ++k) {
+          const int i = lane + 32 * k;
+          if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
+        }
+      }
     }
+  } else {  // no token norm (and a decode-kernel caller: BITS > 0)
+    if (!cst.rotation_identity) {
+      for (int j = 0; j < D; ++j) {
+        const float xj = s_x[j];
+#pragma unroll
+        for (int k = 0; k < kPerLane; ++k) {
+          const int i = lane + 32 * k;
+          if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
+        }
+      }
+    }
+    bool finite = true;
+#pragma unroll
+    for (int k = 0; k < kPerLane; ++k) {
+      const int i = lane + 32 * k;
+      if (i < D) finite = finite && isfinite(s_x[i]);
+    }
+    n2 = __all_sync(kFullMask, finite) ? 0.0 : static_cast<double>(NAN);
+  }
+  if (cst.rotation_identity) {
+    // Π = I (HeadConstantsView::rotation_identity; `pi` is not read): the sum above is
+    // 0 + … + 1 · xc_i + …, i.e. xc_i + 0.
 #pragma unroll
     for (int k = 0; k < kPerLane; ++k) {
       const int i = lane + 32 * k;
       if (i < D) z[k] = __fadd_rn(s_x[i], 0.0f);
     }
-  } else {
-    for (int j = 0; j < D; ++j) {
-      const float xj = s_x[j];
-      const double v = static_cast<double>(xj);
-      n2 = __dadd_rn(n2, __dmul_rn(v, v));
-#pragma unroll
-      for (int k = 0; k < kPerLane; ++k) {
-        const int i = lane + 32 * k;
-        if (i < D) z[k] = __fadd_rn(z[k], __fmul_rn(pi(i, j), xj));
-      }
-    }
   }
-  const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, status);
+  const float inv = row_norm_factor(n2, lay, page, slot, lane == 0, status, staged_norm);
   // Scale, encode.
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) {
@@ -222,10 +271,15 @@ __device__ __forceinline__ void encode_row_warp(const float (&x)[(D + 31) / 32],
     if (i < D) {
       s_codes[i] = code[k];
       s_x[i] = __fsub_rn(z[k], cen[code[k]]);  // residual r (code space)
+      if (staged_row) staged_row[i] = cen[code[k]];
     }
   }
   __syncwarp();
-  warp_pack(s_codes, D, bits, quant::token_codes(page, lay, slot), lane);
+  if constexpr (BITS > 0) {  // the caller's compile-time width (== lay.bits)
+    warp_pack_bits<BITS>(s_codes, D, quant::token_codes(page, lay, slot), lane);
+  } else {
+    warp_pack(s_codes, D, bits, quant::token_codes(page, lay, slot), lane);
+  }
   if (lay.qjl == quant::QjlMode::kNone) {
     __syncwarp();
     return;

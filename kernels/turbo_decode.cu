@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <limits>
 
-#include "turbo_decode.cuh"
+#include "turbo_decode_launch.cuh"
 #include "turboesm/kernels/decode_timeline.h"
 #include "turboesm/kernels/turbo_decode.h"
 
@@ -73,6 +73,7 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
 
 std::atomic<bool> g_fused_merge{true};
 std::atomic<bool> g_wide_ctas{true};
+std::atomic<bool> g_staged{true};
 // decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
 void* g_timeline = nullptr;
 uint32_t g_timeline_capacity = 0;
@@ -155,6 +156,8 @@ const char* turbo_decode_invalid_reason(const quant::DecodeParams& p) {
 void set_turbo_decode_fused_merge(bool enabled) { detail::g_fused_merge.store(enabled); }
 void set_turbo_decode_wide_ctas(bool enabled) { detail::g_wide_ctas.store(enabled); }
 bool turbo_decode_wide_ctas() { return detail::g_wide_ctas.load(); }
+void set_turbo_decode_staged(bool enabled) { detail::g_staged.store(enabled); }
+bool turbo_decode_staged() { return detail::g_staged.load(); }
 static_assert(detail::kDecodeWideCtas<3, 16> && detail::kDecodeWideCtas<4, 64> &&
                   !detail::kDecodeWideCtas<2, 64> && !detail::kDecodeWideCtas<3, 128>,
               "turbo_decode_wide_applies must name the instances that compile a wide kernel");
@@ -217,6 +220,42 @@ cudaError_t current_sms(int* sms) {
   return cudaDeviceGetAttribute(sms, cudaDevAttrMultiProcessorCount, device);
 }
 
+/// The switch is on and the cache modes are the staged kernel's (K without QJL bits; the
+/// instances with a wide kernel are checked by turbo_decode_wide_applies).
+bool staged_kind_applies(const quant::DecodeParams& p) {
+  return detail::g_staged.load() && p.k.layout.qjl == quant::QjlMode::kNone;
+}
+
+/// min(K, V) allocated positions per (b, h): lengths are clamped to it.
+int64_t view_capacity(const quant::DecodeParams& p) {
+  return std::min<int64_t>(static_cast<int64_t>(p.k.max_pages) * p.k.layout.page_tokens,
+                           static_cast<int64_t>(p.v.max_pages) * p.v.layout.page_tokens);
+}
+
+/// A turbo_decode_append launch of `splits` splits (the last one the new token's) whose CTAs are
+/// 8-warp ones can run the staged kernel (turbo_decode_staged.cuh): the switch, the modes, and
+/// every cached split within kDecodeStagedTokens positions (the cached ones are at most the
+/// capacity).
+bool staged_fits(const quant::DecodeParams& p, int splits) {
+  return staged_kind_applies(p) && splits >= 2 &&
+         (view_capacity(p) + splits - 2) / (splits - 1) <= kDecodeStagedTokens;
+}
+
+/// Cached-position splits of turbo_decode_append: turbo_decode_num_splits, raised (automatic
+/// choice only) to ceil(capacity / kDecodeStagedTokens) where the staged kernel would apply and
+/// every CTA still has an SM, so that each cached split fits the staged kernel's shared memory.
+int append_cached_splits(const quant::DecodeParams& p, int sms) {
+  const int auto_splits = turbo_decode_num_splits(p, sms);
+  if (p.num_splits > 0 || !staged_kind_applies(p)) return auto_splits;
+  const int64_t need = (view_capacity(p) + kDecodeStagedTokens - 1) / kDecodeStagedTokens;
+  const int64_t rows = static_cast<int64_t>(p.batch) * p.heads;
+  if (need <= auto_splits || need > kMaxSplits - 1 ||
+      !turbo_decode_wide_applies(p.k.layout.bits, p.head_dim, rows, static_cast<int>(need) + 1,
+                                 sms))
+    return auto_splits;
+  return static_cast<int>(need);
+}
+
 /// Fills the launch description for `splits` splits and launches (workspace large enough) on a
 /// device of `sms` SMs.
 cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int splits, int sms,
@@ -238,9 +277,8 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
 #endif
   l.num_splits = splits;
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
-  l.capacity = static_cast<int>(
-      std::min<int64_t>(static_cast<int64_t>(p.k.max_pages) * p.k.layout.page_tokens,
-                        static_cast<int64_t>(p.v.max_pages) * p.v.layout.page_tokens));
+  l.capacity = static_cast<int>(view_capacity(p));
+  l.staged = app != nullptr && l.wide && staged_fits(p, splits);
   if (splits > 1) {
     const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;
     char* ws = static_cast<char*>(workspace);
@@ -290,7 +328,15 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p,
 }
 
 size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms) {
-  return detail::workspace_for(p, turbo_decode_num_splits(p, num_sms) + 1);
+  return detail::workspace_for(p, append_cached_splits(p, num_sms) + 1);
+}
+
+bool turbo_decode_append_staged(const quant::DecodeParams& p, int num_sms) {
+  if (p.batch * p.heads == 0 || p.q_len != 1 || p.head_dim > kDecodeAppendMaxHeadDim) return false;
+  const int splits = append_cached_splits(p, num_sms) + 1;
+  return turbo_decode_wide_applies(p.k.layout.bits, p.head_dim,
+                                   static_cast<int64_t>(p.batch) * p.heads, splits, num_sms) &&
+         staged_fits(p, splits);
 }
 
 cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend& a,
@@ -302,7 +348,7 @@ cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend
   if (e != cudaSuccess) return e;
   // The cached positions' splits plus the new token's (at least one of each).
   const int splits =
-      detail::splits_that_fit(p, turbo_decode_num_splits(p, sms) + 1, 2, workspace_bytes);
+      detail::splits_that_fit(p, append_cached_splits(p, sms) + 1, 2, workspace_bytes);
   if (workspace == nullptr || !detail::aligned16(workspace) ||
       detail::workspace_for(p, splits) > workspace_bytes)
     return cudaErrorInvalidValue;

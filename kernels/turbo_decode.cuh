@@ -87,6 +87,8 @@ struct DecodeLaunch {
   DecodeAppend app{};
   /// kernel 1 with 8 warps per CTA where kDecodeWideCtas (set_turbo_decode_wide_ctas)
   bool wide = false;
+  /// the staged kernel instead of kernel 1 (turbo_decode_staged.cuh; append, wide, no K QJL)
+  bool staged = false;
 #if TURBOESM_DECODE_TIMELINE
   void* timeline = nullptr;  ///< decode_timeline.h buffer, or null
   uint32_t timeline_capacity = 0;
@@ -334,10 +336,14 @@ __device__ __forceinline__ void rotate_back_and_store(const quant::DecodeParams&
   }
 }
 
+/// Splits merge_splits<D, true> reads in one batch of loads (more: the loops). Kernel 1 keeps the
+/// loops (BATCH false): the batch's registers made its 128-register instances spill.
+inline constexpr int kMergeBatch = 8;
+
 /// \brief Merges the num_splits partials of `row` (written by kernel 1, read through the L2):
 /// s_y = σ_V ⊙ acc / l in V's rotated space, the splits combined in split order. Ends with a
 /// __syncthreads (s_y complete). \return the merged softmax denominator l (0 for an empty row).
-template <int D>
+template <int D, bool BATCH = false>
 __device__ __forceinline__ float merge_splits(const DecodeLaunch& launch, int row, int h,
                                               float* s_y) {
   const quant::DecodeParams& p = launch.p;
@@ -345,12 +351,41 @@ __device__ __forceinline__ float merge_splits(const DecodeLaunch& launch, int ro
   const float* pm = launch.ws_m + static_cast<int64_t>(row) * ns;
   const float* pl = launch.ws_l + static_cast<int64_t>(row) * ns;
   const float* pa = launch.ws_acc + static_cast<int64_t>(row) * ns * D;
+  const float* sv = p.v.constants.scale;
+  if (BATCH && ns <= kMergeBatch && static_cast<int>(blockDim.x) >= D) {
+    // Every partial this thread needs requested at once (one L2 round trip instead of three
+    // dependent ones); the same sums in the same order as the loops below.
+    const int j = threadIdx.x;
+    float mm[kMergeBatch], ll[kMergeBatch], aa[kMergeBatch];
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s) {
+      mm[s] = s < ns ? __ldcg(pm + s) : -INFINITY;
+      ll[s] = s < ns ? __ldcg(pl + s) : 0.0f;
+      aa[s] = s < ns && j < D ? __ldcg(pa + s * D + j) : 0.0f;
+    }
+    const float sv_j = sv != nullptr && j < D ? sv[h * D + j] : 1.0f;
+    float m = -INFINITY;
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s)
+      if (s < ns) m = fmaxf(m, mm[s]);
+    float l = 0.0f, acc = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kMergeBatch; ++s)
+      if (s < ns) {
+        const float f = rescale_factor(mm[s], m);
+        l += f * ll[s];
+        acc += f * aa[s];
+      }
+    const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
+    if (j < D) s_y[j] = (sv ? sv_j * acc : acc) * inv_l;
+    __syncthreads();
+    return l;
+  }
   float m = -INFINITY;
   for (int s = 0; s < ns; ++s) m = fmaxf(m, __ldcg(pm + s));
   float l = 0.0f;
   for (int s = 0; s < ns; ++s) l += rescale_factor(__ldcg(pm + s), m) * __ldcg(pl + s);
   const float inv_l = l > 0.0f ? 1.0f / l : 0.0f;
-  const float* sv = p.v.constants.scale;
   for (int j = threadIdx.x; j < D; j += blockDim.x) {
     float acc = 0.0f;
     for (int s = 0; s < ns; ++s) acc += rescale_factor(__ldcg(pm + s), m) * __ldcg(pa + s * D + j);
@@ -936,7 +971,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
   stamp.mark(kMergeBeforeWait);
   pdl_wait();  // the partials come from kernel 1
   stamp.mark(kMergeAfterWait);
-  const float l = merge_splits<D>(launch, row, h, s_y);
+  const float l = merge_splits<D, true>(launch, row, h, s_y);
   const float* mu = p.v.constants.mean;
   if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
     const int i = threadIdx.x;
@@ -953,55 +988,5 @@ __global__ void __launch_bounds__(kDecodeThreads)
   }
   stamp.close(kMergeEnd);
 }
-
-/// \brief Launches kernel 1 (and kernel 2 when launch.num_splits > 1) for one (BITS, D).
-/// Explicitly instantiated in kernels/instances/turbo_decode_b{BITS}_d{D}.cu.
-template <int BITS, int D>
-cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream) {
-  const quant::DecodeParams& p = launch.p;
-  const int rows = p.batch * p.heads * p.q_len;
-  if (rows == 0) return cudaSuccess;
-  const DecodeDynSmem dl =
-      decode_dyn_smem(D, launch.qjl_m, p.k.layout.qjl == quant::QjlMode::kProd, launch.append);
-  const size_t smem = static_cast<size_t>(dl.total_floats) * sizeof(float);
-  // Static tables take up to ~22 KB of the default 48 KB; beyond 32 KB of dynamic memory (prod
-  // QJL with a large m, the append CTA's Π) the kernel must opt in to more.
-  const auto run = [&](auto kernel, int threads) {
-    if (smem > 32 * 1024) {
-      const cudaError_t e = cudaFuncSetAttribute(
-          kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (e != cudaSuccess) return e;
-    }
-    return launch_pdl(kernel, dim3(rows, launch.num_splits), dim3(threads), smem, stream, launch);
-  };
-  DecodeVariant variant = DecodeVariant::kGeneral;
-  if constexpr (kDecodeModeVariants<BITS, D>) variant = decode_variant(p);
-  cudaError_t e = cudaSuccess;
-  if constexpr (kDecodeModeVariants<BITS, D>) {
-    if (variant == DecodeVariant::kPlain)
-      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kPlain>, kDecodeThreads);
-    if (variant == DecodeVariant::kSignPlain)
-      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kSignPlain>, kDecodeThreads);
-  }
-  bool wide = false;
-  if constexpr (kDecodeWideCtas<BITS, D>) {
-    if (launch.wide && variant == DecodeVariant::kGeneral) {
-      e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral, 2 * kDecodeWarps>,
-              2 * kDecodeThreads);
-      wide = true;
-    }
-  }
-  if (variant == DecodeVariant::kGeneral && !wide)
-    e = run(turbo_decode_kernel<BITS, D, DecodeVariant::kGeneral>, kDecodeThreads);
-  if (e != cudaSuccess) return e;
-  if (launch.num_splits == 1 || p.split_counters != nullptr) return cudaSuccess;
-  return launch_pdl(turbo_decode_merge_kernel<D>, dim3(rows), dim3(kDecodeThreads), 0, stream,
-                    launch);
-}
-
-/// Declares (extern) or defines the instantiation of launch_turbo_decode<BITS, D>.
-#define TURBOESM_DECODE_INSTANCE(EXTERN, BITS, D)                                      \
-  EXTERN template cudaError_t launch_turbo_decode<BITS, D>(const DecodeLaunch& launch, \
-                                                           cudaStream_t stream)
 
 }  // namespace turboesm::kernels::detail

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Explicit instantiation of the fused decode attention for 2-bit codes, head_dim 32
 // (one file per instance, ggml template-instances style; listed in kernels/turbo_decode.cu).
-#include "turbo_decode.cuh"
+#include "turbo_decode_launch.cuh"
 
 namespace turboesm::kernels::detail {
 TURBOESM_DECODE_INSTANCE(, 2, 32);

@@ -33,10 +33,11 @@
 //                                              graph decode steps traced by CUPTI (kernels not
 //                                              serialised): each kernel's start/end, how far it
 //                                              moves the step's end, per role (builds with CUPTI)
-//   bench_model_cuda timeline_step [preset] [tokens]
+//   bench_model_cuda timeline_step [preset] [tokens] [carveout]
 //                                              the decode attention's phases inside CUDA-graph
 //                                              steps, CTA by CTA (a build with
-//                                              -DTURBOESM_DECODE_TIMELINE=ON; decode_timeline.h)
+//                                              -DTURBOESM_DECODE_TIMELINE=ON; decode_timeline.h);
+//                                              carveout: set_decode_shared_carveout (default -1)
 //   bench_model_cuda gemv                     decode_gemv alone on the 650M and 15B products,
 //                                              per grid (ctas_per_sm), beside at::sum and at::mv
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
@@ -75,6 +76,7 @@
 #include "turboesm/error.h"
 #include "turboesm/kernels/decode_gemv.h"
 #include "turboesm/kernels/decode_timeline.h"
+#include "turboesm/kernels/pdl.h"
 #include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
@@ -488,7 +490,7 @@ int section_trace_step(const std::string& preset, int64_t cached, const std::str
 /// new token's CTA and the merge CTAs; each figure is then the median over layers and steps.
 /// In-CTA times come from clock64 (converted with the clock rate each CTA's globaltimer and
 /// clock64 spans imply), the alignment across CTAs from globaltimer.
-int section_timeline_step(const std::string& preset, int64_t cached) {
+int section_timeline_step(const std::string& preset, int64_t cached, int carveout) {
   if (!tk::decode_timeline_compiled()) {
     std::fprintf(stderr,
                  "bench_model_cuda: timeline_step needs a build with "
@@ -504,8 +506,12 @@ int section_timeline_step(const std::string& preset, int64_t cached) {
                              at::TensorOptions().device(kCuda).dtype(at::kByte));
   // Set before the graph capture (the first append): the launches keep it in every replay.
   TURBOESM_CHECK(tk::set_decode_timeline(buf.data_ptr(), kCapacity), "set_decode_timeline");
+  tk::set_decode_shared_carveout(carveout);  // also captured with the graph
   struct Off {
-    ~Off() { tk::set_decode_timeline(nullptr, 0); }
+    ~Off() {
+      tk::set_decode_timeline(nullptr, 0);
+      tk::set_decode_shared_carveout(-1);
+    }
   } off;
   auto s = graph_session(m, "turbo", spec, cached, cached + kWarmup + kSteps + 2, "timeline_step");
   const at::Tensor toks = protein_tokens(kWarmup + kSteps + 2, 13);
@@ -588,10 +594,11 @@ int section_timeline_step(const std::string& preset, int64_t cached) {
   j.add("cached", static_cast<double>(cached));
   std::printf(
       "decode attention phases, %s, %lld cached, graph steps: %d launches per step, %d decode "
-      "CTAs per launch (%d splits per row)\n"
+      "CTAs per launch (%d splits per row), %s kernel, shared carve-out %d\n"
       "us after the launch's release (first CTA past its wait), medians over %d steps x %d "
       "launches\n",
-      preset.c_str(), static_cast<long long>(cached), launches, ctas, splits, kSteps, launches);
+      preset.c_str(), static_cast<long long>(cached), launches, ctas, splits,
+      tk::turbo_decode_staged() ? "staged" : "look-up-table", carveout, kSteps, launches);
   std::sort(order.begin(), order.end());
   for (const std::string& k : order) {
     std::printf("%-44s %9.3f\n", k.c_str(), median(fig[k]));
@@ -658,9 +665,13 @@ int section_decode(const std::string& preset, int64_t cached) {
   // over the tasks; Esm2Model::set_decode_gemv_ctas_per_sm around that session's steps), the
   // attention with 4-warp CTAs (default: 8 where every CTA has an SM;
   // kernels::set_turbo_decode_wide_ctas around the steps), 5 cached splits (5 + 1 splits ×
-  // 20 heads = 120 CTAs, still one per SM), and the model with Π_V folded into W_V / W_O
+  // 20 heads = 120 CTAs, still one per SM), the model with Π_V folded into W_V / W_O
   // (model/value_fold.h; the same spec's K side, V unrotated: no Π_V in the step's append or
-  // the merge kernel).
+  // the merge kernel), and both with the look-up-table kernel instead of the staged one
+  // (kernels::set_turbo_decode_staged(false) around the steps; staged: the cached splits'
+  // records decoded into shared memory before the dependency wait, 5 + 1 splits), and every
+  // step kernel asking for the largest shared-memory carve-out (kernels::set_decode_shared_carveout
+  // (100) around the steps), with the staged and the look-up-table attention.
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -671,6 +682,8 @@ int section_decode(const std::string& preset, int64_t cached) {
       int gemv_ctas_per_sm = 0;  // Esm2Model::set_decode_gemv_ctas_per_sm around the steps
       bool wide_ctas = true;     // kernels::set_turbo_decode_wide_ctas around the steps
       bool value_fold = false;   // the Π_V-folded model and spec (model/value_fold.h)
+      bool staged = true;        // kernels::set_turbo_decode_staged around the steps
+      int carveout = -1;         // kernels::set_decode_shared_carveout around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -686,6 +699,14 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_wide_ctas_splits5_ms", "8-warp CTAs, 5 splits",
          [](tm::TurboKvCache& c) { c.set_step_splits(5, false); }},
         {"ab_value_fold_ms", "V rotation folded", [](tm::TurboKvCache&) {}, false, 0, true, true},
+        {"ab_lut_ms", "look-up-table splits", [](tm::TurboKvCache&) {}, false, 0, true, false,
+         false},
+        {"ab_lut_value_fold_ms", "look-up-table splits, V folded", [](tm::TurboKvCache&) {}, false,
+         0, true, true, false},
+        {"ab_max_shared_ms", "max-shared carve-out", [](tm::TurboKvCache&) {}, false, 0, true,
+         false, true, 100},
+        {"ab_lut_max_shared_ms", "look-up-table splits, max-shared carve-out",
+         [](tm::TurboKvCache&) {}, false, 0, true, false, false, 100},
     };
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
@@ -705,10 +726,13 @@ int section_decode(const std::string& preset, int64_t cached) {
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
         {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
+          const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
+          tk::set_decode_shared_carveout(variants[i].carveout);
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
+        tk::set_decode_shared_carveout(-1);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
       }
       std::printf("\n");
@@ -1176,7 +1200,8 @@ int main(int argc, char** argv) {
     }
 #endif
     if (section == "timeline_step")
-      return section_timeline_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
+      return section_timeline_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
+                                   std::stoi(arg(4, "-1")));
     if (section == "gemv") return section_gemv();
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),

@@ -24,4 +24,16 @@ namespace turboesm::kernels {
 void set_programmatic_dependent_launch(bool enabled);
 bool programmatic_dependent_launch();
 
+/// \brief The shared-memory carve-out (percent of the SM's maximum; -1: none, the driver's
+/// choice) every kernel launched this way asks for
+/// (cudaLaunchAttributePreferredSharedMemoryCarveout). An SM holds CTAs of different kernels only
+/// under one L1 / shared-memory split; a CTA that needs more shared memory than its SM's current
+/// split gives waits until the SM has drained and can be reconfigured. Asking every kernel of the
+/// step for the same split lets a kernel whose CTAs need much shared memory (the staged attention,
+/// turbo_decode.h) become resident beside its predecessor's CTAs, as programmatic dependent launch
+/// intends. Default -1. Process-wide, not synchronised: set it before launching (a CUDA graph keeps
+/// what it captured).
+void set_decode_shared_carveout(int percent);
+int decode_shared_carveout();
+
 }  // namespace turboesm::kernels

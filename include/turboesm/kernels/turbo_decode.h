@@ -94,6 +94,40 @@ class ScopedTurboDecodeWideCtas {
 /// `head_dim` ≤ 64 (the instances that compile the general kernel only), rows · splits ≤ num_sms.
 bool turbo_decode_wide_applies(int bits, int head_dim, int64_t rows, int splits, int num_sms);
 
+/// Cached positions a staged split holds (one per thread of its 8-warp CTA).
+inline constexpr int kDecodeStagedTokens = 256;
+
+/// \brief Whether turbo_decode_append stages its cached splits before the dependency wait
+/// (default true; kernels/NOTES.md "Session 18"). A decode step launched with programmatic
+/// dependent launch makes the attention's CTAs resident while the QKV product still runs, and the
+/// cached tokens' records do not depend on it: a staged split CTA decodes its ≤
+/// kDecodeStagedTokens positions into fp32 centroid values in shared memory before
+/// `griddepcontrol.wait`, so that after it only q', one dot product per token, the softmax and one
+/// pass over the staged values remain (no look-up tables). Applies where the 8-warp CTAs do
+/// (turbo_decode_wide_applies) to K without QJL bits; the automatic split count is raised so that
+/// every cached split holds at most kDecodeStagedTokens positions while every CTA still has an SM.
+/// The records read before the wait are read again after it (through the L2, beside q) and a
+/// position whose bytes changed meanwhile is decoded again, so a kernel that wrote them and ran
+/// beside this one (programmatic dependent launch) cannot leave stale values. The same values as
+/// the look-up-table kernel up to the order of the sums.
+/// Process-wide, not synchronised: set it before launching (a CUDA graph keeps the kernel it
+/// captured).
+void set_turbo_decode_staged(bool enabled);
+bool turbo_decode_staged();
+/// \brief Sets set_turbo_decode_staged for a scope and restores the previous setting after it.
+class ScopedTurboDecodeStaged {
+ public:
+  explicit ScopedTurboDecodeStaged(bool enabled) : was_(turbo_decode_staged()) {
+    set_turbo_decode_staged(enabled);
+  }
+  ~ScopedTurboDecodeStaged() { set_turbo_decode_staged(was_); }
+  ScopedTurboDecodeStaged(const ScopedTurboDecodeStaged&) = delete;
+  ScopedTurboDecodeStaged& operator=(const ScopedTurboDecodeStaged&) = delete;
+
+ private:
+  bool was_;
+};
+
 /// \brief Launches the fused decode attention on `stream`.
 /// \param p                 all pointers DEVICE pointers; q [batch, heads, q_len, head_dim] fp32,
 ///                          out [batch, heads, q_len, head_dim] fp32, lengths [batch] int32
@@ -131,6 +165,11 @@ const char* turbo_decode_append_invalid_reason(const quant::DecodeParams& p, con
 /// \brief Workspace bytes turbo_decode_append needs for `p` on `num_sms` SMs: the partials of
 /// turbo_decode_num_splits(p) token splits plus the new token's (never 0).
 size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num_sms);
+
+/// \brief Whether turbo_decode_append(p, …) with a workspace of
+/// turbo_decode_append_workspace_bytes(p, num_sms) runs the staged kernel
+/// (set_turbo_decode_staged), under the switches as they are now.
+bool turbo_decode_append_staged(const quant::DecodeParams& p, int num_sms);
 
 /// \brief A decode step's append and attention in one launch (plus the merge kernel unless
 /// p.split_counters are given, as turbo_decode): encodes the new token of every sequence b into
