@@ -138,6 +138,12 @@ __device__ __forceinline__ void cp_async_4(float* smem, const float* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(s), "l"(gmem) : "memory");
 }
 
+/// \brief Asynchronous 8-byte copy global → shared (both 8-byte aligned), as cp_async_4.
+__device__ __forceinline__ void cp_async_8(float* smem, const float* gmem) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(gmem) : "memory");
+}
+
 /// Waits for every cp.async the calling thread issued (other threads' copies need a barrier).
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;" ::: "memory");

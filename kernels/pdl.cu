@@ -10,7 +10,7 @@
 namespace turboesm::kernels {
 namespace {
 std::atomic<bool> g_enabled{true};
-std::atomic<int> g_carveout{-1};
+std::atomic<int> g_carveout{kDecodeSharedCarveoutDefault};
 }  // namespace
 
 void set_programmatic_dependent_launch(bool enabled) { g_enabled.store(enabled); }

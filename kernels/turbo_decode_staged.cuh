@@ -20,9 +20,11 @@
 ///   m = max_t s_t, p_t = exp2(s_t − m), l = Σ p_t, w_t = p_t · n^V_t,
 ///   acc_j = Σ_t w_t V'[t][j]   (thread (j, g) sums tokens g, g + G, …; the G groups in order),
 /// and writes the split's partial (m, l, acc) exactly as kernel 1 does (the merge is the same).
-/// The row's last split CTA encodes the new token as kernel 1's append CTA does (warp 0 K, warp 1
-/// V: quantize_append's encode_row_warp, Π staged by cp.async before the wait), then stages and
-/// scores that one token the same way.
+/// The row's last split (launched as blockIdx.y 0, so that it is placed first) encodes the new
+/// token as kernel 1's append CTA does (warp 0 K, warp 1 V: quantize_append's encode_row_warp, Π
+/// copied by 8-byte cp.async before the wait) and writes it, as a decoder reads it back, into its
+/// staged row 0, while warps 2… compute q' from the copy of Π_K; then it scores that one token the
+/// same way.
 ///
 /// starts[b] (which positions a split owns) and the records are read before the wait, where a
 /// kernel that may still run beside this one (programmatic dependent launch: quantize_append right
@@ -46,12 +48,20 @@ static_assert(kDecodeStagedTokens == kStagedThreads, "one staged position per th
 /// apart hit distinct banks (D / 4 + 1 is odd for D = 16, 24, 32, 64).
 __host__ __device__ constexpr int staged_stride(int d) { return d + 4; }
 
+/// Row stride (floats) of the append CTA's copies of Π: D + 2, so that rows start 8 bytes aligned
+/// (8-byte asynchronous copies: a quarter of the issue slots of 4-byte ones, which held that CTA's
+/// wait back by ~1.5 µs) while the encoder's lanes, each reading its own row i at one column j,
+/// meet at most two to a bank (2i + j mod 32).
+__host__ __device__ constexpr int staged_pi_stride(int d) { return d + 2; }
+
 /// \brief Dynamic shared memory (float offsets) of turbo_decode_staged_kernel: K' and V'
 /// [kDecodeStagedTokens][D + 4], the norms and weights [kDecodeStagedTokens] each, the V groups'
 /// partial sums [kStagedThreads]. The append CTA, which stages one position (row 0), puts the
-/// encoder's region (decode_dyn_smem's append part: both sides' Π and scratch) over K' rows 1….
+/// encoder's region over K' rows 1…: per side (K, V) Π [D][D + 2], the encoder's scratch xc/r [D],
+/// codes [D] bytes (rounded to 16), boundaries [16] and centroids [16].
 struct StagedSmem {
-  int k, v, kn, vn, w, part, app, total_floats;
+  int k, v, kn, vn, w, part, total_floats;
+  int app, app_side, app_scratch, app_codes;  ///< app_codes in bytes
 };
 
 __host__ __device__ inline StagedSmem staged_smem(int d) {
@@ -64,15 +74,18 @@ __host__ __device__ inline StagedSmem staged_smem(int d) {
   s.w = s.vn + kDecodeStagedTokens;
   s.part = s.w + kDecodeStagedTokens;
   s.total_floats = s.part + kStagedThreads;
-  s.app = staged_stride(d);  // K' row 1
+  s.app = staged_stride(d);  // K' row 1 (16-byte aligned)
+  s.app_codes = (d + 15) / 16 * 16;
+  s.app_scratch = d * staged_pi_stride(d);
+  s.app_side = s.app_scratch + d + s.app_codes / 4 + 32;
   return s;
 }
 
 /// Whether the encoder's region fits over K' rows 1… (true for every D ≤ 64: checked below).
 __host__ __device__ constexpr bool staged_encoder_fits(int d) {
-  const int app_codes = (d + 15) / 16 * 16;
-  const int app_side = d * (d + 1) + d + app_codes / 4 + 32;
-  return 2 * app_side <= (kDecodeStagedTokens - 1) * staged_stride(d);
+  const int app_side = d * staged_pi_stride(d) + d + (d + 15) / 16 * 4 + 32;
+  return 2 * app_side <= (kDecodeStagedTokens - 1) * staged_stride(d) &&
+         (d * staged_pi_stride(d)) % 2 == 0 && staged_stride(d) % 4 == 0;
 }
 static_assert(staged_encoder_fits(16) && staged_encoder_fits(24) && staged_encoder_fits(32) &&
                   staged_encoder_fits(64),
@@ -98,7 +111,10 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
   constexpr int kGroups = kThreads / D;  // V pass: thread (j, g), g < kGroups
   const quant::DecodeParams& p = launch.p;
   const int row = blockIdx.x;  // (b, h): q_len is 1
-  const int split = blockIdx.y;
+  // The new token's CTA, logically the last split (decode_split_range), takes blockIdx.y 0: CTAs
+  // are dispatched in block order, and the encode it must do after the wait is the launch's
+  // longest path, so it gets the first SMs that free up.
+  const int split = blockIdx.y == 0 ? launch.num_splits - 1 : static_cast<int>(blockIdx.y) - 1;
   const int num_splits = launch.num_splits;
   const int h = row % p.heads;
   const int b = row / p.heads;
@@ -121,9 +137,9 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
   __shared__ float s_cv[16];
   __shared__ float s_red[2 * kWarps];
   __shared__ float s_y[D];
-  // The append CTA's encoder (decode_dyn_smem's append region, over K' rows 1…).
-  const DecodeDynSmem dl = decode_dyn_smem(D, 0, false, true);
-  float* s_app = s_dyn + sm.app + dl.app;
+  // The append CTA's encoder (over K' rows 1…).
+  constexpr int P = staged_pi_stride(D);
+  float* s_app = s_dyn + sm.app;
   constexpr int kAppLane = (D + 31) / 32;
   const quant::CacheView& app_cache = warp == 1 ? p.v : p.k;
 
@@ -165,9 +181,9 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
     for (int side = 0; side < 2; ++side) {
       if (side == 1 && p.v.constants.rotation_identity) continue;  // the encoder skips Π
       const float* src = (side ? p.v : p.k).constants.rotation + static_cast<int64_t>(h) * D * D;
-      float* dst = s_app + side * dl.app_side;
-      for (int e = tid; e < D * D; e += kThreads)
-        cp_async_4(dst + (e / D) * (D + 1) + e % D, src + e);
+      float* dst = s_app + side * sm.app_side;
+      for (int e = 2 * tid; e < D * D; e += 2 * kThreads)  // D even: pairs never cross a row
+        cp_async_8(dst + (e / D) * P + e % D, src + e);
     }
   }
 
@@ -263,10 +279,10 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
       }
       const quant::PageLayout& lay = app_cache.layout;
       const quant::HeadConstantsView& cst = app_cache.constants;
-      const float* s_pi = s_app + warp * dl.app_side;  // [D][D+1]: Π_ij at i(D+1)+j
-      float* scratch = s_app + warp * dl.app_side + dl.app_scratch;
+      const float* s_pi = s_app + warp * sm.app_side;  // [D][D+2]: Π_ij at i(D+2)+j
+      float* scratch = s_app + warp * sm.app_side + sm.app_scratch;
       uint8_t* s_codes = reinterpret_cast<uint8_t*>(scratch + D);
-      float* s_bnd = scratch + D + dl.app_codes / 4;
+      float* s_bnd = scratch + D + sm.app_codes / 4;
       float* s_cen = s_bnd + 16;
       const int levels = 1 << lay.bits;
       if (lane < levels - 1) s_bnd[lane] = app_bnd;
@@ -281,8 +297,8 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
           inv_sigma[k] = cst.scale ? __fdiv_rn(1.0f, app_sigma[k]) : 1.0f;
         __syncwarp();  // the codebook in s_bnd / s_cen
         encode_row_warp<D, BITS>(
-            app_x, app_mu, inv_sigma, [&](int i, int j) { return s_pi[i * (D + 1) + j]; }, s_bnd,
-            s_cen, scratch, s_codes, lay, cst, h, app_cache.page(b, h, start / lay.page_tokens),
+            app_x, app_mu, inv_sigma, [&](int i, int j) { return s_pi[i * P + j]; }, s_bnd, s_cen,
+            scratch, s_codes, lay, cst, h, app_cache.page(b, h, start / lay.page_tokens),
             start % lay.page_tokens, lane, launch.app.status, warp == 1 ? s_v : s_k,
             warp == 1 ? s_vn : s_kn);
       }
@@ -297,7 +313,7 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
       const int sig_row = w + lane * kQWarps;
       const float sig_k =
           sc_k != nullptr && lane < kAppRows && sig_row < D ? __ldg(sc_k + h * D + sig_row) : 1.0f;
-      const float* s_pik = s_app;  // side 0: Π_K, [D][D+1]
+      const float* s_pik = s_app;  // side 0: Π_K, [D][D+2]
       float part[kAppRows];
 #pragma unroll
       for (int rr = 0; rr < kAppRows; ++rr) {
@@ -305,7 +321,7 @@ __global__ void __launch_bounds__(kStagedThreads, 2)
         float s = 0.0f;
 #pragma unroll
         for (int c = 0; c < kCols; ++c)
-          if (r < D && lane + 32 * c < D) s += s_pik[r * (D + 1) + lane + 32 * c] * qv[c];
+          if (r < D && lane + 32 * c < D) s += s_pik[r * P + lane + 32 * c] * qv[c];
         part[rr] = s;
       }
 #pragma unroll

@@ -37,7 +37,8 @@
 //                                              the decode attention's phases inside CUDA-graph
 //                                              steps, CTA by CTA (a build with
 //                                              -DTURBOESM_DECODE_TIMELINE=ON; decode_timeline.h);
-//                                              carveout: set_decode_shared_carveout (default -1)
+//                                              carveout: set_decode_shared_carveout (-1: the
+//                                              driver's; default: the library's)
 //   bench_model_cuda gemv                     decode_gemv alone on the 650M and 15B products,
 //                                              per grid (ctas_per_sm), beside at::sum and at::mv
 //   bench_model_cuda big [preset] [res] [n]    15B shapes (default esm2_t48_15B, 1024, 1024):
@@ -510,7 +511,7 @@ int section_timeline_step(const std::string& preset, int64_t cached, int carveou
   struct Off {
     ~Off() {
       tk::set_decode_timeline(nullptr, 0);
-      tk::set_decode_shared_carveout(-1);
+      tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
     }
   } off;
   auto s = graph_session(m, "turbo", spec, cached, cached + kWarmup + kSteps + 2, "timeline_step");
@@ -669,9 +670,10 @@ int section_decode(const std::string& preset, int64_t cached) {
   // (model/value_fold.h; the same spec's K side, V unrotated: no Π_V in the step's append or
   // the merge kernel), and both with the look-up-table kernel instead of the staged one
   // (kernels::set_turbo_decode_staged(false) around the steps; staged: the cached splits'
-  // records decoded into shared memory before the dependency wait, 5 + 1 splits), and every
-  // step kernel asking for the largest shared-memory carve-out (kernels::set_decode_shared_carveout
-  // (100) around the steps), with the staged and the look-up-table attention.
+  // records decoded into shared memory before the dependency wait, 5 + 1 splits), and the
+  // step's kernels leaving the shared-memory carve-out to the driver
+  // (kernels::set_decode_shared_carveout(-1) around the steps; default: the largest), with the
+  // staged and the look-up-table attention.
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -683,7 +685,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool wide_ctas = true;     // kernels::set_turbo_decode_wide_ctas around the steps
       bool value_fold = false;   // the Π_V-folded model and spec (model/value_fold.h)
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
-      int carveout = -1;         // kernels::set_decode_shared_carveout around the steps
+      int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -703,10 +705,10 @@ int section_decode(const std::string& preset, int64_t cached) {
          false},
         {"ab_lut_value_fold_ms", "look-up-table splits, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, false},
-        {"ab_max_shared_ms", "max-shared carve-out", [](tm::TurboKvCache&) {}, false, 0, true,
-         false, true, 100},
-        {"ab_lut_max_shared_ms", "look-up-table splits, max-shared carve-out",
-         [](tm::TurboKvCache&) {}, false, 0, true, false, false, 100},
+        {"ab_driver_carveout_ms", "driver's carve-out", [](tm::TurboKvCache&) {}, false, 0, true,
+         false, true, -1},
+        {"ab_lut_driver_carveout_ms", "look-up-table splits, driver's carve-out",
+         [](tm::TurboKvCache&) {}, false, 0, true, false, false, -1},
     };
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
@@ -732,7 +734,7 @@ int section_decode(const std::string& preset, int64_t cached) {
         }
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
-        tk::set_decode_shared_carveout(-1);
+        tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
       }
       std::printf("\n");
@@ -1183,9 +1185,14 @@ int main(int argc, char** argv) {
     TURBOESM_CHECK(at::hasCUDA(), "bench_model_cuda needs a CUDA device");
     if (section == "decode")
       return section_decode(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
-    if (section == "prefill")
+    if (section == "prefill") {
+      // Optional 5th argument: set_decode_shared_carveout for every launch of the section.
+      tk::set_decode_shared_carveout(
+          std::stoi(arg(5, std::to_string(tk::kDecodeSharedCarveoutDefault).c_str())));
+      std::printf("shared carve-out %d\n", tk::decode_shared_carveout());
       return section_prefill(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
                              std::stoll(arg(4, "1")));
+    }
     if (section == "profile_step")
       return section_profile_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
                                   arg(4, "turbo"));
@@ -1200,8 +1207,9 @@ int main(int argc, char** argv) {
     }
 #endif
     if (section == "timeline_step")
-      return section_timeline_step(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
-                                   std::stoi(arg(4, "-1")));
+      return section_timeline_step(
+          arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")),
+          std::stoi(arg(4, std::to_string(tk::kDecodeSharedCarveoutDefault).c_str())));
     if (section == "gemv") return section_gemv();
     if (section == "big")
       return section_big(arg(2, "esm2_t48_15B"), std::stoll(arg(3, "1024")),

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "cuda_test_util.h"
+#include "turboesm/kernels/pdl.h"
 #include "turboesm/kernels/quantize_append.h"
 #include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/quant/half.h"
@@ -625,6 +626,17 @@ TEST(TurboDecodeAppendArgs, RejectsInvalidParamsWithAReason) {
   EXPECT_GT(tk::turbo_decode_append_workspace_bytes(p, 132), 0u);
   EXPECT_GT(tk::turbo_decode_append_workspace_bytes(p, 132),
             tk::turbo_decode_workspace_bytes(p, 132));
+}
+
+// The carve-out every launch_pdl launch asks for: the library's default, negative values mean
+// "the driver's choice" (host state only).
+TEST(DecodeSharedCarveout, DefaultAndDriversChoice) {
+  EXPECT_EQ(tk::decode_shared_carveout(), tk::kDecodeSharedCarveoutDefault);
+  tk::set_decode_shared_carveout(-7);
+  EXPECT_EQ(tk::decode_shared_carveout(), -1);
+  tk::set_decode_shared_carveout(50);
+  EXPECT_EQ(tk::decode_shared_carveout(), 50);
+  tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
 }
 
 // Which launches take the staged kernel, and the split count it raises (host logic only).

@@ -22,7 +22,10 @@
 
 namespace turboesm::kernels {
 
-/// Phase boundaries of a decode CTA (turbo_decode_kernel).
+/// Phase boundaries of a decode CTA (turbo_decode_kernel; the staged kernel,
+/// turbo_decode_staged.cuh, stamps the same phases: before the wait its split's records are also
+/// decoded, q' and "tables" are one barrier — q', the re-read rows and, in the append CTA, the new
+/// token encoded into its staged row — and "loop" is the scores, softmax and V pass).
 enum DecodePhase : int {
   kPhaseEntry = 0,   ///< kernel entry
   kPhaseBeforeWait,  ///< constants requested (Π_K rows, codebooks; Π staging in the append CTA)
