@@ -461,7 +461,12 @@ void TurboKvCache::append_cpu(int layer, const at::Tensor& x, bool key,
   const int H = shape_.heads, d = shape_.head_dim, pt = lay.page_tokens;
   const int64_t T = x.size(2);
   const at::Tensor xc = (c.mean.defined() ? x - c.mean.view({1, H, 1, d}) : x).contiguous();
-  const at::Tensor y = at::matmul(xc, c.rotation.transpose(-1, -2)).contiguous();  // [B, H, T, d]
+  // Π = I (rotation_identity: e.g. the V side of a Π_V-folded model, model/value_fold.h): y = x −
+  // μ, which the GEMM against I gives too (1 · xc_i plus zeros), without the GEMM.
+  const at::Tensor y =
+      c.rotation_identity
+          ? xc
+          : at::matmul(xc, c.rotation.transpose(-1, -2)).contiguous();  // [B, H, T, d]
   const float* xp = xc.data_ptr<float>();
   const float* yp = y.data_ptr<float>();
   // 1/σ as the quantizer computes it (z · (1/σ_j)), once per layer instead of per value.

@@ -169,6 +169,29 @@ TEST(ValueFold, CpuDecodeIdentitySkipEqualsTheMatrix) {
   EXPECT_GT(out_skip.abs().max().item<double>(), 0.0);
 }
 
+// The CPU append's identity skip (y = x − μ without the batched GEMM) writes the V codes the
+// reference encoder (TurboQuantizer::encode, row by row, set_reference_encode) writes: the same
+// decoded values in every layer, centered or not.
+TEST(ValueFold, CpuAppendIdentitySkipEqualsTheReferenceEncoder) {
+  auto m = tiny_model(2);
+  for (const bool centered : {false, true}) {
+    const model::ValueFold f = model::fold_value_rotation(*m, spec_for(m->config(), centered));
+    Session fast = make_session(f.model, CacheKind::kTurbo, &f.spec);
+    Session ref = make_session(f.model, CacheKind::kTurbo, &f.spec);
+    dynamic_cast<model::TurboKvCache&>(ref.cache()).set_reference_encode(true);
+    const at::Tensor toks = row(encode("MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRV"));
+    fast.prefill(toks);
+    ref.prefill(toks);
+    const auto& fc = dynamic_cast<const model::TurboKvCache&>(fast.cache());
+    const auto& rc = dynamic_cast<const model::TurboKvCache&>(ref.cache());
+    for (int l = 0; l < fc.num_layers(); ++l) {
+      const at::Tensor a = fc.dequantized(l, false), b = rc.dequantized(l, false);
+      EXPECT_TRUE(at::equal(a, b)) << (centered ? "centered" : "plain") << ", layer " << l;
+      EXPECT_GT(a.abs().max().item<double>(), 0.0);
+    }
+  }
+}
+
 TEST(ValueFold, BadSpecsAreRefused) {
   auto m = tiny_model(2);
   model::TurboCacheSpec wrong_layers = spec_for(test::small_config(3), false);

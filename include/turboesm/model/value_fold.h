@@ -10,9 +10,10 @@
 /// is the same model in real arithmetic (attention mixes value rows linearly, so its output
 /// arrives as Π_h o and W_O Π_hᵀ Π_h o = W_O o), whose values come out of the projection already
 /// rotated. A spec whose V rotations are the identity and whose V means are Π_V μ_V then stores
-/// what the original spec stored for the original model, and the CUDA kernels skip an identity
+/// what the original spec stored for the original model, and the kernels skip an identity
 /// rotation (quant::HeadConstantsView::rotation_identity): no Π_V product in the prefill's cache
-/// write, in the decode step's append, or in the split merge.
+/// write, in the decode step's append, or in the split merge (CUDA), nor in the CPU cache's
+/// append GEMM and decode.
 ///
 /// The folded model is an ordinary model: any cache works with it (an FP16 cache, the folded spec,
 /// even the original spec — another, equally valid quantizer of its values). It pairs with the
