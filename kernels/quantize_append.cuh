@@ -202,13 +202,13 @@ __device__ __forceinline__ void encode_row_warp(
   // overflow a double), so for the decode kernels (BITS > 0: the append CTA's latency is the
   // step's) the 64-step double chain is replaced by a vote over the lanes' coordinates: the same
   // verdict, n² = NaN or 0. (The row kernel keeps the chain: its registers are at their bound.)
-  const bool token_norm = lay.norm == quant::NormMode::kToken;
+  const bool vote = BITS > 0 && lay.norm != quant::NormMode::kToken;
   double n2 = 0.0;
   float z[kPerLane];
   uint8_t code[kPerLane];
 #pragma unroll
   for (int k = 0; k < kPerLane; ++k) z[k] = 0.0f;
-  if (!(BITS > 0 && !token_norm)) {
+  if (!vote) {
     if (cst.rotation_identity) {
       for (int j = 0; j < D; ++j) {
         const double v = static_cast<double>(s_x[j]);
@@ -226,7 +226,7 @@ __device__ __forceinline__ void encode_row_warp(
         }
       }
     }
-  } else {  // no token norm (and a decode-kernel caller: BITS > 0)
+  } else {
     if (!cst.rotation_identity) {
       for (int j = 0; j < D; ++j) {
         const float xj = s_x[j];

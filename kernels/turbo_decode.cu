@@ -241,6 +241,15 @@ bool staged_fits(const quant::DecodeParams& p, int splits) {
          (view_capacity(p) + splits - 2) / (splits - 1) <= kDecodeStagedTokens;
 }
 
+/// A turbo_decode_append launch of `splits` splits on `sms` SMs runs the staged kernel: 8-warp
+/// CTAs (turbo_decode_wide_applies) and staged_fits.
+bool staged_launch(const quant::DecodeParams& p, int splits, int sms) {
+  return turbo_decode_wide_applies(p.k.layout.bits, p.head_dim,
+                                   static_cast<int64_t>(p.batch) * p.heads * p.q_len, splits,
+                                   sms) &&
+         staged_fits(p, splits);
+}
+
 /// Cached-position splits of turbo_decode_append: turbo_decode_num_splits, raised (automatic
 /// choice only) to ceil(capacity / kDecodeStagedTokens) where the staged kernel would apply and
 /// every CTA still has an SM, so that each cached split fits the staged kernel's shared memory.
@@ -278,7 +287,7 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
   l.num_splits = splits;
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
   l.capacity = static_cast<int>(view_capacity(p));
-  l.staged = app != nullptr && l.wide && staged_fits(p, splits);
+  l.staged = app != nullptr && staged_launch(p, splits, sms);
   if (splits > 1) {
     const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;
     char* ws = static_cast<char*>(workspace);
@@ -333,10 +342,7 @@ size_t turbo_decode_append_workspace_bytes(const quant::DecodeParams& p, int num
 
 bool turbo_decode_append_staged(const quant::DecodeParams& p, int num_sms) {
   if (p.batch * p.heads == 0 || p.q_len != 1 || p.head_dim > kDecodeAppendMaxHeadDim) return false;
-  const int splits = append_cached_splits(p, num_sms) + 1;
-  return turbo_decode_wide_applies(p.k.layout.bits, p.head_dim,
-                                   static_cast<int64_t>(p.batch) * p.heads, splits, num_sms) &&
-         staged_fits(p, splits);
+  return staged_launch(p, append_cached_splits(p, num_sms) + 1, num_sms);
 }
 
 cudaError_t turbo_decode_append(const quant::DecodeParams& p, const DecodeAppend& a,
