@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #include "common.cuh"
@@ -79,12 +80,37 @@ __device__ __forceinline__ uint4 load_x_vec(const DecodeGemvParams& p, int m, in
   return static_cast<const uint4*>(p.x)[int64_t(m) * kvec + v];
 }
 
+/// LayerNorm γ/β vectors a thread requests before the dependency wait when the kernel loads early
+/// (EARLY, see EpilogueIn): v = threadIdx.x + i · kThreads for i < kEarlyLnVecs (all of them up to
+/// K = 2048, e.g. the 650M model's 1280; the rest, if any, after the statistics as without EARLY).
+constexpr int kEarlyLnVecs = 2;
+
+template <bool EARLY>
+struct LnParams {
+  static constexpr int kVecs = EARLY ? kEarlyLnVecs : 0;
+  uint4 g[EARLY ? kEarlyLnVecs : 1], b[EARLY ? kEarlyLnVecs : 1];
+};
+
+template <bool EARLY>
+__device__ __forceinline__ void load_ln_params(const DecodeGemvParams& p, LnParams<EARLY>& ln) {
+  if (p.ln_weight == nullptr) return;
+  const int kvec = p.in_features / 8;
+#pragma unroll
+  for (int i = 0; i < LnParams<EARLY>::kVecs; ++i) {
+    const int v = threadIdx.x + i * kThreads;
+    if (v < kvec) {
+      ln.g[i] = static_cast<const uint4*>(p.ln_weight)[v];
+      ln.b[i] = static_cast<const uint4*>(p.ln_bias)[v];
+    }
+  }
+}
+
 /// Prologue: xs[m][k] = x'' (rows ≥ p.rows are zeros), as 16-byte vectors of T. With a
 /// LayerNorm every warp computes μ and rstd of each row itself from global memory (the same lane-
 /// strided sums and butterfly in every warp, so every warp gets the same values; no CTA barrier),
 /// then each thread writes its share of x''. The caller synchronises before reading xs.
-template <typename T, int MM>
-__device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
+template <typename T, int MM, bool EARLY>
+__device__ void stage_x(const DecodeGemvParams& p, const LnParams<EARLY>& ln, uint4* xs) {
   const int kvec = p.in_features / 8;
   if (p.ln_weight == nullptr) {
 #pragma unroll 2
@@ -120,10 +146,23 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
     }
     rstd[m] = rsqrtf(detail::warp_sum(q) * inv_k + p.ln_eps);
   }
-  for (int v = threadIdx.x; v < kvec; v += kThreads) {
+  int i = 0;
+  for (int v = threadIdx.x; v < kvec; v += kThreads, ++i) {
     float g[8], b[8];
-    widen8<T>(static_cast<const uint4*>(p.ln_weight)[v], g);
-    widen8<T>(static_cast<const uint4*>(p.ln_bias)[v], b);
+    uint4 gv, bv;
+    if (i < LnParams<EARLY>::kVecs) {  // requested before the wait (load_ln_params)
+#pragma unroll
+      for (int k = 0; k < LnParams<EARLY>::kVecs; ++k)
+        if (k == i) {
+          gv = ln.g[k];
+          bv = ln.b[k];
+        }
+    } else {
+      gv = static_cast<const uint4*>(p.ln_weight)[v];
+      bv = static_cast<const uint4*>(p.ln_bias)[v];
+    }
+    widen8<T>(gv, g);
+    widen8<T>(bv, b);
 #pragma unroll
     for (int m = 0; m < MM; ++m) {
       uint4 out = make_uint4(0u, 0u, 0u, 0u);
@@ -139,20 +178,84 @@ __device__ void stage_x(const DecodeGemvParams& p, uint4* xs) {
   }
 }
 
+/// The inputs of a lane's epilogue, loaded ahead of the sums that need them (load_epilogue_bias,
+/// load_epilogue_inputs): the bias of its feature(s) — a weight, requested before the dependency
+/// wait — and, after the wait, the residual (plain mode) or the rotary table entries (Q/K/V mode).
+/// Issued early, their memory latency overlaps the prologue and the products instead of following
+/// the reduction. Requested early only by the EARLY kernels (one row: the batch-1 step, unless
+/// set_decode_gemv_early_loads(false)): the registers they hold stay live through the products,
+/// and the instances for more rows have none to spare (they spilled); the others load them where
+/// they are used, after the reduction.
+struct EpilogueIn {
+  // Plain mode: b0 = bias[n], res = residual[m][n]. Q/K/V mode: b0, b1 = bias of the pair
+  // (n0, n0 + d/2); c0, c1, s0, s1 = cos / sin at j, j + d/2 (res aliases c0: one is unused).
+  float b0 = 0.0f, b1 = 0.0f, c0 = 0.0f, c1 = 0.0f, s0 = 0.0f, s1 = 0.0f;
+  __device__ float& res() { return c0; }
+  __device__ float res() const { return c0; }
+};
+
+/// Which (row m, feature n) lane `lane` finishes for the warp's pair starting at n0 (plain mode:
+/// lane r · MM + m, n = n0 + r; Q/K/V mode: lane m, the pair (n0, n0 + d/2)), or false.
+template <int MM>
+__device__ __forceinline__ bool epilogue_lane(const DecodeGemvParams& p, int lane, int n0, int& m,
+                                              int& n) {
+  if (p.head_dim > 0) {
+    m = lane;
+    n = n0;
+    return lane < MM && lane < p.rows && n0 < p.out_features;
+  }
+  const int r = lane / MM;
+  m = lane % MM;
+  n = n0 + r;
+  return r < kFeaturesPerWarp && m < p.rows && n < p.out_features;
+}
+
+/// The weights part of the lane's epilogue inputs (any time: no launch of the step writes them).
+template <typename T, int MM>
+__device__ __forceinline__ void load_epilogue_bias(const DecodeGemvParams& p, int lane, int n0,
+                                                   EpilogueIn& e) {
+  int m, n;
+  const T* bias = static_cast<const T*>(p.bias);
+  if (bias == nullptr || !epilogue_lane<MM>(p, lane, n0, m, n)) return;
+  e.b0 = Cvt<T>::to_float(bias[n]);
+  if (p.head_dim > 0) e.b1 = Cvt<T>::to_float(bias[n + p.head_dim / 2]);
+}
+
+/// The activations part (after the dependency wait: the residual and the rotary tables come from
+/// earlier launches of the step).
+template <typename T, int MM>
+__device__ __forceinline__ void load_epilogue_inputs(const DecodeGemvParams& p, int lane, int n0,
+                                                     EpilogueIn& e) {
+  int m, n;
+  if (!epilogue_lane<MM>(p, lane, n0, m, n)) return;
+  if (p.head_dim > 0) {
+    const int d = p.head_dim, half = d / 2, hd = p.out_features / 3;
+    const int region = n0 / hd;
+    if (region == 2) return;  // V: no rotation
+    const int j = (n0 - region * hd) % d;
+    e.c0 = p.cos[int64_t(m) * d + j];
+    e.c1 = p.cos[int64_t(m) * d + j + half];
+    e.s0 = p.sin[int64_t(m) * d + j];
+    e.s1 = p.sin[int64_t(m) * d + j + half];
+    return;
+  }
+  if (p.residual)
+    e.res() = Cvt<T>::to_float(static_cast<const T*>(p.residual)[int64_t(m) * p.out_features + n]);
+}
+
 /// The Q/K/V epilogue of row m for the rotate-half pair (n0, n0 + d/2) with sums s0, s1: the
 /// arithmetic of qkv_rotary_to_float (kernels/qkv_rotary.cu) on z = T(s + b): q scaled in T
 /// first, then x·cos + rot·sin with separately rounded products and sum, rounded to T.
 template <typename T>
 __device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, int n0, float s0,
-                                             float s1) {
+                                             float s1, const EpilogueIn& e) {
   const int d = p.head_dim, half = d / 2;
   const int hd = p.out_features / 3;
   const int region = n0 / hd;  // 0 q, 1 k, 2 v (a pair never straddles: regions hold whole heads)
   const int c = n0 - region * hd;
-  const int j = c % d;  // < half
-  const T* bias = static_cast<const T*>(p.bias);
-  float z0 = Cvt<T>::round(bias ? s0 + Cvt<T>::to_float(bias[n0]) : s0);
-  float z1 = Cvt<T>::round(bias ? s1 + Cvt<T>::to_float(bias[n0 + half]) : s1);
+  const bool bias = p.bias != nullptr;
+  float z0 = Cvt<T>::round(bias ? s0 + e.b0 : s0);
+  float z1 = Cvt<T>::round(bias ? s1 + e.b1 : s1);
   const int64_t o = int64_t(m) * hd + c;
   if (region == 2) {
     p.v_out[o] = z0;
@@ -163,10 +266,8 @@ __device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, i
     z0 = Cvt<T>::round(__fmul_rn(z0, p.q_scale));
     z1 = Cvt<T>::round(__fmul_rn(z1, p.q_scale));
   }
-  const float* cs = p.cos + int64_t(m) * d;
-  const float* sn = p.sin + int64_t(m) * d;
-  const float o0 = __fadd_rn(__fmul_rn(z0, cs[j]), __fmul_rn(-z1, sn[j]));
-  const float o1 = __fadd_rn(__fmul_rn(z1, cs[j + half]), __fmul_rn(z0, sn[j + half]));
+  const float o0 = __fadd_rn(__fmul_rn(z0, e.c0), __fmul_rn(-z1, e.s0));
+  const float o1 = __fadd_rn(__fmul_rn(z1, e.c1), __fmul_rn(z0, e.s1));
   float* dst = region == 0 ? p.q_out : p.k_out;
   dst[o] = Cvt<T>::round(o0);
   dst[o + half] = Cvt<T>::round(o1);
@@ -175,21 +276,19 @@ __device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, i
 /// Finishes the warp's feature pair (n0 and its partner: n0 + 1, or n0 + d/2 in the Q/K/V mode)
 /// from the reduced sums: lane r · MM + m holds feature r's sum for row m.
 template <typename T, int MM>
-__device__ __forceinline__ void finish_pair(const DecodeGemvParams& p, int lane, int n0,
-                                            float mine) {
+__device__ __forceinline__ void finish_pair(const DecodeGemvParams& p, int lane, int n0, float mine,
+                                            const EpilogueIn& e) {
   const int N = p.out_features;
   if (p.head_dim > 0) {  // Q/K/V mode: lane m finishes row m's pair
     const float other = __shfl_sync(detail::kFullMask, mine, (lane + MM) & 31);
-    if (lane < MM && lane < p.rows && n0 < N) qkv_epilogue<T>(p, lane, n0, mine, other);
+    if (lane < MM && lane < p.rows && n0 < N) qkv_epilogue<T>(p, lane, n0, mine, other, e);
     return;
   }
-  const int r = lane / MM, m = lane % MM, n = n0 + r;
-  if (r >= kFeaturesPerWarp || m >= p.rows || n >= N) return;
-  const T* bias = static_cast<const T*>(p.bias);
-  float z = Cvt<T>::round(bias ? mine + Cvt<T>::to_float(bias[n]) : mine);
+  int m, n;
+  if (!epilogue_lane<MM>(p, lane, n0, m, n)) return;
+  float z = Cvt<T>::round(p.bias ? mine + e.b0 : mine);
   if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
-  if (p.residual)
-    z = Cvt<T>::round(z + Cvt<T>::to_float(static_cast<const T*>(p.residual)[int64_t(m) * N + n]));
+  if (p.residual) z = Cvt<T>::round(z + e.res());
   static_cast<T*>(p.out)[int64_t(m) * N + n] = Cvt<T>::from_float(z);
 }
 
@@ -235,7 +334,10 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
 /// every later task's first pass before the previous task's reduction and epilogue (for the 650M
 /// model every slice is one pass). MM = rows rounded up to 1, 2, 4 or 8. Every task's arithmetic
 /// is that of the one-task-per-CTA kernel, so the grid size does not change a bit of the output.
-template <typename T, int MM, int KSPLIT>
+/// EARLY (one row, set_decode_gemv_early_loads): the epilogue's bias and the LayerNorm's γ/β are
+/// requested with the weights before the wait, the residual / rotary tables right after it, so
+/// that no memory round trip but x's remains between the wait and the stores.
+template <typename T, int MM, int KSPLIT, bool EARLY>
 __global__ void __launch_bounds__(kThreads)
     decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks) {
   extern __shared__ uint4 xs[];  // [MM][K / 8] x''
@@ -279,8 +381,13 @@ __global__ void __launch_bounds__(kThreads)
   detail::pdl_launch_dependents();
   select(blockIdx.x);
   load(v_begin);  // in flight during the wait for the producer of x and the prologue
+  EpilogueIn epi;
+  if (EARLY && slice == 0) load_epilogue_bias<T, MM>(p, lane, n0, epi);
+  LnParams<EARLY> ln;
+  load_ln_params<EARLY>(p, ln);
   detail::pdl_wait();
-  stage_x<T, MM>(p, xs);
+  if (EARLY && slice == 0) load_epilogue_inputs<T, MM>(p, lane, n0, epi);
+  stage_x<T, MM, EARLY>(p, ln, xs);
   __syncthreads();
 
   int parity = 0;
@@ -313,12 +420,25 @@ __global__ void __launch_bounds__(kThreads)
       }
     }
     const int n_done = n0;
-    if (task + static_cast<int>(gridDim.x) < tasks) {  // the next task's first pass, in flight
-      select(task + gridDim.x);                        // during this one's reduction and stores
+    const bool more = task + static_cast<int>(gridDim.x) < tasks;
+    if (more) {  // the next task's first pass, in flight during this one's reduction and stores
+      select(task + gridDim.x);
       load(v_begin);
     }
     const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part[parity]);
-    if (slice == 0) finish_pair<T, MM>(p, lane, n_done, mine);
+    if (slice == 0) {
+      if constexpr (!EARLY) {
+        epi = EpilogueIn{};
+        load_epilogue_bias<T, MM>(p, lane, n_done, epi);
+        load_epilogue_inputs<T, MM>(p, lane, n_done, epi);
+      }
+      finish_pair<T, MM>(p, lane, n_done, mine, epi);
+    }
+    if (EARLY && more && slice == 0) {  // the next task's epilogue inputs, during its products
+      epi = EpilogueIn{};
+      load_epilogue_bias<T, MM>(p, lane, n0, epi);
+      load_epilogue_inputs<T, MM>(p, lane, n0, epi);
+    }
   }
 }
 
@@ -354,9 +474,11 @@ int ksplit_for(const DecodeGemvParams& p) {
   return ks;
 }
 
-template <typename T, int MM, int KSPLIT>
+std::atomic<bool> g_early_loads{true};  // set_decode_gemv_early_loads
+
+template <typename T, int MM, int KSPLIT, bool EARLY>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
-  const auto kernel = decode_gemv_kernel<T, MM, KSPLIT>;
+  const auto kernel = decode_gemv_kernel<T, MM, KSPLIT, EARLY>;
   const size_t smem = smem_bytes(p);
   if (smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -378,15 +500,24 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
   return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks);
 }
 
+/// The EARLY kernel for one row (set_decode_gemv_early_loads), else the plain one.
+template <typename T, int MM, int KSPLIT>
+cudaError_t launch_early(const DecodeGemvParams& p, cudaStream_t stream) {
+  if constexpr (MM == 1) {
+    if (g_early_loads.load()) return launch<T, MM, KSPLIT, true>(p, stream);
+  }
+  return launch<T, MM, KSPLIT, false>(p, stream);
+}
+
 template <typename T, int MM>
 cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
   switch (ksplit_for(p)) {
     case 1:
-      return launch<T, MM, 1>(p, stream);
+      return launch_early<T, MM, 1>(p, stream);
     case 2:
-      return launch<T, MM, 2>(p, stream);
+      return launch_early<T, MM, 2>(p, stream);
     default:
-      return launch<T, MM, 4>(p, stream);
+      return launch_early<T, MM, 4>(p, stream);
   }
 }
 
@@ -440,6 +571,9 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
            "budget";
   return nullptr;
 }
+
+void set_decode_gemv_early_loads(bool enabled) { g_early_loads.store(enabled); }
+bool decode_gemv_early_loads() { return g_early_loads.load(); }
 
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {
   if (decode_gemv_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;

@@ -968,11 +968,13 @@ __global__ void __launch_bounds__(kDecodeThreads)
 #pragma unroll
     for (int j = 0; j < kHeld; ++j) col[j] = __ldg(rot + j * D + threadIdx.x);
   }
+  // μ_V too (a constant): its load would otherwise follow the merge on the critical path.
+  const float* mu = p.v.constants.mean;
+  const float mu_i = mu != nullptr && threadIdx.x < D ? __ldg(mu + h * D + threadIdx.x) : 0.0f;
   stamp.mark(kMergeBeforeWait);
   pdl_wait();  // the partials come from kernel 1
   stamp.mark(kMergeAfterWait);
   const float l = merge_splits<D, true>(launch, row, h, s_y);
-  const float* mu = p.v.constants.mean;
   if (threadIdx.x < D) {  // blockDim.x = kDecodeThreads ≥ D
     const int i = threadIdx.x;
     float o = 0.0f;
@@ -983,7 +985,7 @@ __global__ void __launch_bounds__(kDecodeThreads)
       for (int j = 0; j < kHeld; ++j) o = fmaf(col[j], s_y[j], o);
       o = inverse_rotate<D>(rot, s_y, i, kHeld, o);
     }
-    if (mu && l > 0.0f) o += mu[h * D + i];
+    if (mu && l > 0.0f) o += mu_i;
     p.out[static_cast<int64_t>(row) * D + i] = o;
   }
   stamp.close(kMergeEnd);

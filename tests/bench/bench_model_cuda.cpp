@@ -673,7 +673,9 @@ int section_decode(const std::string& preset, int64_t cached) {
   // records decoded into shared memory before the dependency wait, 5 + 1 splits), and the
   // step's kernels leaving the shared-memory carve-out to the driver
   // (kernels::set_decode_shared_carveout(-1) around the steps; default: the largest), with the
-  // staged and the look-up-table attention.
+  // staged and the look-up-table attention, and decode_gemv loading its epilogue and LayerNorm
+  // inputs where they are used (kernels::set_decode_gemv_early_loads(false) around the steps;
+  // default: early), with the default and the Π_V-folded model.
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -686,6 +688,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool value_fold = false;   // the Π_V-folded model and spec (model/value_fold.h)
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
+      bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -709,6 +712,10 @@ int section_decode(const std::string& preset, int64_t cached) {
          false, true, -1},
         {"ab_lut_driver_carveout_ms", "look-up-table splits, driver's carve-out",
          [](tm::TurboKvCache&) {}, false, 0, true, false, false, -1},
+        {"ab_gemv_late_loads_ms", "gemv late loads", [](tm::TurboKvCache&) {}, false, 0, true,
+         false, true, tk::kDecodeSharedCarveoutDefault, false},
+        {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
+         0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
@@ -730,8 +737,10 @@ int section_decode(const std::string& preset, int64_t cached) {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
           tk::set_decode_shared_carveout(variants[i].carveout);
+          tk::set_decode_gemv_early_loads(variants[i].early_loads);
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
+        tk::set_decode_gemv_early_loads(true);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
@@ -1109,11 +1118,12 @@ int section_gemv() {
   const auto o = at::TensorOptions().device(kCuda).dtype(at::kHalf);
   at::Tensor flush = at::empty({int64_t(256) << 20}, o.dtype(at::kByte));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  const auto timed = [&](const std::function<void()>& fn) {
+  // flush_l2 = false: the weight is left in the L2 by the previous iteration.
+  const auto timed = [&](const std::function<void()>& fn, bool flush_l2 = true) {
     std::vector<double> ms;
     at::cuda::CUDAEvent start(cudaEventDefault), stop(cudaEventDefault);
     for (int i = 0; i < 33; ++i) {
-      flush.fill_(i & 1);
+      if (flush_l2) flush.fill_(i & 1);
       start.record();
       fn();
       stop.record();
@@ -1125,9 +1135,9 @@ int section_gemv() {
   const std::vector<int> grids = {tk::kDecodeGemvCtaPerTask, 0, 2, 3};
   Json j;
   j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
-  std::printf("%-10s %8s | %-22s %-22s %-22s %-22s | %-22s %-22s\n", "product", "MB",
+  std::printf("%-10s %8s | %-22s %-22s %-22s %-22s | %-22s %-22s | %-22s %-22s\n", "product", "MB",
               "CTA per task us (GB/s)", "as many as fit", "2 CTAs/SM", "3 CTAs/SM", "at::sum",
-              "at::mv + bias");
+              "at::mv + bias", "as many as fit, L2 warm", "as many as fit, late loads");
   at::manual_seed(5);
   for (const Shape& sh : shapes) {
     const at::Tensor x = at::randn({1, sh.k}, o);
@@ -1162,8 +1172,20 @@ int section_gemv() {
     const double sum_ms = timed([&] { (void)w.sum(at::kFloat); });
     const at::Tensor xv = x.view({-1});
     const double mv_ms = timed([&] { (void)at::add(at::mv(w, xv), bias); });
-    std::printf("| %9.2f (%6.0f)       %9.2f (%6.0f)\n", 1e3 * sum_ms, mb / sum_ms, 1e3 * mv_ms,
-                mb / mv_ms);
+    p.ctas_per_sm = 0;
+    const auto launch = [&] {
+      const cudaError_t e = tk::decode_gemv(p, stream);
+      TURBOESM_CHECK(e == cudaSuccess, "decode_gemv: ", cudaGetErrorString(e));
+    };
+    const double warm_ms = timed(launch, false);
+    tk::set_decode_gemv_early_loads(false);
+    const double late_ms = timed(launch);
+    tk::set_decode_gemv_early_loads(true);
+    std::printf("| %9.2f (%6.0f)       %9.2f (%6.0f)       | %9.2f (%6.0f)       %9.2f (%6.0f)\n",
+                1e3 * sum_ms, mb / sum_ms, 1e3 * mv_ms, mb / mv_ms, 1e3 * warm_ms, mb / warm_ms,
+                1e3 * late_ms, mb / late_ms);
+    j.add(std::string(sh.name) + "_us_fit_l2_warm", 1e3 * warm_ms);
+    j.add(std::string(sh.name) + "_us_fit_late_loads", 1e3 * late_ms);
     j.add(std::string(sh.name) + "_us_sum", 1e3 * sum_ms);
     j.add(std::string(sh.name) + "_us_mv", 1e3 * mv_ms);
     j.add(std::string(sh.name) + "_mb", mb);

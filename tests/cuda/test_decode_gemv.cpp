@@ -146,7 +146,7 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
 // tasks between CTAs: every output must be the same bits. Shapes with more tasks than fit at once
 // (the 15B model's FC1 and FC2, 4 rows) make the CTAs loop; the K split exercises the partials'
 // two shared-memory buffers across tasks.
-TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
+TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
   TURBOESM_REQUIRE_GPU();
   const at::ScalarType t = GetParam();
   const std::vector<Case> cases = {
@@ -154,6 +154,8 @@ TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
       {1, 20480, 5120, false, true, false, true, false},  // 15B FC2: 4 slices, 4 passes
       {4, 2056, 3000, true, false, false, true, true},    // 4 rows, K not a multiple of a pass
       {1, 1280, 1280, false, true, false, true, true},    // 650M O (K split in 2)
+      {1, 1280, 5120, true, true, true, false, false},    // 650M pre-LN + FC1 + GELU
+      {1, 5120, 1280, false, true, false, true, false},   // 650M FC2 (K split in 4)
   };
   at::manual_seed(11);
   for (const Case& c : cases) {
@@ -162,12 +164,18 @@ TEST_P(DecodeGemv, GridDoesNotChangeOutputs) {
     const at::Tensor per_task =
         run_kernel(x, g, b, w, bias, c.gelu, res, t, tk::kDecodeGemvCtaPerTask);
     ASSERT_TRUE(at::isfinite(per_task).all().item<bool>());
-    for (int ctas : {0, 1, 2, 3}) {
-      const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas);
-      EXPECT_TRUE(at::equal(got, per_task))
-          << "ctas_per_sm " << ctas << ", rows " << c.rows << " K " << c.k << " N " << c.n
-          << ": max |d| " << (got - per_task).abs().max().item<double>();
+    // The one-row kernels with their epilogue and LayerNorm inputs loaded early (the default)
+    // and late (set_decode_gemv_early_loads): only when loads are issued differs.
+    for (const bool early : {true, false}) {
+      tk::set_decode_gemv_early_loads(early);
+      for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1, 2, 3}) {
+        const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas);
+        EXPECT_TRUE(at::equal(got, per_task))
+            << "ctas_per_sm " << ctas << ", early loads " << early << ", rows " << c.rows << " K "
+            << c.k << " N " << c.n << ": max |d| " << (got - per_task).abs().max().item<double>();
+      }
     }
+    tk::set_decode_gemv_early_loads(true);
   }
 }
 
@@ -241,15 +249,30 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.k_out = k2.data_ptr<float>();
     p.v_out = v2.data_ptr<float>();
     ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
-    ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
-    for (const auto& pr :
-         {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
-      ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
-      EXPECT_TRUE(at::equal(pr.first, pr.second))
-          << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ": max |d| "
-          << (pr.first - pr.second).abs().max().item<double>();
+    // One row: with the bias and rotary tables loaded early (default) and late.
+    for (const bool early : {true, false}) {
+      tk::set_decode_gemv_early_loads(early);
+      for (const at::Tensor& o2 : {q2, k2, v2}) o2.fill_(NAN);
+      ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
+      for (const auto& pr :
+           {std::make_pair(q1, q2), std::make_pair(k1, k2), std::make_pair(v1, v2)}) {
+        ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
+        EXPECT_TRUE(at::equal(pr.first, pr.second))
+            << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ", early loads "
+            << early << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
+      }
     }
+    tk::set_decode_gemv_early_loads(true);
   }
+}
+
+// The early-loads switch (host state only): on by default, and it switches.
+TEST(DecodeGemvParams, EarlyLoadsSwitch) {
+  EXPECT_TRUE(tk::decode_gemv_early_loads());
+  tk::set_decode_gemv_early_loads(false);
+  EXPECT_FALSE(tk::decode_gemv_early_loads());
+  tk::set_decode_gemv_early_loads(true);
+  EXPECT_TRUE(tk::decode_gemv_early_loads());
 }
 
 TEST(DecodeGemvParams, RejectsBadParameters) {

@@ -29,8 +29,9 @@
 /// products), a CTA loops over tasks with the prologue done once, the next task's weights
 /// requested before the current one's reduction (DecodeGemvParams::ctas_per_sm). The LayerNorm
 /// statistics are computed by every warp on its own (shuffles, no CTA barrier); the prologue's x''
-/// lives in shared memory (rows · K · sizeof(T) bytes). No allocation, no synchronisation:
-/// capturable in a CUDA graph.
+/// lives in shared memory (rows · K · sizeof(T) bytes). At one row the kernel also requests
+/// early what its epilogue and LayerNorm read besides x (set_decode_gemv_early_loads). No
+/// allocation, no synchronisation: capturable in a CUDA graph.
 
 #include <cuda_runtime_api.h>
 
@@ -86,6 +87,17 @@ inline constexpr int kDecodeGemvCtaPerTask = -1;
 
 /// \brief Why `p` cannot run (a static message naming the first violated condition), or null.
 const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);
+
+/// \brief Whether the one-row kernels request everything but x ahead of use (default true): the
+/// bias of their features and the LayerNorm's γ/β (up to 2 vectors of 8 per thread, i.e. K ≤
+/// 2048) before the dependency wait — they are weights —, the residual (or the rotary tables in
+/// the Q/K/V mode) right after it. Otherwise each is a dependent memory round trip on the
+/// critical path after the wait: γ/β after the statistics, the bias and the residual after the
+/// reduction (kernels/NOTES.md "Session 19"). Same values either way (only when loads are issued
+/// changes); the instances for 2–8 rows load late (their registers are full). Process-wide, not
+/// synchronised: set it before launching (a CUDA graph keeps what it captured).
+void set_decode_gemv_early_loads(bool enabled);
+bool decode_gemv_early_loads();
 
 /// \brief Launches the product on `stream`. \return cudaErrorInvalidValue when
 /// decode_gemv_invalid_reason(p) is not null, else the launch error.
