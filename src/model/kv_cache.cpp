@@ -7,6 +7,12 @@
 #include "turboesm/error.h"
 #include "turboesm/model/turbo_cache.h"
 
+#ifdef TURBOESM_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace turboesm::model {
 
 const char* to_string(CacheKind kind) {
@@ -54,6 +60,67 @@ KvCache::KvCache(const CacheShape& shape) : shape_(shape) {
                   std::vector<int64_t>(static_cast<size_t>(shape.batch), 0));
 }
 
+// The side stream of a side-write region and its two events: `fork` (the caller's stream up to
+// the rows) and `done` (the last write).
+struct KvCache::SideWrites {
+#ifdef TURBOESM_WITH_CUDA
+  explicit SideWrites(c10::Device device)
+      : stream(c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index())) {}
+  c10::cuda::CUDAStream stream;
+  at::cuda::CUDAEvent fork, done;  // cudaEventDisableTiming
+  bool pending = false;
+#endif
+};
+
+KvCache::~KvCache() = default;
+
+void KvCache::begin_side_writes() {
+  join_side_writes();
+  side_region_ = false;
+#ifdef TURBOESM_WITH_CUDA
+  if (!side_writes_enabled_ || !shape_.device.is_cuda()) return;
+  if (!side_) side_ = std::make_unique<SideWrites>(shape_.device);
+  side_region_ = true;
+#endif
+}
+
+void KvCache::end_side_writes() {
+  side_region_ = false;
+  join_side_writes();
+}
+
+void KvCache::join_side_writes() const {
+#ifdef TURBOESM_WITH_CUDA
+  if (!side_ || !side_->pending) return;
+  side_->done.block(c10::cuda::getCurrentCUDAStream(shape_.device.index()));
+  side_->pending = false;
+#endif
+}
+
+void KvCache::launch_write(const std::function<void()>& launch,
+                           std::initializer_list<at::Tensor> uses) {
+#ifdef TURBOESM_WITH_CUDA
+  if (side_region_ && side_) {
+    const c10::DeviceIndex dev = shape_.device.index();
+    side_->fork.record(c10::cuda::getCurrentCUDAStream(dev));
+    side_->fork.block(side_->stream);
+    {
+      c10::cuda::CUDAStreamGuard guard(side_->stream);
+      launch();
+    }
+    // Blocks made on the caller's stream and freed there while the write may still read them.
+    for (const at::Tensor& t : uses)
+      if (t.defined() && t.is_cuda()) t.record_stream(side_->stream);
+    side_->done.record(side_->stream);
+    side_->pending = true;
+    return;
+  }
+#else
+  (void)uses;
+#endif
+  launch();
+}
+
 void KvCache::check_layer(int layer) const {
   TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "KV cache layer ", layer,
                  " out of range [0, ", shape_.layers, ")");
@@ -66,6 +133,7 @@ int64_t KvCache::grown_capacity(int64_t current, int64_t needed) {
 void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
                      const at::Tensor& new_lengths) {
   check_layer(layer);
+  if (!side_region_) join_side_writes();
   const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
   TURBOESM_CHECK(k.defined() && v.defined() && k.dim() == 4 && v.dim() == 4,
                  "KV cache append: k and v must be 4-D [batch, heads, new_tokens, head_dim]");
@@ -96,6 +164,7 @@ void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
   TURBOESM_CHECK(needed <= std::numeric_limits<int32_t>::max(), "KV cache append: ", needed,
                  " tokens per sequence exceed the int32 range of cache lengths");
   if (needed > capacity(layer)) {
+    join_side_writes();  // grow copies the layer's buffers and frees the old ones on this stream
     if (capacity(layer) > 0) ++reallocations_;
     grow(layer, needed);
   }
@@ -106,7 +175,7 @@ void KvCache::append(int layer, const at::Tensor& k, const at::Tensor& v,
       kf = kf.contiguous();
       vf = vf.contiguous();
     }
-    do_append(layer, kf, vf, starts, counts);
+    launch_write([&] { do_append(layer, kf, vf, starts, counts); }, {kf, vf});
   }
   for (int64_t b = 0; b < B; ++b) lengths_[layer][b] += counts[b];
 }
@@ -120,6 +189,7 @@ at::ScalarType KvCache::model_dtype_on_cuda(at::ScalarType given) const {
 
 at::Tensor KvCache::attend(int layer, const at::Tensor& q) const {
   check_layer(layer);
+  join_side_writes();
   TURBOESM_CHECK(q.defined() && q.dim() == 4 && q.size(0) == shape_.batch &&
                      q.size(1) == shape_.heads && q.size(3) == shape_.head_dim,
                  "KV cache attend: q must be [", shape_.batch, ", ", shape_.heads, ", q_len, ",
@@ -148,6 +218,7 @@ int64_t KvCache::kv_bytes() const {
 }
 
 void KvCache::clear() {
+  join_side_writes();
   for (auto& l : lengths_) std::fill(l.begin(), l.end(), 0);
 }
 
@@ -155,6 +226,7 @@ void KvCache::reserve(int64_t tokens) {
   TURBOESM_CHECK(tokens > 0 && tokens <= std::numeric_limits<int32_t>::max(),
                  "KV cache reserve: tokens must be in [1, ", std::numeric_limits<int32_t>::max(),
                  "], got ", tokens);
+  join_side_writes();
   for (int layer = 0; layer < shape_.layers; ++layer) {
     if (tokens <= capacity(layer)) continue;
     if (capacity(layer) > 0) ++reallocations_;
@@ -173,6 +245,7 @@ void KvCache::check_device_step_args(const char* who, int layer, const at::Tenso
                                      const at::Tensor& k, const at::Tensor& v,
                                      const at::Tensor& lengths, const at::Tensor& lengths_after,
                                      int64_t max_tokens) const {
+  join_side_writes();
   TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, who, " device_step: layer ", layer,
                  " out of range [0, ", shape_.layers, ")");
   const int64_t B = shape_.batch, H = shape_.heads, d = shape_.head_dim;
@@ -209,6 +282,9 @@ namespace {
 constexpr double kFp8E4m3Max = 448.0;
 constexpr double kInt8Max = 127.0;
 }  // namespace
+
+// Frees the buffers only after the side writes that use them (KvCache::begin_side_writes).
+DenseKvCache::~DenseKvCache() { join_side_writes(); }
 
 DenseKvCache::DenseKvCache(CacheKind kind, const CacheShape& shape)
     : KvCache(shape), kind_(kind), layers_(static_cast<size_t>(shape.layers)) {
@@ -325,6 +401,7 @@ void DenseKvCache::do_append(int layer, const at::Tensor& k, const at::Tensor& v
 }
 
 std::pair<at::Tensor, at::Tensor> DenseKvCache::dequantized(int layer) const {
+  join_side_writes();
   const Layer& l = layers_.at(static_cast<size_t>(layer));
   const auto& len = lengths(layer);
   const int64_t n = *std::max_element(len.begin(), len.end());

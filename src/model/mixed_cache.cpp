@@ -7,6 +7,10 @@
 
 namespace turboesm::model {
 
+// The sub-caches' appends run on this cache's side stream (KvCache::begin_side_writes): join
+// before they free their buffers.
+MixedKvCache::~MixedKvCache() { join_side_writes(); }
+
 MixedKvCache::MixedKvCache(const CacheShape& shape, const TurboCacheSpec& turbo,
                            const std::map<int, CacheKind>& dense_layers,
                            const std::map<int, const TurboCacheSpec*>& turbo_layers)
@@ -60,6 +64,7 @@ MixedKvCache::MixedKvCache(const CacheShape& shape, const TurboCacheSpec& turbo,
 }
 
 void MixedKvCache::check_device_status() {
+  join_side_writes();
   for (auto& c : layers_) c->check_device_status();
 }
 
@@ -93,6 +98,7 @@ CacheKind MixedKvCache::layer_kind(int layer) const { return layer_cache(layer).
 const KvCache& MixedKvCache::layer_cache(int layer) const {
   TURBOESM_CHECK(layer >= 0 && layer < shape_.layers, "mixed KV cache: layer ", layer,
                  " out of range [0, ", shape_.layers, ")");
+  join_side_writes();  // the sub-caches' appends ran on this cache's side stream
   return *layers_[static_cast<size_t>(layer)];
 }
 

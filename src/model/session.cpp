@@ -74,8 +74,20 @@ at::Tensor Session::prefill(const at::Tensor& tokens_in, const at::Tensor& mask_
   attention_.set_mode(TurboAttention::Mode::kPrefill);
   ForwardOptions opts;
   opts.backend = &attention_;
-  // The plain forward with a caching backend: outputs identical to Esm2Model::forward.
-  ForwardOutput out = model_->forward(tb, opts);
+  // The plain forward with a caching backend: outputs identical to Esm2Model::forward. The cache
+  // writes go to a side stream (KvCache::begin_side_writes), joined before anything reads them.
+  cache_->begin_side_writes();
+  ForwardOutput out;
+  try {
+    out = model_->forward(tb, opts);
+  } catch (...) {
+    try {
+      cache_->end_side_writes();
+    } catch (...) {  // the forward's error is the one to report
+    }
+    throw;
+  }
+  cache_->end_side_writes();
   last_hidden_ = out.last_hidden_state;
   real_tokens_ = tb.real;
   mask_tokens_ = tb.mask_tokens;

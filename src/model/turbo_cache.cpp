@@ -338,6 +338,9 @@ TurboCacheSpec TurboCacheSpec::random(const EsmConfig& config, int bits_k, int b
 // TurboKvCache
 // ---------------------------------------------------------------------------------------------
 
+// Frees the pages only after the side writes that use them (KvCache::begin_side_writes).
+TurboKvCache::~TurboKvCache() { join_side_writes(); }
+
 TurboKvCache::TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec)
     : KvCache(shape), spec_(spec), layers_(static_cast<size_t>(shape.layers)) {
   validate_spec(spec_, shape.layers, shape.heads, shape.head_dim);
@@ -412,6 +415,7 @@ quant::CacheView TurboKvCache::view(int layer, bool key) const {
 }
 
 quant::DecodeParams TurboKvCache::decode_params(int layer) const {
+  join_side_writes();
   quant::DecodeParams p;
   p.batch = shape_.batch;
   p.heads = shape_.heads;
@@ -718,6 +722,7 @@ at::Tensor TurboKvCache::device_step(int layer, const at::Tensor& q, const at::T
 }
 
 void TurboKvCache::check_device_status() {
+  join_side_writes();
   if (!device_status_.defined()) return;
   const int bits = device_status_.item<int>();  // synchronises
   if (bits == 0) return;
@@ -741,6 +746,7 @@ at::Tensor TurboKvCache::do_attend(int layer, const at::Tensor& q) const {
 }
 
 at::Tensor TurboKvCache::dequantized(int layer, bool key) const {
+  join_side_writes();
   const auto& len = lengths(layer);
   int64_t n = 0;
   for (int64_t x : len) n = std::max(n, x);

@@ -21,7 +21,9 @@
 //                                              writing the turbo cache (quantize-on-append: tile
 //                                              path, and the row path for comparison; the
 //                                              Π_V-folded model and spec) and the
-//                                              fp16 cache; SDPA backend; the forward with
+//                                              fp16 cache, each with its writes on a side
+//                                              stream (default) and on the forward's stream
+//                                              ("_serial"); SDPA backend; the forward with
 //                                              each layer's cache write between CUDA events
 //                                              (the writes' time inside a prefill); the writes
 //                                              alone (head-major and token-major K/V)
@@ -834,13 +836,23 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
   // Π_V folded into W_V / W_O (model/value_fold.h): the same spec's K side, V without rotation.
   const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
   tm::Session sv(vfold.model, make_cache(*vfold.model, tm::CacheKind::kTurbo, &vfold.spec, batch));
+  // The same three caches with the writes on the forward's stream (KvCache::set_side_writes):
+  // what the side stream buys.
+  tm::Session st_serial(m, make_cache(*m, tm::CacheKind::kTurbo, &spec, batch));
+  tm::Session sv_serial(vfold.model,
+                        make_cache(*vfold.model, tm::CacheKind::kTurbo, &vfold.spec, batch));
+  tm::Session sf_serial(m, make_cache(*m, tm::CacheKind::kFp16, nullptr, batch));
+  for (tm::Session* s : {&st_serial, &sv_serial, &sf_serial}) s->cache().set_side_writes(false);
   const std::vector<std::pair<std::string, std::function<void()>>> modes = {
       {"forward", [&] { m->forward(tokens, at::Tensor()); }},
       {"prefill_turbo3", [&] { st.prefill(tokens); }},
+      {"prefill_turbo3_serial", [&] { st_serial.prefill(tokens); }},
       {"prefill_turbo3_vfold", [&] { sv.prefill(tokens); }},
+      {"prefill_turbo3_vfold_serial", [&] { sv_serial.prefill(tokens); }},
       {"prefill_turbo3_rows", [&] { sr.prefill(tokens); }},
       {"prefill_turbo3_sign", [&] { ss.prefill(tokens); }},
-      {"prefill_fp16", [&] { sf.prefill(tokens); }}};
+      {"prefill_fp16", [&] { sf.prefill(tokens); }},
+      {"prefill_fp16_serial", [&] { sf_serial.prefill(tokens); }}};
   std::map<std::string, std::vector<double>> gpu, host;
   for (int i = 0; i < kWarmup + kIters; ++i) {
     for (const auto& mo : modes) {
@@ -853,11 +865,11 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
     }
   }
   const std::string title = "prefill (batch " + std::to_string(batch) + ")";
-  std::printf("%-24s %12s %14s %10s\n", title.c_str(), "median ms", "host-side ms", "vs forward");
+  std::printf("%-28s %12s %14s %10s\n", title.c_str(), "median ms", "host-side ms", "vs forward");
   const double base = median(gpu["forward"]);
   for (const auto& mo : modes) {
     const double med = median(gpu[mo.first]);
-    std::printf("%-24s %12.3f %14.3f %+9.1f%%\n", mo.first.c_str(), med, median(host[mo.first]),
+    std::printf("%-28s %12.3f %14.3f %+9.1f%%\n", mo.first.c_str(), med, median(host[mo.first]),
                 100.0 * (med / base - 1.0));
     j.add(mo.first + "_ms", med);
     j.add(mo.first + "_host_ms", median(host[mo.first]));

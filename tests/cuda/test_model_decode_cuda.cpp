@@ -19,6 +19,7 @@
 #include "turboesm/kernels/quantize_append.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
+#include "turboesm/model/mixed_cache.h"
 #include "turboesm/model/session.h"
 #include "turboesm/model/turbo_cache.h"
 #include "turboesm/model/value_fold.h"
@@ -271,6 +272,61 @@ TEST(ModelDecodeCudaValueFold, FoldedModelMatchesCpuAndItsGraph) {
     std::printf(
         "[model decode, V rotation folded] cpu vs cuda %.2e, graph vs eager (merge %s) %.2e\n",
         worst, in_kernel ? "in kernel" : "kernel", d);
+  }
+}
+
+// Side-stream cache writes (KvCache::begin_side_writes, opened by Session::prefill): the caches a
+// prefill fills with its writes on the side stream hold the bits of the serial writes — every
+// layer attends to the same outputs, bit for bit — for a Turbo cache (tile kernel), a mixed cache
+// (an INT8 layer, Turbo layers: their appends run through the sub-caches) and an FP16 cache, at
+// a size where the writes overlap the next layers' kernels (esm2_t6_8M in fp16, 4 × 400
+// residues, ~60 µs of writes per layer); the inputs the side stream reads are freed and reused
+// by the forward meanwhile (recorded on the side stream). The decode steps after the prefill read
+// the pages (the region is joined first) and agree too.
+TEST(ModelDecodeCudaSideWrites, PrefillCachesEqualSerialWrites) {
+  TURBOESM_REQUIRE_GPU();
+  tm::LoadOptions lo;
+  lo.device = c10::Device(c10::kCUDA, 0);
+  lo.dtype = at::kHalf;
+  auto m = tm::Esm2Model::random(tm::EsmConfig::preset("esm2_t6_8M"), 7, 0.08, lo);
+  const SpecCase sc{"hadamard_none", tq::RotationKind::kHadamard, tq::NormMode::kNone,
+                    tq::QjlMode::kNone};
+  const tm::TurboCacheSpec spec = make_spec(m->config(), sc);
+  constexpr int kBatch = 4, kResidues = 400;
+  const std::string protein = kProtein + kProtein;
+  std::vector<at::Tensor> rows;
+  for (int b = 0; b < kBatch; ++b) rows.push_back(row(encode(protein.substr(17 * b, kResidues))));
+  const at::Tensor tokens = at::cat(rows, 0);
+  const auto kinds = std::vector<std::string>{"turbo", "mixed", "fp16"};
+  for (const std::string& kind : kinds) {
+    auto make = [&] {
+      if (kind == "turbo")
+        return tm::make_kv_cache(tm::CacheKind::kTurbo, m->config(), kBatch, m->device(), &spec);
+      if (kind == "mixed")
+        return tm::make_mixed_kv_cache(m->config(), kBatch, m->device(), spec,
+                                       {{0, tm::CacheKind::kInt8}});
+      return tm::make_kv_cache(tm::CacheKind::kFp16, m->config(), kBatch, m->device());
+    };
+    auto serial_cache = make();
+    serial_cache->set_side_writes(false);
+    tm::Session serial(m, std::move(serial_cache)), side(m, make());
+    ASSERT_TRUE(side.cache().side_writes());
+    for (int round = 0; round < 2; ++round) {  // the second prefill reuses the buffers
+      const at::Tensor hs = serial.prefill(tokens), hd = side.prefill(tokens);
+      ASSERT_TRUE(at::equal(hs, hd)) << kind << ": the forward itself differs";
+      at::manual_seed(31 + round);
+      const at::Tensor q =
+          at::randn({kBatch, m->config().num_attention_heads, 2, m->config().head_dim()},
+                    at::TensorOptions().device(m->device()).dtype(at::kHalf));
+      for (int layer = 0; layer < m->num_layers(); ++layer)
+        EXPECT_TRUE(at::equal(serial.cache().attend(layer, q), side.cache().attend(layer, q)))
+            << kind << ", round " << round << ", layer " << layer;
+      EXPECT_EQ(serial.cache().lengths(), side.cache().lengths());
+    }
+    for (int step = 0; step < 3; ++step) {
+      const at::Tensor t = tokens.narrow(1, 5 + step, 1);
+      EXPECT_TRUE(at::equal(serial.append(t), side.append(t))) << kind << ", step " << step;
+    }
   }
 }
 

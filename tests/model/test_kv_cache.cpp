@@ -126,6 +126,34 @@ TEST(KvCache, EveryKindAttendsCloseToExact) {
   }
 }
 
+// Side-write regions (KvCache::begin_side_writes) change nothing on the CPU: every kind appends,
+// grows and attends inside a region exactly as outside it, with the switch on and off, and
+// end_side_writes without an open region is harmless. (CUDA: tests/cuda
+// ModelDecodeCudaSideWrites.)
+TEST(KvCache, SideWriteRegionsAreNoOpsOnTheCpu) {
+  const auto c = cfg(2, 2, 32);
+  for (const CacheKind kind : {CacheKind::kFp32, CacheKind::kInt8, CacheKind::kTurbo}) {
+    for (const bool enabled : {true, false}) {
+      auto plain = make(kind, c, 2), region = make(kind, c, 2);
+      region->set_side_writes(enabled);
+      EXPECT_EQ(region->side_writes(), enabled);
+      region->end_side_writes();  // nothing open
+      region->begin_side_writes();
+      // Chunks crossing the initial capacity: the regrowth happens inside the region.
+      (void)append_chunks(*plain, 1, {{40, 9}, {50, 60}}, 5);
+      (void)append_chunks(*region, 1, {{40, 9}, {50, 60}}, 5);
+      at::manual_seed(9);
+      const at::Tensor q = at::randn({2, 2, 3, 32}) * 0.2;
+      const at::Tensor inside = region->attend(1, q);  // an operation inside the region joins
+      region->end_side_writes();
+      EXPECT_TRUE(at::equal(plain->attend(1, q), inside)) << to_string(kind);
+      EXPECT_TRUE(at::equal(plain->attend(1, q), region->attend(1, q))) << to_string(kind);
+      EXPECT_EQ(plain->lengths(1), region->lengths(1));
+      EXPECT_EQ(plain->reallocations(), region->reallocations());
+    }
+  }
+}
+
 TEST(KvCache, KvBytesFollowTheDesignFormula) {
   const auto c = cfg(3, 2, 64);
   const int64_t H = 2, L = 3, d = 64;

@@ -26,6 +26,8 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -60,7 +62,7 @@ struct CacheShape {
 class KvCache {
  public:
   explicit KvCache(const CacheShape& shape);
-  virtual ~KvCache() = default;
+  virtual ~KvCache();
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 
@@ -131,6 +133,24 @@ class KvCache {
   /// length of every sequence in every layer. \throws turboesm::Error past the capacity.
   void commit_device_steps(int64_t steps);
 
+  // ----- side-stream writes (CUDA; kernels/NOTES.md "Session 20") -----
+
+  /// \brief Opens a side-write region: until end_side_writes(), a cache that supports it (turbo
+  /// on CUDA) launches append()'s device work on a second stream of its device, which first waits
+  /// for the current stream (where the rows were computed). The caller's next kernels (a
+  /// prefill's next layer) then need not wait for the cache write; the write fills the SMs the
+  /// forward leaves idle. Session::prefill opens one around its forward. Inside the region only
+  /// append() should be called: every other operation first joins (as end_side_writes does).
+  /// Appends of other caches, CPU caches and set_side_writes(false) run on the current stream as
+  /// always. Regions do not nest.
+  void begin_side_writes();
+  /// \brief Closes the region: the current stream waits for every write issued in it (no host
+  /// synchronisation). Safe to call without an open region.
+  void end_side_writes();
+  /// \brief Whether begin_side_writes() opens a region (default true).
+  void set_side_writes(bool on) { side_writes_enabled_ = on; }
+  bool side_writes() const { return side_writes_enabled_; }
+
   /// \brief Reports errors that device-side cache writes recorded (CUDA turbo: rows with
   /// non-finite values or norms beyond fp16 cannot throw inside a kernel). Synchronises the
   /// current stream when there is something to check; clears the record.
@@ -172,6 +192,15 @@ class KvCache {
   void check_device_step_args(const char* who, int layer, const at::Tensor& q, const at::Tensor& k,
                               const at::Tensor& v, const at::Tensor& lengths,
                               const at::Tensor& lengths_after, int64_t max_tokens) const;
+  /// Runs `launch` (which launches on the current stream) inside an open side-write region with
+  /// the side stream current, after that stream waited for the caller's stream; `uses` (the
+  /// tensors the launched work reads or writes that were made on the caller's stream) are
+  /// recorded on the side stream for the caching allocator. Outside a region: runs `launch`.
+  void launch_write(const std::function<void()>& launch, std::initializer_list<at::Tensor> uses);
+  /// Makes the current stream wait for the side writes issued so far (no-op when none is
+  /// pending). Every cache operation other than an append inside the region calls it first.
+  void join_side_writes() const;
+
   /// Capacity after growth: max(needed, 2 × current, kMinCapacity).
   static int64_t grown_capacity(int64_t current, int64_t needed);
   /// Smallest capacity allocated on first use.
@@ -183,6 +212,11 @@ class KvCache {
 
  private:
   void check_layer(int layer) const;
+
+  struct SideWrites;  // the side stream and its events (kv_cache.cpp; CUDA builds only)
+  bool side_writes_enabled_ = true;
+  bool side_region_ = false;
+  std::unique_ptr<SideWrites> side_;
 };
 
 /// \brief Dense baseline caches (fp32, fp16, int8, fp8 e4m3): K/V [B, H, capacity, d] per layer;
@@ -191,6 +225,7 @@ class DenseKvCache final : public KvCache {
  public:
   /// \param kind one of kFp32, kFp16, kInt8, kFp8
   DenseKvCache(CacheKind kind, const CacheShape& shape);
+  ~DenseKvCache() override;
 
   CacheKind kind() const override { return kind_; }
   int64_t allocated_bytes() const override;

@@ -43,6 +43,7 @@ class MixedKvCache final : public KvCache {
   MixedKvCache(const CacheShape& shape, const TurboCacheSpec& turbo,
                const std::map<int, CacheKind>& dense_layers,
                const std::map<int, const TurboCacheSpec*>& turbo_layers = {});
+  ~MixedKvCache() override;
 
   CacheKind kind() const override { return CacheKind::kTurbo; }
   int64_t allocated_bytes() const override;

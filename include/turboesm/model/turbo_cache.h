@@ -110,6 +110,7 @@ class TurboKvCache final : public KvCache {
  public:
   /// \param spec validated against `shape`; its constants are copied to `shape.device`
   TurboKvCache(const CacheShape& shape, const TurboCacheSpec& spec);
+  ~TurboKvCache() override;
 
   CacheKind kind() const override { return CacheKind::kTurbo; }
   int64_t allocated_bytes() const override;
