@@ -8,6 +8,12 @@
 #include "turboesm/error.h"
 #include "turboesm/model/decode_graph.h"
 
+#ifdef TURBOESM_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace turboesm::model {
 
 Session::Session(std::shared_ptr<const Esm2Model> model, std::unique_ptr<KvCache> cache)
@@ -74,25 +80,66 @@ at::Tensor Session::prefill(const at::Tensor& tokens_in, const at::Tensor& mask_
   attention_.set_mode(TurboAttention::Mode::kPrefill);
   ForwardOptions opts;
   opts.backend = &attention_;
-  // The plain forward with a caching backend: outputs identical to Esm2Model::forward. The cache
-  // writes go to a side stream (KvCache::begin_side_writes), joined before anything reads them.
-  cache_->begin_side_writes();
-  ForwardOutput out;
-  try {
-    out = model_->forward(tb, opts);
-  } catch (...) {
-    try {
-      cache_->end_side_writes();
-    } catch (...) {  // the forward's error is the one to report
-    }
-    throw;
-  }
-  cache_->end_side_writes();
+  // The plain forward with a caching backend: outputs identical to Esm2Model::forward.
+  ForwardOutput out = forward_writing_cache(tb, opts);
   last_hidden_ = out.last_hidden_state;
   real_tokens_ = tb.real;
   mask_tokens_ = tb.mask_tokens;
   cache_->check_device_status();
   return last_hidden_;
+}
+
+// Why two extra streams (kernels/NOTES.md "Session 20"): on one stream every layer's cache write
+// sits between the layer's attention and its output projection, ~30 µs per layer for the 650M at
+// batch 4, all of it added to the prefill. On a side stream of the same priority the write's CTAs
+// are dispatched as soon as it is launched and delay the next GEMM about as much. With the forward
+// on a high-priority stream, the block scheduler dispatches the forward's CTAs first, and the
+// writes run in what the forward leaves idle: the last waves of its GEMMs and attention, its
+// memory-bound LayerNorm / elementwise kernels.
+ForwardOutput Session::forward_writing_cache(const TokenBatch& tb, const ForwardOptions& opts) {
+#ifdef TURBOESM_WITH_CUDA
+  if (cache_->side_writes() && cache_->device().is_cuda()) {
+    // The pages outlive the call: allocated here, on the caller's stream (the caching allocator
+    // ties a block to the stream it was allocated on).
+    cache_->reserve(tb.tokens.size(1));
+    const c10::DeviceIndex dev = cache_->device().index();
+    const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(dev);
+    const c10::cuda::CUDAStream forward =
+        c10::cuda::getStreamFromPool(/*isHighPriority=*/true, dev);
+    at::cuda::CUDAEvent fork, join;
+    fork.record(caller);
+    fork.block(forward);
+    ForwardOutput out;
+    {
+      c10::cuda::CUDAStreamGuard guard(forward);
+      cache_->begin_side_writes();
+      try {
+        out = model_->forward(tb, opts);
+      } catch (...) {
+        try {  // order whatever was launched before the caller's next work
+          cache_->end_side_writes();
+          join.record(forward);
+          join.block(caller);
+        } catch (...) {  // the forward's error is the one to report
+        }
+        throw;
+      }
+      cache_->end_side_writes();
+      join.record(forward);
+    }
+    join.block(caller);
+    // The outputs were allocated on the forward's stream and are used on the caller's.
+    auto on_caller = [&](const at::Tensor& t) {
+      if (t.defined() && t.is_cuda()) t.record_stream(caller);
+    };
+    on_caller(out.last_hidden_state);
+    on_caller(out.logits);
+    on_caller(out.contacts);
+    for (const auto& kv : out.hidden_states) on_caller(kv.second);
+    return out;
+  }
+#endif
+  return model_->forward(tb, opts);
 }
 
 at::Tensor Session::embed_appended(const TokenBatch& tb) const {

@@ -626,6 +626,10 @@ void TurboKvCache::append_cuda(int layer, const at::Tensor& k, const at::Tensor&
     sc[B + b] = static_cast<int32_t>(counts[b]);
   }
   if (sc != starts_counts_host_ || !starts_counts_dev_.defined()) {
+    // The old copy may still be read by work queued on this stream (it may have been allocated
+    // on another one: KvCache::begin_side_writes).
+    if (starts_counts_dev_.defined())
+      starts_counts_dev_.record_stream(at::cuda::getCurrentCUDAStream());
     at::Tensor host = at::empty({2 * B}, at::TensorOptions().dtype(at::kInt).pinned_memory(true));
     std::copy(sc.begin(), sc.end(), host.data_ptr<int32_t>());
     starts_counts_dev_ = host.to(shape_.device, /*non_blocking=*/true);

@@ -796,6 +796,22 @@ class TimedPrefillAttention final : public tm::AttentionBackend {
   std::vector<std::unique_ptr<std::pair<at::cuda::CUDAEvent, at::cuda::CUDAEvent>>> events_;
 };
 
+/// Runs `fn` on a high-priority stream of the current device, ordered after the current stream
+/// and joined back into it (the caller's events time it), as Session::prefill runs its forward
+/// when the cache writes go to a side stream.
+void on_high_priority_stream(const std::function<void()>& fn) {
+  static const c10::cuda::CUDAStream hi = c10::cuda::getStreamFromPool(/*isHighPriority=*/true);
+  at::cuda::CUDAEvent fork, join;
+  fork.record();
+  fork.block(hi);
+  {
+    c10::cuda::CUDAStreamGuard guard(hi);
+    fn();
+    join.record(hi);
+  }
+  join.block(at::cuda::getCurrentCUDAStream());
+}
+
 int section_prefill(const std::string& preset, int64_t residues, int64_t batch) {
   c10::InferenceMode guard;
   auto m = fp16_model(preset);
@@ -852,7 +868,10 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
       {"prefill_turbo3_rows", [&] { sr.prefill(tokens); }},
       {"prefill_turbo3_sign", [&] { ss.prefill(tokens); }},
       {"prefill_fp16", [&] { sf.prefill(tokens); }},
-      {"prefill_fp16_serial", [&] { sf_serial.prefill(tokens); }}};
+      {"prefill_fp16_serial", [&] { sf_serial.prefill(tokens); }},
+      // The plain forward on a high-priority stream, as Session::prefill runs it with side
+      // writes (a control: alone it should take the forward's time).
+      {"forward_hi", [&] { on_high_priority_stream([&] { m->forward(tokens, at::Tensor()); }); }}};
   std::map<std::string, std::vector<double>> gpu, host;
   for (int i = 0; i < kWarmup + kIters; ++i) {
     for (const auto& mo : modes) {

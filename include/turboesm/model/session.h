@@ -97,6 +97,10 @@ class Session {
   /// Shape checks against the cache, then make_token_batch (ids, mask, counts checked on the
   /// host; token_batch.h); the mask must be right-padded.
   TokenBatch prepare(const at::Tensor& tokens, const at::Tensor& mask, const char* what) const;
+  /// The prefill's forward (attention_ in prefill mode): its cache writes on the cache's side
+  /// stream (KvCache::begin_side_writes) and, on CUDA, the forward on a high-priority stream, both
+  /// joined back into the caller's stream before it returns (see session.cpp).
+  ForwardOutput forward_writing_cache(const TokenBatch& tb, const ForwardOptions& opts);
   /// Embeddings of appended tokens with the cumulative token-dropout ratio.
   at::Tensor embed_appended(const TokenBatch& batch) const;
 
