@@ -96,9 +96,12 @@ at::Tensor Session::prefill(const at::Tensor& tokens_in, const at::Tensor& mask_
 // on a high-priority stream, the block scheduler dispatches the forward's CTAs first, and the
 // writes run in what the forward leaves idle: the last waves of its GEMMs and attention, its
 // memory-bound LayerNorm / elementwise kernels.
+// Small prefills keep the writes on the caller's stream (Session::kSideWritesMinTokens): where
+// the host is the bottleneck, the fork / join work per layer costs more than the overlap saves.
 ForwardOutput Session::forward_writing_cache(const TokenBatch& tb, const ForwardOptions& opts) {
 #ifdef TURBOESM_WITH_CUDA
-  if (cache_->side_writes() && cache_->device().is_cuda()) {
+  if (cache_->side_writes() && cache_->device().is_cuda() &&
+      tb.tokens.numel() >= side_writes_min_tokens_) {
     // The pages outlive the call: allocated here, on the caller's stream (the caching allocator
     // ties a block to the stream it was allocated on).
     cache_->reserve(tb.tokens.size(1));

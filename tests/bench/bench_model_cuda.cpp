@@ -859,6 +859,12 @@ int section_prefill(const std::string& preset, int64_t residues, int64_t batch) 
                         make_cache(*vfold.model, tm::CacheKind::kTurbo, &vfold.spec, batch));
   tm::Session sf_serial(m, make_cache(*m, tm::CacheKind::kFp16, nullptr, batch));
   for (tm::Session* s : {&st_serial, &sv_serial, &sf_serial}) s->cache().set_side_writes(false);
+  // The others write on the side stream whatever the size (by default only prefills of
+  // Session::kSideWritesMinTokens positions or more do).
+  for (tm::Session* s : {&st, &sv, &sf, &ss, &sr}) s->set_side_writes_min_tokens(0);
+  std::printf("side writes: every prefill here; by default from %lld positions (this one: %lld)\n",
+              static_cast<long long>(tm::Session::kSideWritesMinTokens),
+              static_cast<long long>(tokens.numel()));
   const std::vector<std::pair<std::string, std::function<void()>>> modes = {
       {"forward", [&] { m->forward(tokens, at::Tensor()); }},
       {"prefill_turbo3", [&] { st.prefill(tokens); }},

@@ -275,8 +275,9 @@ TEST(ModelDecodeCudaValueFold, FoldedModelMatchesCpuAndItsGraph) {
   }
 }
 
-// Side-stream cache writes (KvCache::begin_side_writes, opened by Session::prefill): the caches a
-// prefill fills with its writes on the side stream hold the bits of the serial writes — every
+// Side-stream cache writes (KvCache::begin_side_writes, opened by Session::prefill around a
+// forward on a high-priority stream): the caches a prefill fills with its writes on the side
+// stream hold the bits of the serial writes — every
 // layer attends to the same outputs, bit for bit — for a Turbo cache (tile kernel), a mixed cache
 // (an INT8 layer, Turbo layers: their appends run through the sub-caches) and an FP16 cache, at
 // a size where the writes overlap the next layers' kernels (esm2_t6_8M in fp16, 4 × 400
@@ -311,6 +312,7 @@ TEST(ModelDecodeCudaSideWrites, PrefillCachesEqualSerialWrites) {
     serial_cache->set_side_writes(false);
     tm::Session serial(m, std::move(serial_cache)), side(m, make());
     ASSERT_TRUE(side.cache().side_writes());
+    side.set_side_writes_min_tokens(0);        // 1608 positions: below the default threshold
     for (int round = 0; round < 2; ++round) {  // the second prefill reuses the buffers
       const at::Tensor hs = serial.prefill(tokens), hd = side.prefill(tokens);
       ASSERT_TRUE(at::equal(hs, hd)) << kind << ": the forward itself differs";
