@@ -135,14 +135,14 @@ class KvCache {
 
   // ----- side-stream writes (CUDA; kernels/NOTES.md "Session 20") -----
 
-  /// \brief Opens a side-write region: until end_side_writes(), a cache that supports it (turbo
-  /// on CUDA) launches append()'s device work on a second stream of its device, which first waits
+  /// \brief Opens a side-write region: until end_side_writes(), a CUDA cache (every kind)
+  /// launches append()'s device work on a second stream of its device, which first waits
   /// for the current stream (where the rows were computed). The caller's next kernels (a
   /// prefill's next layer) then need not wait for the cache write; the write fills the SMs the
   /// forward leaves idle. Session::prefill opens one around its forward. Inside the region only
   /// append() should be called: every other operation first joins (as end_side_writes does).
-  /// Appends of other caches, CPU caches and set_side_writes(false) run on the current stream as
-  /// always. Regions do not nest.
+  /// CPU caches, and CUDA caches after set_side_writes(false), append on the current stream as
+  /// always. Regions do not nest; begin and end on the same current stream.
   void begin_side_writes();
   /// \brief Closes the region: the current stream waits for every write issued in it (no host
   /// synchronisation). Safe to call without an open region.

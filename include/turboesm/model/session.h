@@ -65,10 +65,11 @@ class Session {
 
   /// Prefills of at least this many token positions (B × T) write a CUDA cache on a side stream
   /// under a high-priority forward (KvCache::begin_side_writes; kernels/NOTES.md "Session 20").
-  /// H100, 650M, 1024 residues: batch 4 (4104 positions) +6.8–6.9 % over the plain forward vs
-  /// +9.3–9.6 % with the writes on the forward's stream; batch 1 on a launch-bound host +18.7 vs
-  /// +10.1 % (the extra host work per layer costs more than the overlap saves there).
-  static constexpr int64_t kSideWritesMinTokens = 4096;
+  /// H100, 650M, 1024 residues, turbo cache, overhead over the plain forward, side vs serial
+  /// writes: batch 4 (4104 positions) +6.6–6.9 % vs +9.2–9.6 %, batch 2 +8.5 vs +10.6 %, batch 1
+  /// +18.7–20.0 % vs +7.3–10.1 % (there the write's CTAs hold SMs the forward's next, small,
+  /// latency-bound kernels wait for).
+  static constexpr int64_t kSideWritesMinTokens = 2048;
   /// \brief Changes that threshold (0: every CUDA prefill). The cache's
   /// KvCache::set_side_writes(false) turns side writes off whatever the size.
   void set_side_writes_min_tokens(int64_t tokens) { side_writes_min_tokens_ = tokens; }
