@@ -61,7 +61,7 @@ constexpr double kHbmPeak = 3.35e12;
 struct Params {
   const uint8_t* k = nullptr;  // [B][H][T][24] (+ 64 bytes of slack: V loads read one word ahead)
   const uint8_t* v = nullptr;
-  const float* q = nullptr;  // [B][H][64]: q' · sm_scale · log2(e)
+  const float* q = nullptr;   // [B][H][64]: q' · sm_scale · log2(e)
   const float* ck = nullptr;  // [8] fp16-exact centroids
   const float* cv = nullptr;
   float* part = nullptr;  // [B][H][splits][64 + 2]: o (unnormalised), m, l
@@ -129,8 +129,7 @@ __global__ void __launch_bounds__(kWarps * 32) probe_kernel(const Params p) {
       const float x0 = p.q[row * kDim + 16 * r + 4 * s + 2 * half];
       const float x1 = p.q[row * kDim + 16 * r + 4 * s + 2 * half + 1];
       const __half2 hi = __floats2half2_rn(x0, x1);
-      const uint32_t lo =
-          pack_half2(x0 - __low2float(hi), x1 - __high2float(hi));
+      const uint32_t lo = pack_half2(x0 - __low2float(hi), x1 - __high2float(hi));
       qa[s][half] = g == 0 ? *reinterpret_cast<const uint32_t*>(&hi) : g == 1 ? lo : 0u;
     }
   }
@@ -298,7 +297,8 @@ std::vector<double> reference_row(const std::vector<uint8_t>& k, const std::vect
   for (int t = 0; t < tokens; ++t) {
     const uint8_t* rec = k.data() + (row * tokens + t) * kRecordBytes;
     double acc = 0.0;
-    for (int j = 0; j < kDim; ++j) acc += static_cast<double>(q[row * kDim + j]) * ck[code_of(rec, j)];
+    for (int j = 0; j < kDim; ++j)
+      acc += static_cast<double>(q[row * kDim + j]) * ck[code_of(rec, j)];
     s[t] = acc;
     mx = std::max(mx, acc);
   }
