@@ -113,6 +113,7 @@ void KvCache::launch_write(const std::function<void()>& launch,
       if (t.defined() && t.is_cuda()) t.record_stream(side_->stream);
     side_->done.record(side_->stream);
     side_->pending = true;
+    ++side_writes_launched_;
     return;
   }
 #else

@@ -325,6 +325,9 @@ TEST(ModelDecodeCudaSideWrites, PrefillCachesEqualSerialWrites) {
             << kind << ", round " << round << ", layer " << layer;
       EXPECT_EQ(serial.cache().lengths(), side.cache().lengths());
     }
+    // Every layer of both prefills went to the side stream, none of the serial cache's did.
+    EXPECT_EQ(side.cache().side_writes_launched(), 2 * m->num_layers()) << kind;
+    EXPECT_EQ(serial.cache().side_writes_launched(), 0) << kind;
     for (int step = 0; step < 3; ++step) {
       const at::Tensor t = tokens.narrow(1, 5 + step, 1);
       EXPECT_TRUE(at::equal(serial.append(t), side.append(t))) << kind << ", step " << step;

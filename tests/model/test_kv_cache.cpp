@@ -150,6 +150,7 @@ TEST(KvCache, SideWriteRegionsAreNoOpsOnTheCpu) {
       EXPECT_TRUE(at::equal(plain->attend(1, q), region->attend(1, q))) << to_string(kind);
       EXPECT_EQ(plain->lengths(1), region->lengths(1));
       EXPECT_EQ(plain->reallocations(), region->reallocations());
+      EXPECT_EQ(region->side_writes_launched(), 0) << to_string(kind);
     }
   }
 }

@@ -150,6 +150,8 @@ class KvCache {
   /// \brief Whether begin_side_writes() opens a region (default true).
   void set_side_writes(bool on) { side_writes_enabled_ = on; }
   bool side_writes() const { return side_writes_enabled_; }
+  /// \brief Appends launched on the side stream so far (tests, diagnostics).
+  int64_t side_writes_launched() const { return side_writes_launched_; }
 
   /// \brief Reports errors that device-side cache writes recorded (CUDA turbo: rows with
   /// non-finite values or norms beyond fp16 cannot throw inside a kernel). Synchronises the
@@ -216,6 +218,7 @@ class KvCache {
   struct SideWrites;  // the side stream and its events (kv_cache.cpp; CUDA builds only)
   bool side_writes_enabled_ = true;
   bool side_region_ = false;
+  int64_t side_writes_launched_ = 0;
   std::unique_ptr<SideWrites> side_;
 };
 
