@@ -37,10 +37,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
-#include <string>
 #include <vector>
 
 #include "cuda_check.h"
+#include "turboesm/quant/bitpack.h"
 
 namespace {
 
@@ -273,14 +273,6 @@ __global__ void merge_kernel(const Params p) {
   p.out[row * kDim + j] = o / ll;
 }
 
-/// Code `i` (0..63) of a 24-byte record (bitpack.h: little-endian 3-bit stream).
-int code_of(const uint8_t* rec, int i) {
-  const int bit = 3 * i;
-  uint32_t v = rec[bit >> 3];
-  if ((bit & 7) + 3 > 8) v |= static_cast<uint32_t>(rec[(bit >> 3) + 1]) << 8;
-  return static_cast<int>((v >> (bit & 7)) & 7u);
-}
-
 /// Double-precision reference of one row (sequence, head): softmax in base 2 (q' carries log2 e).
 std::vector<double> reference_row(const std::vector<uint8_t>& k, const std::vector<uint8_t>& v,
                                   const std::vector<float>& q, const float* ck, const float* cv,
@@ -291,7 +283,7 @@ std::vector<double> reference_row(const std::vector<uint8_t>& k, const std::vect
     const uint8_t* rec = k.data() + (row * tokens + t) * kRecordBytes;
     double acc = 0.0;
     for (int j = 0; j < kDim; ++j)
-      acc += static_cast<double>(q[row * kDim + j]) * ck[code_of(rec, j)];
+      acc += static_cast<double>(q[row * kDim + j]) * ck[turboesm::quant::unpack_one(rec, j, 3)];
     s[t] = acc;
     mx = std::max(mx, acc);
   }
@@ -300,7 +292,7 @@ std::vector<double> reference_row(const std::vector<uint8_t>& k, const std::vect
     const double w = std::exp2(s[t] - mx);
     l += w;
     const uint8_t* rec = v.data() + (row * tokens + t) * kRecordBytes;
-    for (int j = 0; j < kDim; ++j) o[j] += w * cv[code_of(rec, j)];
+    for (int j = 0; j < kDim; ++j) o[j] += w * cv[turboesm::quant::unpack_one(rec, j, 3)];
   }
   for (double& x : o) x /= l;
   return o;
