@@ -46,8 +46,21 @@ namespace {
 
 constexpr int kDim = 64;
 constexpr int kRecordBytes = 24;  // 64 codes × 3 bits
-constexpr int kWarps = 4;
+// Compile-time knobs (-D...): warps per CTA, the CTAs per SM the register budget is cut for
+// (6 × 128 threads: ≤ 80 registers), and the staged variant's chunks in flight per warp.
+#ifndef PROBE_WARPS
+#define PROBE_WARPS 4
+#endif
+#ifndef PROBE_MIN_BLOCKS
+#define PROBE_MIN_BLOCKS 6
+#endif
+#ifndef PROBE_STAGES
+#define PROBE_STAGES 3
+#endif
+constexpr int kWarps = PROBE_WARPS;
 constexpr int kChunk = 32;  // tokens per warp iteration
+constexpr int kMinBlocks = PROBE_MIN_BLOCKS;
+constexpr int kStages = PROBE_STAGES;
 constexpr int kTableWords = 64 * 32;
 constexpr double kHbmPeak = 3.35e12;
 
@@ -100,10 +113,30 @@ __device__ __forceinline__ uint32_t lds_at(const uint32_t* table, uint32_t byte_
   return *reinterpret_cast<const uint32_t*>(reinterpret_cast<const char*>(table) + byte_offset);
 }
 
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+}
+
 /// One CTA = one (sequence, head, split); 4 warps take the split's 32-token chunks in turn.
-template <bool kWithV>
-__global__ void __launch_bounds__(kWarps * 32) probe_kernel(const Params p) {
+/// kStaged: each warp copies its chunks' K and V records (768 contiguous bytes each) into its own
+/// ring of kStages shared-memory buffers with 16-byte cp.async, kStages − 1 chunks ahead, and
+/// reads the fragment words from there (else: straight from global memory, no prefetch).
+template <bool kWithV, bool kStaged>
+__global__ void __launch_bounds__(kWarps * 32, kMinBlocks) probe_kernel(const Params p) {
   __shared__ uint32_t tk[kTableWords], tv[kTableWords];
+  // [warp][stage][K 192 words | V 192 words | 4 words slack: V reads one word past a record]
+  constexpr int kBufWords = 2 * kChunk * kRecordBytes / 4 + 4;
+  __shared__ __align__(16) uint32_t s_rec[kStaged ? kWarps * kStages * kBufWords : 1];
+  static_assert(4 * (2 * kTableWords + (kStaged ? kWarps * kStages * kBufWords : 1)) +
+                        4 * kWarps * (kDim + 2) <=
+                    48 * 1024,
+                "static shared memory is limited to 48 KB: fewer warps or stages");
   __shared__ float s_o[kWarps][kDim], s_m[kWarps], s_l[kWarps];
   const int split = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -149,12 +182,55 @@ __global__ void __launch_bounds__(kWarps * 32) probe_kernel(const Params p) {
 
   float m = -INFINITY, l = 0.0f;
   float acc[8][4] = {};
-  for (int c = c0 + warp; c < c1; c += kWarps, kp += kStep, vp += kStep) {
+  // Staged: this warp's ring; chunk n of the warp (c = c0 + warp + 4n) lives in buffer n % kStages.
+  uint32_t* ring = s_rec + (kStaged ? warp * kStages * kBufWords : 0);
+  const uint8_t* kg = p.k + row * p.tokens * kRecordBytes + first;  // chunk start, K
+  const uint8_t* vg = p.v + row * p.tokens * kRecordBytes + first;
+  auto issue = [&](int n) {  // cp.async of the warp's chunk n (if it exists), one commit group
+    const int c = c0 + warp + kWarps * n;
+    if (c < c1) {
+      uint32_t* buf = ring + (n % kStages) * kBufWords;
+      const int64_t off = static_cast<int64_t>(n) * kStep;
+      // 48 pieces of 16 bytes per side: lanes 0-31 one, lanes 0-15 a second (piece lane + 32).
+      static_assert(kChunk * kRecordBytes / 16 == 48, "the copy below covers 48 pieces");
+      cp_async_16(buf + 4 * lane, kg + off + 16 * lane);
+      if (kWithV) cp_async_16(buf + kChunk * kRecordBytes / 4 + 4 * lane, vg + off + 16 * lane);
+      if (lane < 16) {
+        cp_async_16(buf + 4 * (lane + 32), kg + off + 16 * (lane + 32));
+        if (kWithV)
+          cp_async_16(buf + kChunk * kRecordBytes / 4 + 4 * (lane + 32),
+                      vg + off + 16 * (lane + 32));
+      }
+    }
+    cp_async_commit();
+  };
+  // Word offsets of this lane's fragment words inside a staged chunk (as kp / vp above).
+  const int k_word = 6 * (4 * (g >> 1) + (g & 1)) + kw;
+  const int v_word = kChunk * kRecordBytes / 4 + 6 * 4 * r + vw;
+  if constexpr (kStaged) {
+    for (int n = 0; n < kStages - 1; ++n) issue(n);
+  }
+  int n = 0;
+  for (int c = c0 + warp; c < c1; c += kWarps, kp += kStep, vp += kStep, ++n) {
+    const uint32_t* buf = ring + (n % kStages) * kBufWords;
+    if constexpr (kStaged) {
+      cp_async_wait<kStages - 2>();  // chunk n has landed (this lane's copies) ...
+      __syncwarp();                  // ... and every lane's; buffer (n − 1) % kStages is free
+      issue(n + kStages - 1);
+    }
     float sc[4][2];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const uint8_t* rec = kp + (16 * (j >> 1) + 2 * (j & 1)) * kRecordBytes;
-      const uint32_t w0 = ldg32(rec), w1 = ldg32(rec + 4);
+      uint32_t w0, w1;
+      if constexpr (kStaged) {
+        const uint32_t* rw = buf + k_word + 6 * (16 * (j >> 1) + 2 * (j & 1));
+        w0 = rw[0];
+        w1 = rw[1];
+      } else {
+        const uint8_t* rec = kp + (16 * (j >> 1) + 2 * (j & 1)) * kRecordBytes;
+        w0 = ldg32(rec);
+        w1 = ldg32(rec + 4);
+      }
       const uint32_t lo = __funnelshift_r(w0, w1, ksh), hi = w1 >> ksh;
       float d[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
@@ -203,8 +279,13 @@ __global__ void __launch_bounds__(kWarps * 32) probe_kernel(const Params p) {
         uint32_t x[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const uint8_t* rec = vp + (16 * sv + u) * kRecordBytes;
-          x[u] = __funnelshift_r(ldg32(rec), ldg32(rec + 4), vsh);
+          if constexpr (kStaged) {
+            const uint32_t* rw = buf + v_word + 6 * (16 * sv + u);
+            x[u] = __funnelshift_r(rw[0], rw[1], vsh);
+          } else {
+            const uint8_t* rec = vp + (16 * sv + u) * kRecordBytes;
+            x[u] = __funnelshift_r(ldg32(rec), ldg32(rec + 4), vsh);
+          }
         }
         // Pair indices c_t | c_t+1 << 3 per coordinate slot: even slots of E, odd slots of O.
         const uint32_t e01 = (x[0] & kEven) | ((x[1] << 3) & ~kEven);
@@ -352,15 +433,31 @@ struct Problem {
     p.splits = splits;
     return p;
   }
-  template <bool kWithV>
-  void launch() const {
+  /// variant: bit 0 = with V, bit 1 = staged
+  void launch(int variant) const {
     const Params p = params();
-    probe_kernel<kWithV><<<dim3(splits, heads, batch), kWarps * 32>>>(p);
+    const dim3 grid(splits, heads, batch);
+    switch (variant) {
+      case 0:
+        probe_kernel<false, false><<<grid, kWarps * 32>>>(p);
+        break;
+      case 1:
+        probe_kernel<true, false><<<grid, kWarps * 32>>>(p);
+        break;
+      case 2:
+        probe_kernel<false, true><<<grid, kWarps * 32>>>(p);
+        break;
+      default:
+        probe_kernel<true, true><<<grid, kWarps * 32>>>(p);
+        break;
+    }
+    CHECK_CUDA(cudaGetLastError());
     merge_kernel<<<batch * heads, kDim>>>(p);
   }
-  /// Max |out − ref| / max |ref| over `rows` rows spread over the problem.
-  double check(int rows, const float* ck, const float* cv) const {
-    launch<true>();
+  /// Max |out − ref| / max |ref| over `rows` rows spread over the problem (K and V; staged or not).
+  double check(int rows, const float* ck, const float* cv, bool staged) const {
+    CHECK_CUDA(cudaMemset(dout, 0xff, static_cast<size_t>(batch) * heads * kDim * sizeof(float)));
+    launch(staged ? 3 : 1);
     CHECK_CUDA(cudaDeviceSynchronize());
     std::vector<float> out(static_cast<size_t>(batch) * heads * kDim);
     CHECK_CUDA(cudaMemcpy(out.data(), dout, out.size() * sizeof(float), cudaMemcpyDeviceToHost));
@@ -404,18 +501,23 @@ int main(int argc, char** argv) {
     cv[i] = __half2float(__float2half(0.125f * ck[i]));
   }
   std::printf("GPU: %s (%d SMs)\n", prop.name, prop.multiProcessorCount);
-  {
-    const Problem small(2, 3, 2048, 2, ck, cv, 7);
-    const double err = small.check(6, ck, cv);
-    std::printf("check B2 H3 T2048: max relative error %.3e (%s)\n", err,
+  // The staged kernels need 6 × 36 KB of shared memory per SM: ask for the largest carve-out.
+  CHECK_CUDA(cudaFuncSetAttribute(probe_kernel<true, true>,
+                                  cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  CHECK_CUDA(cudaFuncSetAttribute(probe_kernel<false, true>,
+                                  cudaFuncAttributePreferredSharedMemoryCarveout, 100));
+  const Problem small(2, 3, 2048, 2, ck, cv, 7);
+  const Problem pb(batch, heads, tokens, splits, ck, cv, 11);
+  for (const bool staged : {false, true}) {
+    const double err = small.check(6, ck, cv, staged);
+    std::printf("check B2 H3 T2048%s: max relative error %.3e (%s)\n", staged ? " staged" : "", err,
                 err <= 1e-4 ? "pass" : "FAIL");
     if (!(err <= 1e-4)) return 1;
+    const double err2 = pb.check(4, ck, cv, staged);
+    std::printf("check B%d H%d T%d%s (4 rows): max relative error %.3e (%s)\n", batch, heads,
+                tokens, staged ? " staged" : "", err2, err2 <= 1e-4 ? "pass" : "FAIL");
+    if (!(err2 <= 1e-4)) return 1;
   }
-  const Problem pb(batch, heads, tokens, splits, ck, cv, 11);
-  const double err = pb.check(4, ck, cv);
-  std::printf("check B%d H%d T%d (4 rows): max relative error %.3e (%s)\n", batch, heads, tokens,
-              err, err <= 1e-4 ? "pass" : "FAIL");
-  if (!(err <= 1e-4)) return 1;
   void* flush = nullptr;
   const size_t flush_bytes = 2 * static_cast<size_t>(prop.l2CacheSize);
   CHECK_CUDA(cudaMalloc(&flush, flush_bytes));
@@ -423,15 +525,13 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaEventCreate(&e0));
   CHECK_CUDA(cudaEventCreate(&e1));
   const double bytes = 2.0 * batch * heads * tokens * kRecordBytes;
-  for (int with_v = 1; with_v >= 0; --with_v) {
+  for (const int variant : {1, 0, 3, 2}) {
+    const bool with_v = variant & 1;
     std::vector<float> ms;
     for (int i = 0; i < iters + 5; ++i) {
       CHECK_CUDA(cudaMemsetAsync(flush, i & 0xff, flush_bytes));
       CHECK_CUDA(cudaEventRecord(e0));
-      if (with_v)
-        pb.launch<true>();
-      else
-        pb.launch<false>();
+      pb.launch(variant);
       CHECK_CUDA(cudaEventRecord(e1));
       CHECK_CUDA(cudaEventSynchronize(e1));
       float x = 0.0f;
@@ -442,8 +542,12 @@ int main(int argc, char** argv) {
     const double us = 1e3 * ms[ms.size() / 2];
     const double used = with_v ? bytes : bytes / 2;
     std::printf("%-22s B%d H%d T%d splits %d: %8.2f us  %7.1f GB/s  %5.1f %% of 3.35 TB/s\n",
-                with_v ? "probe (K and V)" : "probe, K only", batch, heads, tokens, splits, us,
-                used / us * 1e-3, 100.0 * used / (us * 1e-6) / kHbmPeak);
+                variant == 1   ? "probe (K and V)"
+                : variant == 0 ? "probe, K only"
+                : variant == 3 ? "staged (K and V)"
+                               : "staged, K only",
+                batch, heads, tokens, splits, us, used / us * 1e-3,
+                100.0 * used / (us * 1e-6) / kHbmPeak);
   }
   CHECK_CUDA(cudaFree(flush));
   return 0;
