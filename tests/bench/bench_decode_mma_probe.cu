@@ -6,8 +6,9 @@
 // anyone rewrites the real kernel, the codebook format and the tests around it.
 //
 // Status (session 21, H100): the check passes (≤ 3e-6), and the formulation is slower than
-// turbo_decode — best 95–107 µs unstaged, 87.3 µs staged (cp.async), vs 75.7 µs — so it was not
-// adopted (kernels/NOTES.md "Session 21"). Its numbers count only after its own check passes.
+// turbo_decode — best 95–107 µs unstaged, 87.3 µs staged (cp.async), vs 75.7 µs; on an H200 the
+// best knob setting (8 warps, 3 CTAs per SM, 2 stages) 81.6 vs 72.9 µs — so it was not adopted
+// (kernels/NOTES.md "Session 21"). Its numbers count only after its own check passes.
 //
 // The formulation (FlashAttention-2's register reuse with a single query row):
 //   scores  S[1 × 8 tokens] += q'[1 × 16 coords] · K̂ᵀ[16 × 8]   (mma m16n8k16: A = q' as two fp16
@@ -185,7 +186,8 @@ __global__ void __launch_bounds__(kWarps * 32, kMinBlocks) probe_kernel(const Pa
 
   float m = -INFINITY, l = 0.0f;
   float acc[8][4] = {};
-  // Staged: this warp's ring; chunk n of the warp (c = c0 + warp + 4n) lives in buffer n % kStages.
+  // Staged: this warp's ring; the warp's chunk n (c = c0 + warp + kWarps·n) lives in buffer
+  // n % kStages.
   uint32_t* ring = s_rec + (kStaged ? warp * kStages * kBufWords : 0);
   const uint8_t* kg = p.k + row * p.tokens * kRecordBytes + first;  // chunk start, K
   const uint8_t* vg = p.v + row * p.tokens * kRecordBytes + first;
