@@ -112,8 +112,6 @@ class Session {
   /// stream (KvCache::begin_side_writes) and, on CUDA, the forward on a high-priority stream, both
   /// joined back into the caller's stream before it returns (see session.cpp).
   ForwardOutput forward_writing_cache(const TokenBatch& tb, const ForwardOptions& opts);
-
-  int64_t side_writes_min_tokens_ = kSideWritesMinTokens;
   /// Embeddings of appended tokens with the cumulative token-dropout ratio.
   at::Tensor embed_appended(const TokenBatch& batch) const;
 
@@ -124,6 +122,7 @@ class Session {
   std::vector<int64_t> real_tokens_;  // per sequence: real tokens so far
   std::vector<int64_t> mask_tokens_;  // per sequence: <mask> tokens among them
   std::unique_ptr<CudaDecodeGraph> graph_;
+  int64_t side_writes_min_tokens_ = kSideWritesMinTokens;  // set_side_writes_min_tokens
 };
 
 }  // namespace turboesm::model
