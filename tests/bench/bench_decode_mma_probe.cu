@@ -127,7 +127,8 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
 
-/// One CTA = one (sequence, head, split); 4 warps take the split's 32-token chunks in turn.
+/// One CTA = one (sequence, head, split); its kWarps warps take the split's 32-token chunks in
+/// turn.
 /// kStaged: each warp copies its chunks' K and V records (768 contiguous bytes each) into its own
 /// ring of kStages shared-memory buffers with 16-byte cp.async, kStages − 1 chunks ahead, and
 /// reads the fragment words from there (else: straight from global memory, no prefetch).
