@@ -74,6 +74,7 @@ cudaError_t dispatch(int bits, int head_dim, const DecodeLaunch& l, cudaStream_t
 std::atomic<bool> g_fused_merge{true};
 std::atomic<bool> g_wide_ctas{true};
 std::atomic<bool> g_staged{true};
+std::atomic<bool> g_ring{true};
 // decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
 void* g_timeline = nullptr;
 uint32_t g_timeline_capacity = 0;
@@ -158,6 +159,21 @@ void set_turbo_decode_wide_ctas(bool enabled) { detail::g_wide_ctas.store(enable
 bool turbo_decode_wide_ctas() { return detail::g_wide_ctas.load(); }
 void set_turbo_decode_staged(bool enabled) { detail::g_staged.store(enabled); }
 bool turbo_decode_staged() { return detail::g_staged.load(); }
+void set_turbo_decode_ring(bool enabled) { detail::g_ring.store(enabled); }
+bool turbo_decode_ring() { return detail::g_ring.load(); }
+
+bool turbo_decode_ring_applies(const quant::DecodeParams& p) {
+  static_assert(detail::kDecodeRing<2, 64> && !detail::kDecodeRing<3, 64> &&
+                    !detail::kDecodeRing<2, 32> && detail::kDecodeModeVariants<2, 64>,
+                "turbo_decode_ring_applies must name the instances that compile the ring");
+  // The instances with a ring: detail::kDecodeRing (2 bits, head_dim 64), fixed-mode variants
+  // (norm none on both sides, K QJL none or sign); they have no wide kernel. The pages and
+  // their strides are 16-byte aligned (turbo_decode_invalid_reason), and so are a page's regions
+  // (format.h); whole chunks of a region start at multiples of 32 records.
+  return detail::g_ring.load() && p.k.layout.bits == 2 && p.head_dim == 64 &&
+         detail::decode_variant(p) != detail::DecodeVariant::kGeneral &&
+         p.k.layout.page_tokens % detail::kRingChunk == 0;
+}
 static_assert(detail::kDecodeWideCtas<3, 16> && detail::kDecodeWideCtas<4, 64> &&
                   !detail::kDecodeWideCtas<2, 64> && !detail::kDecodeWideCtas<3, 128>,
               "turbo_decode_wide_applies must name the instances that compile a wide kernel");
@@ -288,6 +304,7 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
   l.capacity = static_cast<int>(view_capacity(p));
   l.staged = app != nullptr && staged_launch(p, splits, sms);
+  l.ring = app == nullptr && turbo_decode_ring_applies(p);
   if (splits > 1) {
     const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;
     char* ws = static_cast<char*>(workspace);

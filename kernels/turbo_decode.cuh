@@ -48,6 +48,7 @@
 
 #include <cstdint>
 
+#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "pdl.cuh"
 #include "quantize_append.cuh"
@@ -89,6 +90,9 @@ struct DecodeLaunch {
   bool wide = false;
   /// the staged kernel instead of kernel 1 (turbo_decode_staged.cuh; append, wide, no K QJL)
   bool staged = false;
+  /// kernel 1 with its records staged through the per-warp ring (kDecodeRing instances, fixed-mode
+  /// variants; not append; set_turbo_decode_ring)
+  bool ring = false;
 #if TURBOESM_DECODE_TIMELINE
   void* timeline = nullptr;  ///< decode_timeline.h buffer, or null
   uint32_t timeline_capacity = 0;
@@ -171,6 +175,54 @@ __host__ __device__ inline DecodeDynSmem decode_dyn_smem(int d, int qjl_m, bool 
   return s;
 }
 
+/// \brief The record ring of kernel 1 (DecodeLaunch::ring): each warp streams its tokens' K and V
+/// records into shared memory with Hopper bulk copies (bulk_copy.cuh) — one request per region of
+/// a page for kRingChunk consecutive tokens (the warp's 32 tokens of one iteration) — into a ring
+/// of kRingStages stages, each tracked by its own mbarrier, and its threads read their records
+/// from there right before use (conflict-free shared-memory loads) instead of loading them into
+/// registers one and two iterations ahead. Measured (kernels/NOTES.md "Session 22", H100): 8.5 %
+/// faster for 2-bit codes at head_dim 64 (16-byte records), 5–15 % slower for 3 and 4 bits
+/// whatever the occupancy, stage count or read-ahead — so only the 2-bit instance has it.
+inline constexpr int kRingChunk = 32;
+inline constexpr int kRingStages = 3;
+
+/// \brief Byte offsets of the regions of one ring stage (kRingChunk tokens of one warp): K codes,
+/// K sign bits (sign QJL), K norms (token norm), V codes, V norms; a region of a mode the cache
+/// does not have is empty. Every region is a multiple of 16 bytes (32 records), as bulk copies
+/// need. Host and device agree on it through this function.
+struct RingLayout {
+  int k_codes, k_signs, k_norms, v_codes, v_norms, stage_bytes;
+};
+
+__host__ __device__ inline RingLayout ring_layout(const quant::PageLayout& kl,
+                                                  const quant::PageLayout& vl) {
+  RingLayout r{};
+  int off = 0;
+  r.k_codes = off;
+  off += kRingChunk * kl.code_bytes;
+  r.k_signs = off;
+  if (kl.qjl == quant::QjlMode::kSign) off += kRingChunk * kl.qjl_bytes;
+  r.k_norms = off;
+  if (kl.norm == quant::NormMode::kToken) off += kRingChunk * 2;
+  r.v_codes = off;
+  off += kRingChunk * vl.code_bytes;
+  r.v_norms = off;
+  if (vl.norm == quant::NormMode::kToken) off += kRingChunk * 2;
+  r.stage_bytes = off;
+  return r;
+}
+
+/// Dynamic shared memory (bytes) of the ring of one CTA of `warps` warps.
+__host__ __device__ inline int ring_smem_bytes(const quant::PageLayout& kl,
+                                               const quant::PageLayout& vl, int warps) {
+  return warps * kRingStages * ring_layout(kl, vl).stage_bytes;
+}
+
+/// \brief The (BITS, D) instances that compile kernel 1 with the record ring (fixed-mode variants
+/// only): 2 bits, D = 64 (one thread per token; where it measured faster).
+template <int BITS, int D>
+inline constexpr bool kDecodeRing = BITS == 2 && D == 64;
+
 /// Compile-time shape of the per-thread work.
 template <int BITS, int D>
 struct DecodeTraits {
@@ -218,6 +270,35 @@ __device__ __forceinline__ uint32_t load_bytes_u32(const uint8_t* p, int n) {
   const uint32_t w0 = base[0];
   const uint32_t w1 = off + static_cast<uint32_t>(n) > 4u ? base[1] : 0u;
   return __funnelshift_r(w0, w1, 8u * off);
+}
+
+/// \brief load_record's twin for a record in shared memory (the ring): BYTES bytes at `p` into
+/// 32-bit words with 16-, 8- or 4-byte loads, the widest that BYTES (and so the address: records
+/// back to back from a 16-byte aligned stage) allows. The ring instances' records (D = 64: 16,
+/// 24 or 32 code bytes, 8 sign bytes) are whole words.
+template <int BYTES>
+__device__ __forceinline__ void load_record_shared(const uint8_t* p, uint32_t (&w)[BYTES / 4]) {
+  static_assert(BYTES % 4 == 0, "load_record_shared: whole 32-bit words");
+  if constexpr (BYTES % 16 == 0) {
+#pragma unroll
+    for (int i = 0; i < BYTES / 16; ++i) {
+      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
+      w[4 * i + 0] = v.x;
+      w[4 * i + 1] = v.y;
+      w[4 * i + 2] = v.z;
+      w[4 * i + 3] = v.w;
+    }
+  } else if constexpr (BYTES % 8 == 0) {
+#pragma unroll
+    for (int i = 0; i < BYTES / 8; ++i) {
+      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
+      w[2 * i + 0] = v.x;
+      w[2 * i + 1] = v.y;
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < BYTES / 4; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
+  }
 }
 
 /// Σ over this thread's sign bytes [lo, hi) of record `rec` of the nibble tables (prod mode,
@@ -409,10 +490,14 @@ inline constexpr bool kDecodeWideCtas = !kDecodeModeVariants<BITS, D> && D <= 64
 /// \brief Kernel 1: one CTA of WARPS warps per (row, split); see the file comment. WARPS = 8
 /// (DecodeLaunch::wide) for launches of at most one CTA per SM: twice the warps to hide a short
 /// split's latencies (q', tables, few tokens per thread), compiled for the same 128 registers.
-template <int BITS, int D, DecodeVariant VARIANT, int WARPS = kDecodeWarps>
+/// RING (DecodeLaunch::ring, 4 warps, kDecodeRing instances): records through the per-warp ring
+/// of bulk copies (see kRingChunk).
+template <int BITS, int D, DecodeVariant VARIANT, int WARPS = kDecodeWarps, bool RING = false>
 __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     turbo_decode_kernel(const __grid_constant__ DecodeLaunch launch) {
   static_assert(WARPS == 4 || WARPS == 8, "turbo_decode_kernel: 4 or 8 warps");
+  static_assert(!RING || (WARPS == 4 && D <= 64 && VARIANT != DecodeVariant::kGeneral),
+                "the ring: 4 warps, one thread per token, fixed cache modes");
   constexpr int kWarps = WARPS;
   constexpr int kThreads = 32 * WARPS;
   using T = DecodeTraits<BITS, D>;
@@ -447,7 +532,8 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   __shared__ __align__(128) float s_vpair[T::kVPairWords];
   __shared__ float s_red[kWarps * (D + 2)];
   __shared__ float s_y[D];
-  extern __shared__ float s_dyn[];
+  __shared__ uint64_t s_ring_bar[RING ? kWarps * kRingStages : 1];  // one mbarrier per stage
+  extern __shared__ __align__(16) float s_dyn[];
   const DecodeDynSmem dl = decode_dyn_smem(D, qjl_m, prod, launch.append);
   float* s_sq = s_dyn + dl.sq;
   float* s_prod = s_dyn + dl.table;
@@ -459,6 +545,12 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
 
   TimelineStamp stamp;
   stamp.open(launch, app_cta ? kTimelineAppendCta : 0u);
+  if constexpr (RING) {  // this warp's stage barriers, one arrival (lane 0's) per phase
+    if (lane == 0) {
+      for (int s = 0; s < kRingStages; ++s) mbarrier_init(s_ring_bar + warp * kRingStages + s, 1);
+    }
+    __syncwarp();
+  }
   // Constants first (programmatic dependent launch, pdl.h): the codebooks and this warp's rows
   // of Π_K are requested before the wait for the kernels that wrote q, the lengths and the pages.
   pdl_launch_dependents();
@@ -588,6 +680,51 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   const float* ptab = s_prod + (sub ? dl.half_nibbles * 16 + 16 : 0);
   const float prod_coef = qjl_m > 0 ? kSqrtHalfPiF / static_cast<float>(qjl_m) : 0.0f;
 
+  // The record ring (RING): this warp's chunk i holds tokens [c_i, c_i + kRingChunk), c_i =
+  // rbase + i·kS + kRingChunk·warp, where rbase is t0 rounded down to a chunk, so that a chunk
+  // never straddles a page (the launcher checked page_tokens % kRingChunk == 0) and its regions
+  // start 16-byte aligned; tokens outside [t0, t1) are masked as in the register pipeline. Chunk
+  // i goes to stage i mod kRingStages, whose barrier completes its ⌊i / kRingStages⌋-th phase.
+  // Lane 0 requests the chunks in order through a cursor (the next request's page and slot: no
+  // division per request); the first kRingStages right after the wait, before q' and the tables,
+  // then chunk i + kRingStages into chunk i's stage once the warp has read chunk i.
+  const RingLayout rl = ring_layout(kl, vl);
+  uint8_t* const ring =
+      reinterpret_cast<uint8_t*>(s_dyn + dl.total_floats) + warp * kRingStages * rl.stage_bytes;
+  uint64_t* const ring_bars = s_ring_bar + (RING ? warp * kRingStages : 0);
+  const int rbase = t0 < t1 ? t0 & ~(kRingChunk - 1) : t1;
+  int iss_page = (rbase + warp * kRingChunk) / pt;           // the next request's page
+  int iss_slot = rbase + warp * kRingChunk - iss_page * pt;  // and slot
+  // Lane 0 requests chunk `first` (its first position) into `stage` if it holds positions < t1.
+  auto ring_issue = [&](int first, int stage) {
+    if (lane == 0 && first < t1) {
+      uint8_t* dst = ring + stage * rl.stage_bytes;
+      uint64_t* bar = ring_bars + stage;
+      mbarrier_arrive_expect_tx(bar, static_cast<uint32_t>(rl.stage_bytes));
+      const uint8_t* kp = kbase + static_cast<int64_t>(iss_page) * kl.page_bytes;
+      const uint8_t* vp = vbase + static_cast<int64_t>(iss_page) * vl.page_bytes;
+      bulk_copy_g2s(dst + rl.k_codes, kp + kl.codes_offset + iss_slot * kl.code_bytes,
+                    kRingChunk * kl.code_bytes, bar);
+      if (qjl == quant::QjlMode::kSign)
+        bulk_copy_g2s(dst + rl.k_signs, kp + kl.qjl_offset + iss_slot * kl.qjl_bytes,
+                      kRingChunk * kl.qjl_bytes, bar);
+      if (k_norm)
+        bulk_copy_g2s(dst + rl.k_norms, kp + kl.norms_offset + 2 * iss_slot, 2 * kRingChunk, bar);
+      bulk_copy_g2s(dst + rl.v_codes, vp + vl.codes_offset + iss_slot * vl.code_bytes,
+                    kRingChunk * vl.code_bytes, bar);
+      if (v_norm)
+        bulk_copy_g2s(dst + rl.v_norms, vp + vl.norms_offset + 2 * iss_slot, 2 * kRingChunk, bar);
+    }
+    iss_slot += kS;
+    while (iss_slot >= pt) {
+      iss_slot -= pt;
+      ++iss_page;
+    }
+  };
+  if constexpr (RING) {
+    for (int i = 0; i < kRingStages; ++i) ring_issue(rbase + i * kS + warp * kRingChunk, i);
+  }
+
   SoftmaxState<kSub> st;
 #pragma unroll
   for (int j = 0; j < kSub; ++j) st.acc[j] = 0.0f;
@@ -660,7 +797,7 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   int scur = tv - pcur * pt;
   KeyRegs<BITS, D> kcur{};
   ValueRegs<BITS, D> vcur{};
-  if (tv < t1 && !app_cta) {  // the append CTA's token is not written yet
+  if (!RING && tv < t1 && !app_cta) {  // the append CTA's token is not written yet
     load_k(kcur, pcur, scur);
     load_v(vcur, pcur, scur);
   }
@@ -669,7 +806,7 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   int sk = scur;
   advance(pk, sk);
   KeyRegs<BITS, D> knxt{};
-  if (tk < t1 && !app_cta) load_k(knxt, pk, sk);
+  if (!RING && tk < t1 && !app_cta) load_k(knxt, pk, sk);
   // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w+4, ... (Π_K in registers; d 128: in L2) ---
   {
     const float* q = p.q + static_cast<int64_t>(row) * D;
@@ -782,83 +919,139 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     load_v(vcur, pcur, scur);
   }
 
-  float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
-  // The L2 page prefetch (below) is compiled into the fixed-mode variants only: measured, it
-  // slowed the general kernel's D = 64 shapes by 5–10 % (kernels/NOTES.md, v7).
-  constexpr bool kPrefetch = kPrefetchIters > 0 && !kGeneral;
-  const int pf_first = t0 + (2 + kPrefetchIters) * kS;  // first token of the prefetch window
-  int pf_page = kPrefetch ? pf_first / pt : 0;
-  int pf_slot = pf_first - pf_page * pt;
-  for (int base = t0; base < t1; base += kS) {
-    // L2 prefetch, kPrefetchIters iterations ahead of the K loads below: pages pf_page and
-    // pf_page + 1 of K (warps 0, 1) and of V (warps 2, 3), one bulk request each, where pf_page
-    // holds token base + (2 + kPrefetchIters)·S. With 64-token pages and S = 128 (D ≤ 64) an
-    // iteration spans two pages, so every page is requested once (a page the window only starts
-    // in, an iteration later); at D = 128 (S = 64) each page is requested twice, and other page
-    // sizes get a partial or repeated hint. The
-    // address is warp-uniform, as the uniform-datapath instruction wants. The K and V loads then
-    // wait for the L2 rather than HBM.
-    if constexpr (kPrefetch) {
-      const int64_t pg = pf_page + (warp & 1);
-      if (pg * pt < t1) {
-        if (warp < 2) {
-          prefetch_l2_bulk(kbase + pg * kl.page_bytes, static_cast<uint32_t>(kl.page_bytes));
-        } else {
-          prefetch_l2_bulk(vbase + pg * vl.page_bytes, static_cast<uint32_t>(vl.page_bytes));
-        }
-      }
-      pf_slot += kS;
-      while (pf_slot >= pt) {
-        pf_slot -= pt;
-        ++pf_page;
-      }
-    }
-    // Loads: K two tokens ahead, V one token ahead.
-    const int tk2 = tk + kS;
-    int pk2 = pk;
-    int sk2 = sk;
-    advance(pk2, sk2);
-    KeyRegs<BITS, D> knn{};
-    if (tk2 < t1) load_k(knn, pk2, sk2);
-    ValueRegs<BITS, D> vnx{};
-    if (tk < t1) load_v(vnx, pk, sk);
-
-    const bool valid = tv < t1;
-    if (valid && s_cur > st.m + kRescaleThresholdLog2) {  // rare after the first token
-      const float f = rescale_factor(st.m, s_cur);
+  // Softmax weight of a token whose score is s, and its V record accumulated (both loops).
+  auto accumulate_v = [&](const ValueRegs<BITS, D>& v, float s, bool valid) {
+    if (valid && s > st.m + kRescaleThresholdLog2) {  // rare after the first token
+      const float f = rescale_factor(st.m, s);
       st.l *= f;
 #pragma unroll
       for (int j = 0; j < kSub; ++j) st.acc[j] *= f;
-      st.m = s_cur;
+      st.m = s;
     }
-    const float pw = valid ? exp2f(s_cur - st.m) : 0.0f;
+    const float pw = valid ? exp2f(s - st.m) : 0.0f;
     st.l += pw;
-    const float w = valid ? pw * vcur.vn : 0.0f;
+    const float w = valid ? pw * v.vn : 0.0f;
     if constexpr (T::kVPairLut) {
       static_for<0, kSub / 2>([&](auto P) {
         constexpr int pp = decltype(P)::value;
-        const float2 c = lut2_at(s_vpair, field_offset<2 * BITS, pp, 7>(vcur.vw) | vlane_base);
+        const float2 c = lut2_at(s_vpair, field_offset<2 * BITS, pp, 7>(v.vw) | vlane_base);
         st.acc[2 * pp] = fmaf(w, c.x, st.acc[2 * pp]);
         st.acc[2 * pp + 1] = fmaf(w, c.y, st.acc[2 * pp + 1]);
       });
     } else {
       static_for<0, kSub>([&](auto J) {
         constexpr int j = decltype(J)::value;
-        st.acc[j] = fmaf(w, lut_at(s_cv, code_offset<BITS, j>(vcur.vw)), st.acc[j]);
+        st.acc[j] = fmaf(w, lut_at(s_cv, code_offset<BITS, j>(v.vw)), st.acc[j]);
       });
     }
-    float partial = lut_score(knxt);
-    partial += qjl_score(knxt, tk < t1, pk, sk);
-    s_cur = finish_score(partial, knxt);
+  };
 
-    tv = tk;
-    vcur = vnx;
-    knxt = knn;
-    tk = tk2;
-    pk = pk2;
-    sk = sk2;
+  if constexpr (RING) {
+    // This thread's token in chunk i is c_i + lane (kLpt == 1). A chunk that holds no position
+    // < t1 was not requested: nothing is read from or waited for in its stage (all masked).
+    auto ring_k = [&](KeyRegs<BITS, D>& r, int stage) {
+      const uint8_t* sp = ring + stage * rl.stage_bytes;
+      load_record_shared<T::kCodeBytes>(sp + rl.k_codes + lane * T::kCodeBytes, r.kw);
+      if (qjl == quant::QjlMode::kSign)
+        load_record_shared<T::kSignBytes>(sp + rl.k_signs + lane * T::kSignBytes, r.qw);
+      r.kn = k_norm ? half_bits_to_float_dev(
+                          *reinterpret_cast<const uint16_t*>(sp + rl.k_norms + 2 * lane))
+                    : 1.0f;
+      r.rn = 0.0f;
+    };
+    auto ring_v = [&](ValueRegs<BITS, D>& r, int stage) {
+      const uint8_t* sp = ring + stage * rl.stage_bytes;
+      load_record_shared<T::kCodeBytes>(sp + rl.v_codes + lane * T::kCodeBytes, r.vw);
+      r.vn = v_norm ? half_bits_to_float_dev(
+                          *reinterpret_cast<const uint16_t*>(sp + rl.v_norms + 2 * lane))
+                    : 1.0f;
+    };
+    auto next_stage = [](int st) { return st + 1 == kRingStages ? 0 : st + 1; };
+    // Iteration i accumulates V of chunk i (its score from iteration i − 1) and scores K of
+    // chunk i + 1 (waited for here), both read from the ring right before use; then chunk i's
+    // stage is refilled with chunk i + kRingStages. sv: chunk i's stage; sk, pk: chunk i + 1's
+    // stage and phase parity.
+    int sv = 0, sk = 0;
+    uint32_t pk = 0;
+    KeyRegs<BITS, D> k0{};
+    if (rbase + warp * kRingChunk < t1) {
+      mbarrier_wait_parity(ring_bars, 0u);
+      ring_k(k0, 0);
+    }
+    float s_cur = finish_score(lut_score(k0) + qjl_score(k0, false, 0, 0), k0);
+    for (int base = rbase; base < t1; base += kS) {
+      const int t = base + tid;                // this thread's token
+      const int c = base + warp * kRingChunk;  // this warp's chunk
+      sv = sk;
+      sk = next_stage(sk);
+      pk ^= sk == 0 ? 1u : 0u;
+      ValueRegs<BITS, D> v{};
+      KeyRegs<BITS, D> k{};
+      if (c < t1) ring_v(v, sv);
+      if (c + kS < t1) {
+        mbarrier_wait_parity(ring_bars + sk, pk);
+        ring_k(k, sk);
+      }
+      accumulate_v(v, s_cur, t >= t0 && t < t1);
+      s_cur = finish_score(lut_score(k) + qjl_score(k, false, 0, 0), k);
+      __syncwarp();  // every lane's reads of chunk i's stage are done: refill it
+      ring_issue(c + kRingStages * kS, sv);
+    }
+  } else {
+    float s_cur = finish_score(lut_score(kcur) + qjl_score(kcur, tv < t1, pcur, scur), kcur);
+    // The L2 page prefetch (below) is compiled into the fixed-mode variants only: measured, it
+    // slowed the general kernel's D = 64 shapes by 5–10 % (kernels/NOTES.md, v7).
+    constexpr bool kPrefetch = kPrefetchIters > 0 && !kGeneral;
+    const int pf_first = t0 + (2 + kPrefetchIters) * kS;  // first token of the prefetch window
+    int pf_page = kPrefetch ? pf_first / pt : 0;
+    int pf_slot = pf_first - pf_page * pt;
+    for (int base = t0; base < t1; base += kS) {
+      // L2 prefetch, kPrefetchIters iterations ahead of the K loads below: pages pf_page and
+      // pf_page + 1 of K (warps 0, 1) and of V (warps 2, 3), one bulk request each, where pf_page
+      // holds token base + (2 + kPrefetchIters)·S. With 64-token pages and S = 128 (D ≤ 64) an
+      // iteration spans two pages, so every page is requested once (a page the window only starts
+      // in, an iteration later); at D = 128 (S = 64) each page is requested twice, and other page
+      // sizes get a partial or repeated hint. The
+      // address is warp-uniform, as the uniform-datapath instruction wants. The K and V loads then
+      // wait for the L2 rather than HBM.
+      if constexpr (kPrefetch) {
+        const int64_t pg = pf_page + (warp & 1);
+        if (pg * pt < t1) {
+          if (warp < 2) {
+            prefetch_l2_bulk(kbase + pg * kl.page_bytes, static_cast<uint32_t>(kl.page_bytes));
+          } else {
+            prefetch_l2_bulk(vbase + pg * vl.page_bytes, static_cast<uint32_t>(vl.page_bytes));
+          }
+        }
+        pf_slot += kS;
+        while (pf_slot >= pt) {
+          pf_slot -= pt;
+          ++pf_page;
+        }
+      }
+      // Loads: K two tokens ahead, V one token ahead.
+      const int tk2 = tk + kS;
+      int pk2 = pk;
+      int sk2 = sk;
+      advance(pk2, sk2);
+      KeyRegs<BITS, D> knn{};
+      if (tk2 < t1) load_k(knn, pk2, sk2);
+      ValueRegs<BITS, D> vnx{};
+      if (tk < t1) load_v(vnx, pk, sk);
+
+      accumulate_v(vcur, s_cur, tv < t1);
+      float partial = lut_score(knxt);
+      partial += qjl_score(knxt, tk < t1, pk, sk);
+      s_cur = finish_score(partial, knxt);
+
+      tv = tk;
+      vcur = vnx;
+      knxt = knn;
+      tk = tk2;
+      pk = pk2;
+      sk = sk2;
+    }
   }
-
   stamp.mark(kPhaseLoop);
   // ---- merge the threads: warp (shuffles), then CTA (shared memory) -------------------------
   {

@@ -115,6 +115,7 @@ struct ShapeData {
   tq::DecodeParams params;
   size_t workspace_bytes = 0;
   int splits = 1;
+  bool ring = false;  ///< the default launch streams records through the ring
   double turbo_bytes = 0, fp16_bytes = 0;
   float append_us = 0;  // quantize_append of the whole K cache, for the record
 
@@ -180,6 +181,7 @@ struct ShapeData {
     if (const char* why = tk::turbo_decode_invalid_reason(params))
       throw std::runtime_error(std::string("turbo_decode params: ") + why);
     splits = tk::turbo_decode_num_splits(params, sms);
+    ring = tk::turbo_decode_ring_applies(params);
     {  // room for the split sweep too
       tq::DecodeParams most = params;
       most.num_splits = tk::kMaxSplits;
@@ -287,6 +289,9 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
       } else if (variant == "turbo_4warps") {  // 4-warp CTAs where the default runs 8
         const tk::ScopedTurboDecodeWideCtas narrow(false);
         d.run_turbo();
+      } else if (variant == "turbo_regs") {  // the register pipeline where the default is the ring
+        const tk::ScopedTurboDecodeRing off(false);
+        d.run_turbo();
       } else if (variant.rfind("turbo_s", 0) == 0)  // forced split count (sweep)
         d.run_turbo(std::stoi(variant.substr(7)));
       else if (variant == "sdpa_fp16")
@@ -311,10 +316,12 @@ void run_variant(benchmark::State& state, const Shape& s, const std::string& var
     state.counters["median_us"] = med;
     state.counters["read_GBps"] = bytes / (med * 1e-6) / 1e9;
     state.counters["hbm_peak_pct"] = 100.0 * bytes / (med * 1e-6) / kHbmPeakBytesPerSecond;
-    const int splits = variant == "turbo" || variant == "turbo_4warps" ? d.splits
+    const int splits = variant == "turbo" || variant == "turbo_4warps" || variant == "turbo_regs"
+                           ? d.splits
                        : turbo ? std::stoi(variant.substr(7))
                                : 0;
     state.counters["splits"] = splits;
+    if (variant == "turbo") state.counters["ring"] = d.ring ? 1 : 0;
     if (variant == "turbo") state.counters["append_us_per_seq_K"] = d.append_us;
     g_harness->rows.push_back({s.name(), variant, med, bytes, splits});
   } catch (const std::exception& e) {
@@ -362,6 +369,9 @@ int main(int argc, char** argv) {
     bool unfused;
     /// also the "turbo_4warps" row: the default's 8-warp CTAs (one CTA per SM) as 4-warp ones
     bool wide = false;
+    /// also the "turbo_regs" row: the register pipeline where the default streams the records
+    /// through the ring (set_turbo_decode_ring)
+    bool regs = false;
   };
   const Entry entries[] = {
       {{8, 20, 16384, 64, 3, NormMode::kNone, QjlMode::kNone}, true},  // issue 6 headline
@@ -373,13 +383,14 @@ int main(int argc, char** argv) {
       {{8, 20, 16384, 64, 3, NormMode::kToken, QjlMode::kNone}, false},
       {{8, 20, 16384, 64, 3, NormMode::kToken, QjlMode::kProd}, false},
       {{8, 20, 16384, 64, 4, NormMode::kNone, QjlMode::kNone}, false},
-      {{8, 20, 16384, 64, 2, NormMode::kNone, QjlMode::kNone}, false},
+      {{8, 20, 16384, 64, 2, NormMode::kNone, QjlMode::kNone}, false, false, true},
   };
   for (const Entry& e : entries) {
     std::vector<std::string> variants = {"sdpa_fp16"};
     if (e.unfused) variants.push_back("unfused");
     variants.push_back("turbo");
     if (e.wide) variants.push_back("turbo_4warps");
+    if (e.regs) variants.push_back("turbo_regs");
     for (const std::string& v : variants) {
       const Shape s = e.s;
       benchmark::RegisterBenchmark((s.name() + "/" + v).c_str(),

@@ -39,7 +39,8 @@ struct DecodeCase {
   /// on the same counters and every run must give the same bits and leave them zero.
   bool split_counters = false;
   bool identity_flag =
-      true;  ///< with v.identity / k.identity: HeadConstantsView::rotation_identity
+      true;            ///< with v.identity / k.identity: HeadConstantsView::rotation_identity
+  int num_splits = 0;  ///< DecodeParams::num_splits (0: the heuristic)
   uint64_t seed = 1;
 };
 
@@ -48,6 +49,7 @@ struct DecodeOutcome {
   int64_t non_finite = 0;
   int64_t unwritten = 0;
   int splits = 0;
+  bool ring = false;  ///< turbo_decode_ring_applies for the launch
   int64_t checked = 0;
   std::vector<float> out;        ///< the kernel's output
   int64_t counters_nonzero = 0;  ///< split counters not zero after the calls
@@ -104,6 +106,7 @@ DecodeOutcome run_decode_case(const DecodeCase& c) {
   p.out = d_out.get<float>();
   p.lengths = d_len.get<int32_t>();
   p.sm_scale = sm_scale;
+  p.num_splits = c.num_splits;
   p.k = kp.view(d_kpages.get<uint8_t>(), ks.device_constants(false, c.identity_flag));
   p.v = vp.view(d_vpages.get<uint8_t>(), vs.device_constants(false, c.identity_flag));
   EXPECT_EQ(tk::turbo_decode_invalid_reason(p), nullptr) << tk::turbo_decode_invalid_reason(p);
@@ -119,6 +122,7 @@ DecodeOutcome run_decode_case(const DecodeCase& c) {
   if (c.split_counters) p.split_counters = d_counters.get<uint32_t>();
   DecodeOutcome o;
   o.splits = tk::turbo_decode_num_splits(p, sms);
+  o.ring = tk::turbo_decode_ring_applies(p);
   std::vector<float> out;
   for (int run = 0; run < (c.split_counters ? 3 : 1); ++run) {
     cudaError_t e = tk::turbo_decode(p, d_ws.get(), ws_bytes, nullptr);
@@ -413,6 +417,94 @@ TEST(TurboDecode, IdentityValueRotationSkipEqualsTheMatrix) {
       EXPECT_EQ(differ, 0) << what << ": the skip differs from the identity matrix";
       EXPECT_EQ(skip.counters_nonzero, 0) << what;
     }
+  }
+}
+
+// set_turbo_decode_ring: 2-bit, head_dim 64 launches with fixed cache modes (norm none, K QJL none
+// or sign) stream their records through the per-warp ring of bulk copies. Against the CPU oracle
+// and against the register pipeline (switch off) for pages of 32 / 64 / 128 tokens, unequal
+// lengths (0, 1, partial chunks, 4097), forced split counts whose splits start inside a 32-token
+// chunk (the ring masks the positions before the split) and the in-kernel merge. Which thread
+// owns which token differs when a split starts mid-chunk, so the two kernels agree within float
+// rounding, not bit for bit.
+TEST(TurboDecode, RingMatchesCpuOracleAndRegisterPipeline) {
+  TURBOESM_REQUIRE_GPU();
+  const tk::ScopedTurboDecodeRing restore(tk::turbo_decode_ring());
+  const std::vector<int> lengths = {1000, 0, 1, 31, 32, 33, 130, 7, 4097, 64, 999, 2};
+  SideConfig plain;
+  plain.norm = tq::NormMode::kNone;
+  SideConfig plain_scaled = plain;
+  plain_scaled.scale_mean = true;
+  SideConfig sign = plain_scaled;
+  sign.qjl = tq::QjlMode::kSign;
+  struct Modes {
+    const char* name;
+    SideConfig k, v;
+  };
+  const Modes modes[] = {{"none/none", plain, plain},
+                         {"none+sign+scaled/none+scaled", sign, plain_scaled}};
+  for (const Modes& m : modes)
+    for (const int pt : {32, 64, 128})
+      for (const int splits : {0, 3, 7}) {
+        DecodeCase c;
+        c.bits = 2;
+        c.batch = static_cast<int>(lengths.size());
+        c.lengths = lengths;
+        c.k = m.k;
+        c.v = m.v;
+        c.k.page_tokens = c.v.page_tokens = pt;
+        c.num_splits = splits;
+        c.split_counters = splits == 3;
+        c.seed = 900 + pt + splits;
+        const std::string what = std::string("ring ") + m.name + ", page_tokens " +
+                                 std::to_string(pt) + ", splits " +
+                                 (splits ? std::to_string(splits) : std::string("auto"));
+        tk::set_turbo_decode_ring(true);
+        const DecodeOutcome ring = run_decode_case(c);
+        EXPECT_TRUE(ring.ring) << what << ": the ring should apply";
+        tk::set_turbo_decode_ring(false);
+        const DecodeOutcome regs = run_decode_case(c);
+        EXPECT_FALSE(regs.ring) << what << ": the switch is off";
+        expect_matches(ring, what);
+        expect_matches(regs, what + " (register pipeline)");
+        EXPECT_EQ(ring.counters_nonzero, 0) << what;
+        EXPECT_EQ(ring.rerun_differs, 0) << what;
+        ASSERT_EQ(ring.out.size(), regs.out.size());
+        double scale = 1e-30, diff = 0.0;
+        for (size_t i = 0; i < regs.out.size(); ++i) {
+          scale = std::max(scale, std::abs(static_cast<double>(regs.out[i])));
+          diff = std::max(diff, std::abs(static_cast<double>(ring.out[i]) - regs.out[i]));
+        }
+        EXPECT_LE(diff / scale, 1e-5) << what << ": ring vs register pipeline";
+      }
+}
+
+// Where the ring does not apply, the register pipeline runs: 3 and 4 bits, token norms (the
+// run-time-mode kernel), pages of 40 tokens, head_dim 32.
+TEST(TurboDecode, RingDoesNotApplyOutsideItsLayouts) {
+  TURBOESM_REQUIRE_GPU();
+  const tk::ScopedTurboDecodeRing ring(true);
+  struct Case {
+    const char* what;
+    void (*mutate)(DecodeCase&);
+  };
+  const Case cases[] = {
+      {"3 bits", [](DecodeCase& c) { c.bits = 3; }},
+      {"4 bits", [](DecodeCase& c) { c.bits = 4; }},
+      {"token norms", [](DecodeCase& c) { c.k.norm = c.v.norm = tq::NormMode::kToken; }},
+      {"page_tokens 40", [](DecodeCase& c) { c.k.page_tokens = c.v.page_tokens = 40; }},
+      {"head_dim 32", [](DecodeCase& c) { c.dim = 32; }},
+  };
+  for (const Case& k : cases) {
+    DecodeCase c;
+    c.bits = 2;
+    c.batch = 3;
+    c.lengths = {1000, 333, 41};
+    c.k.norm = c.v.norm = tq::NormMode::kNone;
+    k.mutate(c);
+    const DecodeOutcome o = run_decode_case(c);
+    EXPECT_FALSE(o.ring) << k.what;
+    expect_matches(o, k.what);
   }
 }
 

@@ -94,6 +94,36 @@ class ScopedTurboDecodeWideCtas {
 /// `head_dim` ≤ 64 (the instances that compile the general kernel only), rows · splits ≤ num_sms.
 bool turbo_decode_wide_applies(int bits, int head_dim, int64_t rows, int splits, int num_sms);
 
+/// \brief Whether turbo_decode streams the cached records through a per-warp ring in shared
+/// memory where that measured faster (default true; kernels/NOTES.md "Session 22"): each warp
+/// requests its next tokens' K and V records with Hopper bulk copies (one request per page region
+/// for 32 tokens, tracked by an mbarrier per stage) and its threads read them from shared memory
+/// right before use, instead of loading them into registers one and two iterations ahead. The
+/// same values (the same sums in the same order, up to which thread owns which token when a split
+/// starts inside a 32-token chunk). Applies to turbo_decode (not turbo_decode_append) launches with
+/// 2-bit codes, head_dim 64, norm none on both sides, K QJL none or sign, page_tokens a multiple
+/// of 32 (turbo_decode_ring_applies); 3- and 4-bit codes measured slower with it.
+/// Process-wide, not synchronised: set it before launching (a CUDA graph keeps the kernel it
+/// captured).
+void set_turbo_decode_ring(bool enabled);
+bool turbo_decode_ring();
+/// \brief Sets set_turbo_decode_ring for a scope and restores the previous setting after it.
+class ScopedTurboDecodeRing {
+ public:
+  explicit ScopedTurboDecodeRing(bool enabled) : was_(turbo_decode_ring()) {
+    set_turbo_decode_ring(enabled);
+  }
+  ~ScopedTurboDecodeRing() { set_turbo_decode_ring(was_); }
+  ScopedTurboDecodeRing(const ScopedTurboDecodeRing&) = delete;
+  ScopedTurboDecodeRing& operator=(const ScopedTurboDecodeRing&) = delete;
+
+ private:
+  bool was_;
+};
+/// \brief Whether a turbo_decode launch of `p` streams its records through the ring
+/// (set_turbo_decode_ring and the conditions listed there).
+bool turbo_decode_ring_applies(const quant::DecodeParams& p);
+
 /// Cached positions a staged split holds (one per thread of its 8-warp CTA).
 inline constexpr int kDecodeStagedTokens = 256;
 
