@@ -40,7 +40,8 @@ __device__ __forceinline__ V load_global(const V* p) {
 /// byte k % 4 of w[k / 4]; bytes past BYTES in the last word are unspecified).
 /// Uses 16-, 8- or 4-byte loads when BYTES (and so the address, see the callers) allows it; else
 /// aligned words + funnel shifts, reading only the words that overlap [p, p + BYTES), which stay
-/// inside the 16-byte-aligned region that holds the record. L2_ONLY: see load_global.
+/// inside the 16-byte-aligned region that holds the record. L2_ONLY: see load_global. Without
+/// L2_ONLY `p` may also point into shared memory (turbo_decode's record ring: LDS after inlining).
 template <int BYTES, bool L2_ONLY = false>
 __device__ __forceinline__ void load_record(const uint8_t* p, uint32_t (&w)[(BYTES + 3) / 4]) {
   constexpr int N = (BYTES + 3) / 4;

@@ -272,35 +272,6 @@ __device__ __forceinline__ uint32_t load_bytes_u32(const uint8_t* p, int n) {
   return __funnelshift_r(w0, w1, 8u * off);
 }
 
-/// \brief load_record's twin for a record in shared memory (the ring): BYTES bytes at `p` into
-/// 32-bit words with 16-, 8- or 4-byte loads, the widest that BYTES (and so the address: records
-/// back to back from a 16-byte aligned stage) allows. The ring instances' records (D = 64: 16,
-/// 24 or 32 code bytes, 8 sign bytes) are whole words.
-template <int BYTES>
-__device__ __forceinline__ void load_record_shared(const uint8_t* p, uint32_t (&w)[BYTES / 4]) {
-  static_assert(BYTES % 4 == 0, "load_record_shared: whole 32-bit words");
-  if constexpr (BYTES % 16 == 0) {
-#pragma unroll
-    for (int i = 0; i < BYTES / 16; ++i) {
-      const uint4 v = reinterpret_cast<const uint4*>(p)[i];
-      w[4 * i + 0] = v.x;
-      w[4 * i + 1] = v.y;
-      w[4 * i + 2] = v.z;
-      w[4 * i + 3] = v.w;
-    }
-  } else if constexpr (BYTES % 8 == 0) {
-#pragma unroll
-    for (int i = 0; i < BYTES / 8; ++i) {
-      const uint2 v = reinterpret_cast<const uint2*>(p)[i];
-      w[2 * i + 0] = v.x;
-      w[2 * i + 1] = v.y;
-    }
-  } else {
-#pragma unroll
-    for (int i = 0; i < BYTES / 4; ++i) w[i] = reinterpret_cast<const uint32_t*>(p)[i];
-  }
-}
-
 /// Σ over this thread's sign bytes [lo, hi) of record `rec` of the nibble tables (prod mode,
 /// runtime m). `table` points at nibble `2 * lo`'s row for this thread half.
 __device__ __forceinline__ float qjl_sum_runtime(const uint8_t* rec, int lo, int hi,
@@ -951,9 +922,9 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     // < t1 was not requested: nothing is read from or waited for in its stage (all masked).
     auto ring_k = [&](KeyRegs<BITS, D>& r, int stage) {
       const uint8_t* sp = ring + stage * rl.stage_bytes;
-      load_record_shared<T::kCodeBytes>(sp + rl.k_codes + lane * T::kCodeBytes, r.kw);
+      load_record<T::kCodeBytes>(sp + rl.k_codes + lane * T::kCodeBytes, r.kw);
       if (qjl == quant::QjlMode::kSign)
-        load_record_shared<T::kSignBytes>(sp + rl.k_signs + lane * T::kSignBytes, r.qw);
+        load_record<T::kSignBytes>(sp + rl.k_signs + lane * T::kSignBytes, r.qw);
       r.kn = k_norm ? half_bits_to_float_dev(
                           *reinterpret_cast<const uint16_t*>(sp + rl.k_norms + 2 * lane))
                     : 1.0f;
@@ -961,7 +932,7 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     };
     auto ring_v = [&](ValueRegs<BITS, D>& r, int stage) {
       const uint8_t* sp = ring + stage * rl.stage_bytes;
-      load_record_shared<T::kCodeBytes>(sp + rl.v_codes + lane * T::kCodeBytes, r.vw);
+      load_record<T::kCodeBytes>(sp + rl.v_codes + lane * T::kCodeBytes, r.vw);
       r.vn = v_norm ? half_bits_to_float_dev(
                           *reinterpret_cast<const uint16_t*>(sp + rl.v_norms + 2 * lane))
                     : 1.0f;

@@ -185,6 +185,16 @@ DecodeOutcome run_decode_case(const DecodeCase& c) {
   return o;
 }
 
+/// max_i |a_i − b_i| / max_i |b_i|: two kernels' outputs that may differ by float rounding.
+double max_diff_over_scale(const std::vector<float>& a, const std::vector<float>& b) {
+  double scale = 1e-30, diff = 0.0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+  }
+  return diff / scale;
+}
+
 void expect_matches(const DecodeOutcome& o, const std::string& what) {
   EXPECT_EQ(o.unwritten, 0) << what << ": outputs left unwritten (NaN poison)";
   EXPECT_EQ(o.non_finite, 0) << what;
@@ -316,12 +326,8 @@ TEST(TurboDecode, WideCtasMatchCpuOracle) {
             << "the switch is off";
         expect_matches(wide, what);
         ASSERT_EQ(wide.out.size(), narrow.out.size());
-        double scale = 1e-30, diff = 0.0;
-        for (size_t i = 0; i < narrow.out.size(); ++i) {
-          scale = std::max(scale, std::abs(static_cast<double>(narrow.out[i])));
-          diff = std::max(diff, std::abs(static_cast<double>(wide.out[i]) - narrow.out[i]));
-        }
-        EXPECT_LE(diff / scale, 1e-5) << what << ": 8-warp vs 4-warp CTAs";
+        EXPECT_LE(max_diff_over_scale(wide.out, narrow.out), 1e-5)
+            << what << ": 8-warp vs 4-warp CTAs";
         EXPECT_EQ(wide.counters_nonzero, 0) << what;
       }
   tk::set_turbo_decode_wide_ctas(true);
@@ -470,12 +476,8 @@ TEST(TurboDecode, RingMatchesCpuOracleAndRegisterPipeline) {
         EXPECT_EQ(ring.counters_nonzero, 0) << what;
         EXPECT_EQ(ring.rerun_differs, 0) << what;
         ASSERT_EQ(ring.out.size(), regs.out.size());
-        double scale = 1e-30, diff = 0.0;
-        for (size_t i = 0; i < regs.out.size(); ++i) {
-          scale = std::max(scale, std::abs(static_cast<double>(regs.out[i])));
-          diff = std::max(diff, std::abs(static_cast<double>(ring.out[i]) - regs.out[i]));
-        }
-        EXPECT_LE(diff / scale, 1e-5) << what << ": ring vs register pipeline";
+        EXPECT_LE(max_diff_over_scale(ring.out, regs.out), 1e-5)
+            << what << ": ring vs register pipeline";
       }
 }
 
