@@ -35,6 +35,10 @@
 ///  - mode variants (DecodeVariant): the general kernel reads the norm and QJL modes at run time;
 ///    for 2-bit and D = 128 (kDecodeModeVariants, where it measured faster) fixed-mode copies
 ///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
+///  - record ring (DecodeLaunch::ring; 2-bit D = 64 fixed-mode launches, where it measured faster):
+///    instead of the register-timed loads, each warp requests its next chunks of 32 records with
+///    Hopper bulk copies into a per-warp ring of shared-memory stages (one mbarrier each) and its
+///    threads read them right before use (see kRingChunk).
 ///  - turbo_decode_append (DecodeLaunch::append): the row's last split CTA encodes the new token
 ///    (warp 0 K, warp 1 V: quantize_append's encode_row_warp, Π copied into dynamic shared memory
 ///    by cp.async before the dependency wait) while warps 2 and 3 build the tables, then scores
@@ -187,11 +191,11 @@ inline constexpr int kRingChunk = 32;
 inline constexpr int kRingStages = 3;
 
 /// \brief Byte offsets of the regions of one ring stage (kRingChunk tokens of one warp): K codes,
-/// K sign bits (sign QJL), K norms (token norm), V codes, V norms; a region of a mode the cache
-/// does not have is empty. Every region is a multiple of 16 bytes (32 records), as bulk copies
-/// need. Host and device agree on it through this function.
+/// K sign bits (sign QJL; empty without), V codes. The ring runs the fixed-mode variants only
+/// (norm none on both sides), so there are no norm regions. Every region is a multiple of 16
+/// bytes (32 records), as bulk copies need. Host and device agree on it through this function.
 struct RingLayout {
-  int k_codes, k_signs, k_norms, v_codes, v_norms, stage_bytes;
+  int k_codes, k_signs, v_codes, stage_bytes;
 };
 
 __host__ __device__ inline RingLayout ring_layout(const quant::PageLayout& kl,
@@ -202,12 +206,8 @@ __host__ __device__ inline RingLayout ring_layout(const quant::PageLayout& kl,
   off += kRingChunk * kl.code_bytes;
   r.k_signs = off;
   if (kl.qjl == quant::QjlMode::kSign) off += kRingChunk * kl.qjl_bytes;
-  r.k_norms = off;
-  if (kl.norm == quant::NormMode::kToken) off += kRingChunk * 2;
   r.v_codes = off;
   off += kRingChunk * vl.code_bytes;
-  r.v_norms = off;
-  if (vl.norm == quant::NormMode::kToken) off += kRingChunk * 2;
   r.stage_bytes = off;
   return r;
 }
@@ -679,12 +679,8 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
       if (qjl == quant::QjlMode::kSign)
         bulk_copy_g2s(dst + rl.k_signs, kp + kl.qjl_offset + iss_slot * kl.qjl_bytes,
                       kRingChunk * kl.qjl_bytes, bar);
-      if (k_norm)
-        bulk_copy_g2s(dst + rl.k_norms, kp + kl.norms_offset + 2 * iss_slot, 2 * kRingChunk, bar);
       bulk_copy_g2s(dst + rl.v_codes, vp + vl.codes_offset + iss_slot * vl.code_bytes,
                     kRingChunk * vl.code_bytes, bar);
-      if (v_norm)
-        bulk_copy_g2s(dst + rl.v_norms, vp + vl.norms_offset + 2 * iss_slot, 2 * kRingChunk, bar);
     }
     iss_slot += kS;
     while (iss_slot >= pt) {
@@ -925,17 +921,13 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
       load_record<T::kCodeBytes>(sp + rl.k_codes + lane * T::kCodeBytes, r.kw);
       if (qjl == quant::QjlMode::kSign)
         load_record<T::kSignBytes>(sp + rl.k_signs + lane * T::kSignBytes, r.qw);
-      r.kn = k_norm ? half_bits_to_float_dev(
-                          *reinterpret_cast<const uint16_t*>(sp + rl.k_norms + 2 * lane))
-                    : 1.0f;
+      r.kn = 1.0f;  // fixed-mode variants: no norms, no prod QJL
       r.rn = 0.0f;
     };
     auto ring_v = [&](ValueRegs<BITS, D>& r, int stage) {
       const uint8_t* sp = ring + stage * rl.stage_bytes;
       load_record<T::kCodeBytes>(sp + rl.v_codes + lane * T::kCodeBytes, r.vw);
-      r.vn = v_norm ? half_bits_to_float_dev(
-                          *reinterpret_cast<const uint16_t*>(sp + rl.v_norms + 2 * lane))
-                    : 1.0f;
+      r.vn = 1.0f;
     };
     auto next_stage = [](int st) { return st + 1 == kRingStages ? 0 : st + 1; };
     // Iteration i accumulates V of chunk i (its score from iteration i − 1) and scores K of
