@@ -651,6 +651,34 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   const float* ptab = s_prod + (sub ? dl.half_nibbles * 16 + 16 : 0);
   const float prod_coef = qjl_m > 0 ? kSqrtHalfPiF / static_cast<float>(qjl_m) : 0.0f;
 
+  SoftmaxState<kSub> st;
+#pragma unroll
+  for (int j = 0; j < kSub; ++j) st.acc[j] = 0.0f;
+
+  auto load_k = [&](KeyRegs<BITS, D>& r, int page, int slot) {
+    const uint8_t* kp = kbase + static_cast<int64_t>(page) * kl.page_bytes;
+    load_record<T::kCodeBytes>(kp + kl.codes_offset + slot * kl.code_bytes + sub * T::kCodeBytes,
+                               r.kw);
+    r.kn = k_norm ? load_half(kp + kl.norms_offset + 2 * slot) : 1.0f;
+    if (qjl == quant::QjlMode::kSign)
+      load_record<T::kSignBytes>(kp + kl.qjl_offset + slot * kl.qjl_bytes + sub * T::kSignBytes,
+                                 r.qw);
+    r.rn = prod ? load_half(kp + kl.rnorms_offset + 2 * slot) : 0.0f;
+  };
+  auto load_v = [&](ValueRegs<BITS, D>& r, int page, int slot) {
+    const uint8_t* vp = vbase + static_cast<int64_t>(page) * vl.page_bytes;
+    load_record<T::kCodeBytes>(vp + vl.codes_offset + slot * vl.code_bytes + sub * T::kCodeBytes,
+                               r.vw);
+    r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
+  };
+  auto advance = [&](int& page, int& slot) {
+    slot += kS;
+    while (slot >= pt) {
+      slot -= pt;
+      ++page;
+    }
+  };
+
   // The record ring (RING): this warp's chunk i holds tokens [c_i, c_i + kRingChunk), c_i =
   // rbase + i·kS + kRingChunk·warp, where rbase is t0 rounded down to a chunk, so that a chunk
   // never straddles a page (the launcher checked page_tokens % kRingChunk == 0) and its regions
@@ -682,43 +710,12 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
       bulk_copy_g2s(dst + rl.v_codes, vp + vl.codes_offset + iss_slot * vl.code_bytes,
                     kRingChunk * vl.code_bytes, bar);
     }
-    iss_slot += kS;
-    while (iss_slot >= pt) {
-      iss_slot -= pt;
-      ++iss_page;
-    }
+    advance(iss_page, iss_slot);
   };
   if constexpr (RING) {
     for (int i = 0; i < kRingStages; ++i) ring_issue(rbase + i * kS + warp * kRingChunk, i);
   }
 
-  SoftmaxState<kSub> st;
-#pragma unroll
-  for (int j = 0; j < kSub; ++j) st.acc[j] = 0.0f;
-
-  auto load_k = [&](KeyRegs<BITS, D>& r, int page, int slot) {
-    const uint8_t* kp = kbase + static_cast<int64_t>(page) * kl.page_bytes;
-    load_record<T::kCodeBytes>(kp + kl.codes_offset + slot * kl.code_bytes + sub * T::kCodeBytes,
-                               r.kw);
-    r.kn = k_norm ? load_half(kp + kl.norms_offset + 2 * slot) : 1.0f;
-    if (qjl == quant::QjlMode::kSign)
-      load_record<T::kSignBytes>(kp + kl.qjl_offset + slot * kl.qjl_bytes + sub * T::kSignBytes,
-                                 r.qw);
-    r.rn = prod ? load_half(kp + kl.rnorms_offset + 2 * slot) : 0.0f;
-  };
-  auto load_v = [&](ValueRegs<BITS, D>& r, int page, int slot) {
-    const uint8_t* vp = vbase + static_cast<int64_t>(page) * vl.page_bytes;
-    load_record<T::kCodeBytes>(vp + vl.codes_offset + slot * vl.code_bytes + sub * T::kCodeBytes,
-                               r.vw);
-    r.vn = v_norm ? load_half(vp + vl.norms_offset + 2 * slot) : 1.0f;
-  };
-  auto advance = [&](int& page, int& slot) {
-    slot += kS;
-    while (slot >= pt) {
-      slot -= pt;
-      ++page;
-    }
-  };
   // Σ of the K pair/code table over this thread's coordinates (no QJL, no norm).
   auto lut_score = [&](const KeyRegs<BITS, D>& r) {
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
