@@ -59,6 +59,20 @@ size_t turbo_decode_workspace_bytes(const quant::DecodeParams& p, int num_sms);
 /// The op layer puts this text into its exception next to the shapes.
 const char* turbo_decode_invalid_reason(const quant::DecodeParams& p);
 
+/// \brief Sets one of the process-wide switches below (Set) for a scope and restores the value
+/// it had (Get) when the scope ends: benchmarks' A/B variants, tests of either kernel.
+template <bool (*Get)(), void (*Set)(bool)>
+class ScopedTurboDecodeSwitch {
+ public:
+  explicit ScopedTurboDecodeSwitch(bool enabled) : was_(Get()) { Set(enabled); }
+  ~ScopedTurboDecodeSwitch() { Set(was_); }
+  ScopedTurboDecodeSwitch(const ScopedTurboDecodeSwitch&) = delete;
+  ScopedTurboDecodeSwitch& operator=(const ScopedTurboDecodeSwitch&) = delete;
+
+ private:
+  bool was_;
+};
+
 /// \brief Whether DecodeParams::split_counters are used (default true). Off, the second kernel
 /// merges and the counters are not touched: the same values, for measuring what the in-kernel
 /// merge buys. Process-wide, not synchronised: set it before launching.
@@ -77,18 +91,8 @@ void set_turbo_decode_wide_ctas(bool enabled);
 bool turbo_decode_wide_ctas();
 /// \brief Sets set_turbo_decode_wide_ctas for a scope and restores the previous setting when the
 /// scope ends (benchmarks' A/B variants, tests of either kernel).
-class ScopedTurboDecodeWideCtas {
- public:
-  explicit ScopedTurboDecodeWideCtas(bool enabled) : was_(turbo_decode_wide_ctas()) {
-    set_turbo_decode_wide_ctas(enabled);
-  }
-  ~ScopedTurboDecodeWideCtas() { set_turbo_decode_wide_ctas(was_); }
-  ScopedTurboDecodeWideCtas(const ScopedTurboDecodeWideCtas&) = delete;
-  ScopedTurboDecodeWideCtas& operator=(const ScopedTurboDecodeWideCtas&) = delete;
-
- private:
-  bool was_;
-};
+using ScopedTurboDecodeWideCtas =
+    ScopedTurboDecodeSwitch<&turbo_decode_wide_ctas, &set_turbo_decode_wide_ctas>;
 /// \brief Whether a launch of `rows` rows (batch · heads · q_len) in `splits` splits on a device
 /// of `num_sms` SMs runs 8-warp CTAs: set_turbo_decode_wide_ctas on, `bits` 3 or 4 and
 /// `head_dim` ≤ 64 (the instances that compile the general kernel only), rows · splits ≤ num_sms.
@@ -108,18 +112,7 @@ bool turbo_decode_wide_applies(int bits, int head_dim, int64_t rows, int splits,
 void set_turbo_decode_ring(bool enabled);
 bool turbo_decode_ring();
 /// \brief Sets set_turbo_decode_ring for a scope and restores the previous setting after it.
-class ScopedTurboDecodeRing {
- public:
-  explicit ScopedTurboDecodeRing(bool enabled) : was_(turbo_decode_ring()) {
-    set_turbo_decode_ring(enabled);
-  }
-  ~ScopedTurboDecodeRing() { set_turbo_decode_ring(was_); }
-  ScopedTurboDecodeRing(const ScopedTurboDecodeRing&) = delete;
-  ScopedTurboDecodeRing& operator=(const ScopedTurboDecodeRing&) = delete;
-
- private:
-  bool was_;
-};
+using ScopedTurboDecodeRing = ScopedTurboDecodeSwitch<&turbo_decode_ring, &set_turbo_decode_ring>;
 /// \brief Whether a turbo_decode launch of `p` streams its records through the ring
 /// (set_turbo_decode_ring and the conditions listed there).
 bool turbo_decode_ring_applies(const quant::DecodeParams& p);
@@ -145,18 +138,8 @@ inline constexpr int kDecodeStagedTokens = 256;
 void set_turbo_decode_staged(bool enabled);
 bool turbo_decode_staged();
 /// \brief Sets set_turbo_decode_staged for a scope and restores the previous setting after it.
-class ScopedTurboDecodeStaged {
- public:
-  explicit ScopedTurboDecodeStaged(bool enabled) : was_(turbo_decode_staged()) {
-    set_turbo_decode_staged(enabled);
-  }
-  ~ScopedTurboDecodeStaged() { set_turbo_decode_staged(was_); }
-  ScopedTurboDecodeStaged(const ScopedTurboDecodeStaged&) = delete;
-  ScopedTurboDecodeStaged& operator=(const ScopedTurboDecodeStaged&) = delete;
-
- private:
-  bool was_;
-};
+using ScopedTurboDecodeStaged =
+    ScopedTurboDecodeSwitch<&turbo_decode_staged, &set_turbo_decode_staged>;
 
 /// \brief Launches the fused decode attention on `stream`.
 /// \param p                 all pointers DEVICE pointers; q [batch, heads, q_len, head_dim] fp32,
