@@ -145,13 +145,6 @@ __device__ __forceinline__ void cp_async_8(float* smem, const float* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(gmem) : "memory");
 }
 
-/// \brief Asynchronous 16-byte copy global → shared (both 16-byte aligned), as cp_async_4 but
-/// not allocated in L1 (`.cg`: the only size it takes).
-__device__ __forceinline__ void cp_async_16(float* smem, const float* gmem) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-
 /// Waits for every cp.async the calling thread issued (other threads' copies need a barrier).
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;" ::: "memory");

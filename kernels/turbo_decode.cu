@@ -75,7 +75,6 @@ std::atomic<bool> g_fused_merge{true};
 std::atomic<bool> g_wide_ctas{true};
 std::atomic<bool> g_staged{true};
 std::atomic<bool> g_ring{true};
-std::atomic<bool> g_staged_lean{false};
 // decode_timeline.h: the buffer the next launches stamp (diagnostic builds only).
 void* g_timeline = nullptr;
 uint32_t g_timeline_capacity = 0;
@@ -160,8 +159,6 @@ void set_turbo_decode_wide_ctas(bool enabled) { detail::g_wide_ctas.store(enable
 bool turbo_decode_wide_ctas() { return detail::g_wide_ctas.load(); }
 void set_turbo_decode_staged(bool enabled) { detail::g_staged.store(enabled); }
 bool turbo_decode_staged() { return detail::g_staged.load(); }
-void set_turbo_decode_staged_lean(bool enabled) { detail::g_staged_lean.store(enabled); }
-bool turbo_decode_staged_lean() { return detail::g_staged_lean.load(); }
 void set_turbo_decode_ring(bool enabled) { detail::g_ring.store(enabled); }
 bool turbo_decode_ring() { return detail::g_ring.load(); }
 
@@ -307,7 +304,6 @@ cudaError_t launch(const quant::DecodeParams& p, const DecodeAppend* app, int sp
   l.qjl_m = p.k.layout.qjl == quant::QjlMode::kNone ? 0 : p.k.layout.qjl_dim;
   l.capacity = static_cast<int>(view_capacity(p));
   l.staged = app != nullptr && staged_launch(p, splits, sms);
-  l.staged_lean = l.staged && detail::g_staged_lean.load();
   l.ring = app == nullptr && turbo_decode_ring_applies(p);
   if (splits > 1) {
     const size_t parts = static_cast<size_t>(p.batch) * p.heads * p.q_len * splits;

@@ -94,8 +94,6 @@ struct DecodeLaunch {
   bool wide = false;
   /// the staged kernel instead of kernel 1 (turbo_decode_staged.cuh; append, wide, no K QJL)
   bool staged = false;
-  /// the staged kernel's 64-register build (set_turbo_decode_staged_lean)
-  bool staged_lean = false;
   /// kernel 1 with its records staged through the per-warp ring (kDecodeRing instances, fixed-mode
   /// variants; not append; set_turbo_decode_ring)
   bool ring = false;

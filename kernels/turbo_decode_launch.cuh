@@ -59,9 +59,8 @@ cudaError_t launch_turbo_decode(const DecodeLaunch& launch, cudaStream_t stream)
   bool wide = false;
   if constexpr (kDecodeWideCtas<BITS, D>) {
     if (launch.staged) {  // the launcher checked: append, wide, no K QJL
-      const size_t staged_smem = staged_smem_bytes(D, launch.staged_lean);
-      const auto kernel = launch.staged_lean ? turbo_decode_staged_kernel<BITS, D, 4>
-                                             : turbo_decode_staged_kernel<BITS, D, 2>;
+      const size_t staged_smem = staged_smem_bytes(D);
+      const auto kernel = turbo_decode_staged_kernel<BITS, D>;
       e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                static_cast<int>(staged_smem));
       if (e == cudaSuccess)

@@ -60,11 +60,11 @@ __host__ __device__ constexpr int staged_pi_stride(int d) { return d + 2; }
 /// encoder's region over K' rows 1…: per side (K, V) Π [D][D + 2], the encoder's scratch xc/r [D],
 /// codes [D] bytes (rounded to 16), boundaries [16] and centroids [16].
 struct StagedSmem {
-  int k, v, kn, vn, w, part, pik, total_floats;  ///< pik: the lean kernel's copy of Π_K [D][D]
-  int app, app_side, app_scratch, app_codes;     ///< app_codes in bytes
+  int k, v, kn, vn, w, part, total_floats;
+  int app, app_side, app_scratch, app_codes;  ///< app_codes in bytes
 };
 
-__host__ __device__ inline StagedSmem staged_smem(int d, bool lean = false) {
+__host__ __device__ inline StagedSmem staged_smem(int d) {
   StagedSmem s{};
   const int rows = kDecodeStagedTokens * staged_stride(d);
   s.k = 0;
@@ -73,8 +73,7 @@ __host__ __device__ inline StagedSmem staged_smem(int d, bool lean = false) {
   s.vn = s.kn + kDecodeStagedTokens;
   s.w = s.vn + kDecodeStagedTokens;
   s.part = s.w + kDecodeStagedTokens;
-  s.pik = s.part + kStagedThreads;
-  s.total_floats = s.pik + (lean ? d * d : 0);
+  s.total_floats = s.part + kStagedThreads;
   s.app = staged_stride(d);  // K' row 1 (16-byte aligned)
   s.app_codes = (d + 15) / 16 * 16;
   s.app_scratch = d * staged_pi_stride(d);
@@ -93,16 +92,14 @@ static_assert(staged_encoder_fits(16) && staged_encoder_fits(24) && staged_encod
               "the append CTA's encoder region must fit over the staged K' rows 1…");
 
 /// Bytes of dynamic shared memory of turbo_decode_staged_kernel<BITS, D>.
-__host__ __device__ inline size_t staged_smem_bytes(int d, bool lean = false) {
-  return static_cast<size_t>(staged_smem(d, lean).total_floats) * sizeof(float);
+__host__ __device__ inline size_t staged_smem_bytes(int d) {
+  return static_cast<size_t>(staged_smem(d).total_floats) * sizeof(float);
 }
 
 /// \brief The staged kernel: one CTA of 8 warps per (row, split) of a turbo_decode_append launch
-/// (q_len 1, num_splits ≥ 2, K without QJL bits). See the file comment. MIN_CTAS is the register
-/// bound: 2 (128 registers, 32 K per CTA) or 4 (the lean kernel, DecodeLaunch::staged_lean: 64
-/// registers, 16 K per CTA — room beside three 4-warp decode_gemv CTAs of 128 registers).
-template <int BITS, int D, int MIN_CTAS = 2>
-__global__ void __launch_bounds__(kStagedThreads, MIN_CTAS)
+/// (q_len 1, num_splits ≥ 2, K without QJL bits). See the file comment.
+template <int BITS, int D>
+__global__ void __launch_bounds__(kStagedThreads, 2)
     turbo_decode_staged_kernel(const __grid_constant__ DecodeLaunch launch) {
   static_assert(D <= kDecodeAppendMaxHeadDim && D % 8 == 0, "staged: D ≤ 64");
   using T = DecodeTraits<BITS, D>;
@@ -128,8 +125,7 @@ __global__ void __launch_bounds__(kStagedThreads, MIN_CTAS)
 
   extern __shared__ float4 s_dyn4[];
   float* s_dyn = reinterpret_cast<float*>(s_dyn4);
-  constexpr bool kLean = MIN_CTAS > 2;  // Π_K rows in shared memory instead of registers
-  const StagedSmem sm = staged_smem(D, kLean);
+  const StagedSmem sm = staged_smem(D);
   float* s_k = s_dyn + sm.k;
   float* s_v = s_dyn + sm.v;
   float* s_kn = s_dyn + sm.kn;
@@ -158,22 +154,14 @@ __global__ void __launch_bounds__(kStagedThreads, MIN_CTAS)
   constexpr int kRowsPerWarp = (D + kWarps - 1) / kWarps;
   constexpr int kCols = (D + 31) / 32;
   const float* rot_k = p.k.constants.rotation + static_cast<int64_t>(h) * D * D;
-  // cached splits: this warp's rows of Π_K (the lean kernel: all of Π_K in shared memory, read
-  // by the same threads at the same (row, column) after the wait)
-  float rot_r[kLean ? 1 : kRowsPerWarp][kLean ? 1 : kCols];
-  if constexpr (kLean) {
-    if (!app_cta)
-      for (int e = 4 * tid; e < D * D; e += 4 * kThreads)  // D % 4 == 0: 16-byte pieces
-        cp_async_16(s_dyn + sm.pik + e, rot_k + e);
-  } else {
+  float rot_r[kRowsPerWarp][kCols];  // cached splits: this warp's rows of Π_K
 #pragma unroll
-    for (int rr = 0; rr < kRowsPerWarp; ++rr) {
-      const int r = warp + rr * kWarps;
+  for (int rr = 0; rr < kRowsPerWarp; ++rr) {
+    const int r = warp + rr * kWarps;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c)
-        rot_r[rr][c] =
-            !app_cta && r < D && lane + 32 * c < D ? __ldg(rot_k + r * D + lane + 32 * c) : 0.0f;
-    }
+    for (int c = 0; c < kCols; ++c)
+      rot_r[rr][c] =
+          !app_cta && r < D && lane + 32 * c < D ? __ldg(rot_k + r * D + lane + 32 * c) : 0.0f;
   }
   float app_mu[kAppLane], app_sigma[kAppLane];
   float app_bnd = 0.0f, app_cen = 0.0f;
@@ -345,10 +333,6 @@ __global__ void __launch_bounds__(kStagedThreads, MIN_CTAS)
     }
   } else {
     // ---- q' = σ_K ⊙ Π_K q: warp w computes rows w, w + 8, … (kernel 1's arithmetic) ----------
-    if constexpr (kLean) {  // every thread's copies of Π_K
-      cp_async_wait_all();
-      __syncthreads();
-    }
     float qv[kCols];
 #pragma unroll
     for (int c = 0; c < kCols; ++c) qv[c] = lane + 32 * c < D ? q[lane + 32 * c] : 0.0f;
@@ -362,15 +346,8 @@ __global__ void __launch_bounds__(kStagedThreads, MIN_CTAS)
       const int r = warp + rr * kWarps;
       float s = 0.0f;
 #pragma unroll
-      for (int c = 0; c < kCols; ++c) {
-        if (r < D && lane + 32 * c < D) {
-          if constexpr (kLean) {
-            s += s_dyn[sm.pik + r * D + lane + 32 * c] * qv[c];
-          } else {
-            s += rot_r[rr][c] * qv[c];
-          }
-        }
-      }
+      for (int c = 0; c < kCols; ++c)
+        if (r < D && lane + 32 * c < D) s += rot_r[rr][c] * qv[c];
       part[rr] = s;
     }
 #pragma unroll

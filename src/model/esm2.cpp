@@ -196,12 +196,6 @@ void Esm2Model::set_decode_gemv_ctas_per_sm(int ctas_per_sm) {
   decode_gemv_ctas_per_sm_ = ctas_per_sm;
 }
 
-void Esm2Model::set_decode_qkv_ctas_per_sm(int ctas_per_sm) {
-  TURBOESM_CHECK(ctas_per_sm >= 0, "decode Q/K/V product CTAs per SM must be 0 (as the other ",
-                 "products) or positive, got ", ctas_per_sm);
-  decode_qkv_ctas_per_sm_ = ctas_per_sm;
-}
-
 bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 #ifdef TURBOESM_WITH_CUDA
   return fused_decode_gemv_ && hidden.is_cuda() && hidden.dim() == 3 && hidden.size(1) == 1 &&
@@ -262,7 +256,6 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
     *qkv = Qkv{at::empty({B, H, 1, d}, f32), at::empty({B, H, 1, d}, f32),
                at::empty({B, H, 1, d}, f32)};
     p.head_dim = static_cast<int>(d);
-    if (decode_qkv_ctas_per_sm_ > 0) p.ctas_per_sm = decode_qkv_ctas_per_sm_;
     p.cos = rotary->cos.data_ptr<float>();
     p.sin = rotary->sin.data_ptr<float>();
     p.q_scale = static_cast<float>(std::pow(static_cast<double>(d), -0.5));  // as layer_qkv

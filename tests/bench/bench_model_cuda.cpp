@@ -677,11 +677,7 @@ int section_decode(const std::string& preset, int64_t cached) {
   // (kernels::set_decode_shared_carveout(-1) around the steps; default: the largest), with the
   // staged and the look-up-table attention, and decode_gemv loading its epilogue and LayerNorm
   // inputs where they are used (kernels::set_decode_gemv_early_loads(false) around the steps;
-  // default: early), with the default and the Π_V-folded model; and the Q/K/V product capped at
-  // 2 or 3 CTAs per SM (Esm2Model::set_decode_qkv_ctas_per_sm around the steps) so that the
-  // attention's CTAs find registers free before it ends, with the default staged kernel (2: its
-  // 32 K registers fit) or the 64-register one (kernels::set_turbo_decode_staged_lean; 3: its
-  // 16 K fit), and the lean kernel alone.
+  // default: early), with the default and the Π_V-folded model.
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -694,9 +690,7 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool value_fold = false;   // the Π_V-folded model and spec (model/value_fold.h)
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
-      bool early_loads = true;   // kernels::set_decode_gemv_early_loads around the steps
-      bool staged_lean = false;  // kernels::set_turbo_decode_staged_lean around the steps
-      int qkv_ctas_per_sm = 0;   // Esm2Model::set_decode_qkv_ctas_per_sm around the steps
+      bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -724,16 +718,6 @@ int section_decode(const std::string& preset, int64_t cached) {
          false, true, tk::kDecodeSharedCarveoutDefault, false},
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
-        {"ab_staged_lean_ms", "staged lean", [](tm::TurboKvCache&) {}, false, 0, true, false, true,
-         tk::kDecodeSharedCarveoutDefault, true, true},
-        {"ab_qkv2_ms", "QKV 2 CTAs/SM", [](tm::TurboKvCache&) {}, false, 0, true, false, true,
-         tk::kDecodeSharedCarveoutDefault, true, false, 2},
-        {"ab_qkv3_ms", "QKV 3 CTAs/SM", [](tm::TurboKvCache&) {}, false, 0, true, false, true,
-         tk::kDecodeSharedCarveoutDefault, true, false, 3},
-        {"ab_qkv3_lean_ms", "QKV 3 CTAs/SM, staged lean", [](tm::TurboKvCache&) {}, false, 0, true,
-         false, true, tk::kDecodeSharedCarveoutDefault, true, true, 3},
-        {"ab_qkv3_lean_fold_ms", "QKV 3 CTAs/SM, staged lean, V folded", [](tm::TurboKvCache&) {},
-         false, 0, true, true, true, tk::kDecodeSharedCarveoutDefault, true, true, 3},
     };
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
@@ -751,12 +735,9 @@ int section_decode(const std::string& preset, int64_t cached) {
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
-        m->set_decode_qkv_ctas_per_sm(variants[i].qkv_ctas_per_sm);
-        vfold.model->set_decode_qkv_ctas_per_sm(variants[i].qkv_ctas_per_sm);
         {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
-          const tk::ScopedTurboDecodeStagedLean lean(variants[i].staged_lean);
           tk::set_decode_shared_carveout(variants[i].carveout);
           tk::set_decode_gemv_early_loads(variants[i].early_loads);
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
@@ -764,8 +745,6 @@ int section_decode(const std::string& preset, int64_t cached) {
         tk::set_decode_gemv_early_loads(true);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
-        m->set_decode_qkv_ctas_per_sm(0);
-        vfold.model->set_decode_qkv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
         std::printf("%s %s %.4f ms", i ? "," : "", variants[i].label, ms[i].back());
       }

@@ -10,7 +10,6 @@
 
 #include <cmath>
 #include <cstdio>
-#include <functional>
 #include <string>
 #include <vector>
 
@@ -370,30 +369,18 @@ const std::string kSeq =
 // through 40 decode steps of a turbo-cache session (final-LayerNorm states, O(1)). Each layer
 // adds a few fp16 roundings of difference; the tiny model's 2 layers stay within 3e-2.
 TEST(DecodeGemvModel, GridSwitchRejectsBadValues) {
-  // Host-side: a CPU model holds the switches too.
+  // Host-side: a CPU model holds the switch too.
   auto m = tm::Esm2Model::random(tm::EsmConfig::preset("tiny"), 5, 0.08, tm::LoadOptions{});
-  // `set(bad)` must throw an error naming the value and leave `get()` at `kept`.
-  const auto expect_rejected = [&](const std::function<void(int)>& set,
-                                   const std::function<int()>& get, int bad, int kept) {
-    try {
-      set(bad);
-      ADD_FAILURE() << bad << " accepted";
-    } catch (const Error& e) {
-      EXPECT_NE(std::string(e.what()).find("got " + std::to_string(bad)), std::string::npos)
-          << e.what();
-    }
-    EXPECT_EQ(get(), kept) << "a rejected value changes nothing";
-  };
   EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 0) << "as many as fit is the default";
   m->set_decode_gemv_ctas_per_sm(2);
   EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 2);
-  expect_rejected([&](int v) { m->set_decode_gemv_ctas_per_sm(v); },
-                  [&] { return m->decode_gemv_ctas_per_sm(); }, -2, 2);
-  EXPECT_EQ(m->decode_qkv_ctas_per_sm(), 0) << "the Q/K/V product follows the others by default";
-  m->set_decode_qkv_ctas_per_sm(3);
-  EXPECT_EQ(m->decode_qkv_ctas_per_sm(), 3);
-  expect_rejected([&](int v) { m->set_decode_qkv_ctas_per_sm(v); },
-                  [&] { return m->decode_qkv_ctas_per_sm(); }, -1, 3);
+  try {
+    m->set_decode_gemv_ctas_per_sm(-2);
+    FAIL() << "-2 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("got -2"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 2) << "a rejected value changes nothing";
 }
 
 TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {

@@ -17,7 +17,6 @@
 #include "turboesm/error.h"
 #include "turboesm/io/tokenizer.h"
 #include "turboesm/kernels/quantize_append.h"
-#include "turboesm/kernels/turbo_decode.h"
 #include "turboesm/model/decode_graph.h"
 #include "turboesm/model/esm2.h"
 #include "turboesm/model/mixed_cache.h"
@@ -274,48 +273,6 @@ TEST(ModelDecodeCudaValueFold, FoldedModelMatchesCpuAndItsGraph) {
         "[model decode, V rotation folded] cpu vs cuda %.2e, graph vs eager (merge %s) %.2e\n",
         worst, in_kernel ? "in kernel" : "kernel", d);
   }
-}
-
-// The decode step with its Q/K/V product capped at 3 CTAs per SM
-// (Esm2Model::set_decode_qkv_ctas_per_sm) and the 64-register staged kernel
-// (kernels::set_turbo_decode_staged_lean): the grid and the register allocation change, the
-// values do not — the appended hidden states equal the default step's (eager and graph), and
-// the graph equals its eager step.
-TEST(ModelDecodeCudaStagedLean, CappedQkvAndLeanStagedEqualTheDefaultStep) {
-  TURBOESM_REQUIRE_GPU();
-  tm::LoadOptions lo;  // fp16: the dense layers of the step run decode_gemv
-  lo.device = c10::Device(c10::kCUDA, 0);
-  lo.dtype = at::kHalf;
-  const std::shared_ptr<tm::Esm2Model> gpu =
-      tm::Esm2Model::random(tm::EsmConfig::preset("tiny"), 5, 0.08, lo);
-  const SpecCase sc{"hadamard_token", tq::RotationKind::kHadamard, tq::NormMode::kToken,
-                    tq::QjlMode::kNone};
-  const tm::TurboCacheSpec spec = make_spec(gpu->config(), sc);
-  const auto seq = encode(kProtein.substr(0, 100));
-  const std::vector<int64_t> prefix(seq.begin(), seq.begin() + 20);
-  auto run = [&](bool lean) {
-    const kernels::ScopedTurboDecodeStagedLean scoped(lean);
-    gpu->set_decode_qkv_ctas_per_sm(lean ? 3 : 0);
-    tm::Session eager = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-    tm::Session graph = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-    const double d = graph_vs_eager_80(eager, graph);
-    EXPECT_LE(d, kGraphEagerTol) << "lean " << lean;
-    std::vector<at::Tensor> outs;  // the eager session once more, hidden states kept
-    tm::Session again = make_session(gpu, tm::CacheKind::kTurbo, &spec);
-    again.prefill(row(prefix));
-    for (size_t j = 20; j < 80; ++j) outs.push_back(again.append(row({seq[j]})));
-    gpu->set_decode_qkv_ctas_per_sm(0);
-    return outs;
-  };
-  const std::vector<at::Tensor> base = run(false), lean = run(true);
-  ASSERT_EQ(base.size(), lean.size());
-  double worst = 0.0;
-  for (size_t i = 0; i < base.size(); ++i) {
-    ASSERT_TRUE(all_finite(lean[i])) << "step " << i;
-    worst = std::max(worst, max_abs_diff(base[i], lean[i]));
-  }
-  EXPECT_LE(worst, kGraphEagerTol);
-  std::printf("[model decode, QKV 3 CTAs/SM + lean staged kernel vs default] max|d| %.2e\n", worst);
 }
 
 // Side-stream cache writes (KvCache::begin_side_writes, opened by Session::prefill around a

@@ -51,8 +51,6 @@ struct AppendCase {
   bool wide = false;
   /// set_turbo_decode_staged around turbo_decode_append (-1: the process default)
   int staged = -1;
-  /// set_turbo_decode_staged_lean around turbo_decode_append (the 64-register staged kernel)
-  bool lean = false;
   /// coordinate 0 of sequence 0's new K row is NaN (both paths flag kQuantizeAppendBadRow)
   bool nan_row = false;
   uint64_t seed = 1;
@@ -209,7 +207,6 @@ AppendOutcome run_append_case(const AppendCase& c) {
       const tk::ScopedTurboDecodeWideCtas wide(c.wide);
       const tk::ScopedTurboDecodeStaged staged(c.staged < 0 ? tk::turbo_decode_staged()
                                                             : c.staged != 0);
-      const tk::ScopedTurboDecodeStagedLean lean(c.lean);
       staged_ran = !c.min_workspace && tk::turbo_decode_append_staged(p, sms);
       e = tk::turbo_decode_append(p, a, ws.get(), ws_bytes, nullptr);
     }
@@ -424,17 +421,14 @@ TEST(TurboDecodeAppend, StagedEqualsAppendThenDecode) {
     cases.push_back(c);
   }
   for (size_t i = 0; i < cases.size(); ++i) {
-    for (int staged : {1, 2, 0}) {  // 2: the lean (64-register) staged kernel
+    for (int staged : {1, 0}) {
       AppendCase c = cases[i];
-      c.staged = staged != 0;
-      c.lean = staged == 2;
+      c.staged = staged;
       c.wide = true;  // the staged kernel replaces the 8-warp one
       c.seed = 200 + i;
       const AppendOutcome o = run_append_case(c);
-      const std::string what = c.name + (staged == 0   ? " (switch off)"
-                                         : staged == 2 ? " (lean kernel)"
-                                                       : "");
-      EXPECT_EQ(o.staged, staged != 0)
+      const std::string what = c.name + (staged ? "" : " (switch off)");
+      EXPECT_EQ(o.staged, staged == 1)
           << what << ": staged kernel " << (o.staged ? "" : "not ") << "taken";
       EXPECT_EQ(o.page_bytes_differ, 0) << what;
       EXPECT_EQ(o.non_finite, 0) << what;
@@ -488,7 +482,7 @@ TEST(TurboDecodeAppend, StagedRereadsRecordsWrittenBesideIt) {
     int status = 0;
     bool staged = false;
   };
-  auto run = [&](bool synchronise_between, bool staged, bool lean = false) {
+  auto run = [&](bool synchronise_between, bool staged) {
     DeviceBuffer kpg = DeviceBuffer::from(kp.bytes), vpg = DeviceBuffer::from(vp.bytes);
     DeviceBuffer out = DeviceBuffer::from(std::vector<float>(q.size(), std::nanf("")));
     DeviceBuffer status = DeviceBuffer::from(std::vector<int>(1, 0));
@@ -523,7 +517,6 @@ TEST(TurboDecodeAppend, StagedRereadsRecordsWrittenBesideIt) {
     app.starts = d_starts.get<int32_t>();
     app.status = status.get<int>();
     const tk::ScopedTurboDecodeStaged scoped(staged);
-    const tk::ScopedTurboDecodeStagedLean scoped_lean(lean);
     const size_t ws_bytes = tk::turbo_decode_append_workspace_bytes(p, sms);
     DeviceBuffer ws(ws_bytes);
     Result r;
@@ -540,8 +533,8 @@ TEST(TurboDecodeAppend, StagedRereadsRecordsWrittenBesideIt) {
   };
   const Result ref = run(true, false);
   EXPECT_FALSE(ref.staged);
-  for (int rep = 0; rep < 4; ++rep) {  // runs 2 and 3: the lean (64-register) staged kernel
-    const Result got = run(false, true, rep >= 2);
+  for (int rep = 0; rep < 3; ++rep) {
+    const Result got = run(false, true);
     EXPECT_TRUE(got.staged);
     EXPECT_EQ(got.status, 0);
     EXPECT_TRUE(got.kpages == ref.kpages && got.vpages == ref.vpages) << "run " << rep;

@@ -140,16 +140,6 @@ bool turbo_decode_staged();
 /// \brief Sets set_turbo_decode_staged for a scope and restores the previous setting after it.
 using ScopedTurboDecodeStaged =
     ScopedTurboDecodeSwitch<&turbo_decode_staged, &set_turbo_decode_staged>;
-/// \brief Whether the staged kernel runs its 64-register build (default false): 16 K registers
-/// per 8-warp CTA instead of 32 K, so that a staged CTA fits beside three 128-register
-/// decode_gemv CTAs (Esm2Model::set_decode_qkv_ctas_per_sm) and can start staging before the QKV
-/// product ends. Same values (the same operations; only the register allocation differs).
-/// Process-wide, not synchronised.
-void set_turbo_decode_staged_lean(bool enabled);
-bool turbo_decode_staged_lean();
-/// \brief Sets set_turbo_decode_staged_lean for a scope and restores the previous setting.
-using ScopedTurboDecodeStagedLean =
-    ScopedTurboDecodeSwitch<&turbo_decode_staged_lean, &set_turbo_decode_staged_lean>;
 
 /// \brief Launches the fused decode attention on `stream`.
 /// \param p                 all pointers DEVICE pointers; q [batch, heads, q_len, head_dim] fp32,

@@ -154,13 +154,6 @@ class Esm2Model {
   /// \throws turboesm::Error for values below −1.
   void set_decode_gemv_ctas_per_sm(int ctas_per_sm);
   int decode_gemv_ctas_per_sm() const { return decode_gemv_ctas_per_sm_; }
-  /// \brief The same for the Q/K/V product of a decode step only (layer_qkv_step_float): 0
-  /// (default) follows set_decode_gemv_ctas_per_sm; k > 0 caps it at k CTAs per SM, leaving
-  /// room for the attention's CTAs to become resident (programmatic dependent launch) before
-  /// it ends. Outputs are the same bits. Not synchronised.
-  /// \throws turboesm::Error for values below 0.
-  void set_decode_qkv_ctas_per_sm(int ctas_per_sm);
-  int decode_qkv_ctas_per_sm() const { return decode_qkv_ctas_per_sm_; }
   /// \brief Enables (default) or disables decode_step_inputs' kernel (disabled, it returns
   /// undefined tensors and the decode graph runs the eager embedding and rotary ops: the
   /// reference, and the benchmark's "before"). Not synchronised.
@@ -195,7 +188,6 @@ class Esm2Model {
   bool fused_qkv_ = true;
   bool fused_decode_gemv_ = true;
   int decode_gemv_ctas_per_sm_ = 0;
-  int decode_qkv_ctas_per_sm_ = 0;
   bool fused_step_inputs_ = true;
 };
 
