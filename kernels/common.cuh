@@ -120,28 +120,6 @@ __device__ __forceinline__ uint32_t field_offset(const uint32_t (&w)[NW]) {
   }
 }
 
-/// \brief `w` (a 32·N-bit string, word 0 least significant) rotated right by 32·ws + bs bits,
-/// 0 ≤ ws < N, 0 ≤ bs < 32, both per-thread values: ⌈log2 N⌉ stages of word selects (a stage
-/// moves the words by 2^k when bit k of ws is set; branch-free), then N funnel shifts.
-template <int N>
-__device__ __forceinline__ void rotate_right_bits(const uint32_t (&w)[N], int ws, uint32_t bs,
-                                                  uint32_t (&out)[N]) {
-  uint32_t v[N];
-#pragma unroll
-  for (int i = 0; i < N; ++i) v[i] = w[i];
-#pragma unroll
-  for (int k = 1; k < N; k <<= 1) {
-    const bool take = (ws & k) != 0;
-    uint32_t t[N];
-#pragma unroll
-    for (int i = 0; i < N; ++i) t[i] = take ? v[(i + k) % N] : v[i];
-#pragma unroll
-    for (int i = 0; i < N; ++i) v[i] = t[i];
-  }
-#pragma unroll
-  for (int i = 0; i < N; ++i) out[i] = __funnelshift_r(v[i], v[(i + 1) % N], bs);
-}
-
 /// \brief Asks the L2 to fetch [p, p + bytes) ahead of use: one bulk prefetch (sm_90
 /// `cp.async.bulk.prefetch.L2`), no registers, no completion to wait for. p and bytes must be
 /// multiples of 16 (page starts and page sizes are, format.h).

@@ -243,23 +243,10 @@ struct DecodeTraits {
   static constexpr int kFieldBits = kPairLut ? 2 * BITS : BITS;
   static constexpr int kLutEntries = 1 << kFieldBits;
   static constexpr int kLutRows = kPairLut ? kSub / 2 : kSub;
-  // Lane-rotated pair tables (3 bits, D = 64: 32 pairs of 64 entries). Read in pair order, the 32
-  // lanes' look-ups into one 64-entry table land on 32 banks holding two words each: two
-  // wavefronts per look-up almost always (a fifth of the kernel's shared-memory wavefronts,
-  // kernels/NOTES.md v6). Instead lane l reads its pairs in the order l, l + 1, ... (its record
-  // rotated right by 6·l bits, rotate_right_bits) from a table laid out [entry][slot] with 64
-  // slots (slot s holds pair s mod 32): at step r every lane reads slot l + r, i.e. bank
-  // (l + r) mod 32, a different bank per lane whatever the codes: one wavefront per look-up.
-#ifndef TURBOESM_DECODE_ROT_LUT
-#define TURBOESM_DECODE_ROT_LUT 1
-#endif
-  static constexpr bool kRotLut = TURBOESM_DECODE_ROT_LUT && kPairLut && BITS == 3 && kSub == 64;
-  static constexpr int kRotSlots = 2 * kLutRows;  ///< slots per entry (kRotLut)
   // Per-half stride in words. The half's byte base is OR-ed into the extracted byte offset
   // (LOP3), so it must be a multiple of the offset range (kLutEntries · 4 bytes); tables of fewer
   // than 32 entries get a 16-word skew so the two halves of a warp use different banks.
-  static constexpr int kLutStride =
-      kRotLut ? kLutEntries * kRotSlots : kLutRows * kLutEntries + (kLutEntries < 32 ? 16 : 0);
+  static constexpr int kLutStride = kLutRows * kLutEntries + (kLutEntries < 32 ? 16 : 0);
   static_assert((kLutStride * 4) % (kLutEntries * 4) == 0 || kLutEntries < 32, "");
   // V table: for 2 and 3 bits one float2 entry per PAIR of codes, (C[c_2p], C[c_2p+1]), read with
   // one 8-byte look-up per two coordinates (half the extract instructions and look-ups of a
@@ -730,30 +717,12 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
   }
 
   // Σ of the K pair/code table over this thread's coordinates (no QJL, no norm).
-  // kRotLut: this lane's record rotated right by 6·lane bits (32·rot_ws + rot_bs), so that its
-  // pair rr is the record's pair (lane + rr) mod 32, read at slot lane + rr (byte offset
-  // entry · 256 + 4·lane, plus 4·rr as the look-up's immediate).
-  const int rot_ws = (6 * lane) >> 5;
-  const uint32_t rot_bs = static_cast<uint32_t>(6 * lane) & 31u;
-  const uint32_t rot_lane4 = 4u * static_cast<uint32_t>(lane);
   auto lut_score = [&](const KeyRegs<BITS, D>& r) {
     float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if constexpr (T::kRotLut) {
-      uint32_t w[T::kCodeWords];
-      rotate_right_bits(r.kw, rot_ws, rot_bs, w);
-      static_for<0, T::kLutRows>([&](auto R) {
-        constexpr int rr = decltype(R)::value;
-        constexpr int kEntryShift = 8;  // log2(kRotSlots · 4 bytes)
-        static_assert((T::kRotSlots * 4) == (1 << kEntryShift), "");
-        a[rr & 3] +=
-            lut_at(s_klut + rr, field_offset<T::kFieldBits, rr, kEntryShift>(w) | rot_lane4);
-      });
-    } else {
-      static_for<0, T::kLutRows>([&](auto R) {
-        constexpr int rr = decltype(R)::value;
-        a[rr & 3] += lut_at(s_klut + rr * kE, code_offset<T::kFieldBits, rr>(r.kw) | ksub_base);
-      });
-    }
+    static_for<0, T::kLutRows>([&](auto R) {
+      constexpr int rr = decltype(R)::value;
+      a[rr & 3] += lut_at(s_klut + rr * kE, code_offset<T::kFieldBits, rr>(r.kw) | ksub_base);
+    });
     return (a[0] + a[1]) + (a[2] + a[3]);
   };
   // QJL term of the score (K mode branches are CTA-uniform).
@@ -866,25 +835,18 @@ __global__ void __launch_bounds__(32 * WARPS, decode_min_blocks_per_sm(WARPS))
     encode_new_token();
   } else {
     const float* ck = s_ck;
-    if constexpr (T::kRotLut) {  // [entry][slot], slot s holding pair s mod 32 (see lut_score)
-      for (int idx = tb0; idx < kE * T::kRotSlots; idx += tbs) {
-        const int e = idx / T::kRotSlots, r = (idx % T::kRotSlots) % T::kLutRows;
-        s_klut[idx] = alpha * (s_q[2 * r] * ck[e & (kL - 1)] + s_q[2 * r + 1] * ck[e >> BITS]);
+    for (int idx = tb0; idx < kLpt * T::kLutRows * kE; idx += tbs) {
+      const int half = idx / (T::kLutRows * kE);
+      const int rem = idx - half * (T::kLutRows * kE);
+      const int r = rem / kE, e = rem - (rem / kE) * kE;
+      float v;
+      if constexpr (T::kPairLut) {
+        const int j = half * kSub + 2 * r;
+        v = alpha * (s_q[j] * ck[e & (kL - 1)] + s_q[j + 1] * ck[e >> BITS]);
+      } else {
+        v = alpha * s_q[half * kSub + r] * ck[e];
       }
-    } else {
-      for (int idx = tb0; idx < kLpt * T::kLutRows * kE; idx += tbs) {
-        const int half = idx / (T::kLutRows * kE);
-        const int rem = idx - half * (T::kLutRows * kE);
-        const int r = rem / kE, e = rem - (rem / kE) * kE;
-        float v;
-        if constexpr (T::kPairLut) {
-          const int j = half * kSub + 2 * r;
-          v = alpha * (s_q[j] * ck[e & (kL - 1)] + s_q[j + 1] * ck[e >> BITS]);
-        } else {
-          v = alpha * s_q[half * kSub + r] * ck[e];
-        }
-        s_klut[half * T::kLutStride + r * kE + e] = v;
-      }
+      s_klut[half * T::kLutStride + r * kE + e] = v;
     }
     if (qjl == quant::QjlMode::kSign) {
       const float coef = alpha * p.k.constants.qjl_scale[h];
