@@ -28,10 +28,12 @@
 ///  - software pipeline: iteration i accumulates V of token t (score from iteration i − 1) and
 ///    computes the score of token t + S, in one basic block (the rare rescale branch comes first),
 ///    so the K and V look-ups overlap; K records are loaded two iterations ahead, V one.
-/// Bottleneck (kernels/NOTES.md, ncu): the L1/shared-memory data pipe (~60–70 % busy with LDS
-/// wavefronts, a fifth of them K pair-table bank conflicts), the ALU pipe (~53 %, two integer
-/// instructions per extracted code field) and low occupancy (16 warps/SM, register-bound):
-/// ~43 % of HBM peak on the H100.
+/// Bottleneck (kernels/NOTES.md "Session 24", ncu on the H100, ~50 % of HBM peak): per-warp
+/// latency at low occupancy (16 warps/SM, register-bound by the 64 V accumulators; 3.5 active and
+/// 1.3 eligible warps per scheduler, issue slots ~60–70 % busy). Not the shared-memory pipe:
+/// making the K look-ups conflict-free (a fifth of the wavefronts) measured 3 % slower for its
+/// extra instructions, and at the headline shape the K or V half alone takes ~55 µs of the
+/// whole loop's ~76.
 ///  - mode variants (DecodeVariant): the general kernel reads the norm and QJL modes at run time;
 ///    for 2-bit and D = 128 (kDecodeModeVariants, where it measured faster) fixed-mode copies
 ///    drop the per-token norm/QJL address arithmetic and prefetch their pages into the L2.
