@@ -10,15 +10,10 @@
 #include <atomic>
 #include <cstdint>
 
-#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "pdl.cuh"
 #include "turboesm/kernels/decode_gemv.h"
-
-#ifndef TURBOESM_MLP_BULK
-#define TURBOESM_MLP_BULK 2  // experiment: decode_mlp's W1 (1) or W1 and W2 (2) by bulk copies
-#endif
 
 namespace turboesm::kernels {
 namespace {
@@ -635,29 +630,12 @@ __global__ void __launch_bounds__(kMlpMaxHidden / 8)
   // Weights first (no launch of the step writes them): both slices into shared memory, in flight
   // during the wait for the producer of x and the LayerNorm.
   const uint4* w1 = static_cast<const uint4*>(p.fc1_weight) + int64_t(i0) * kvec;
-  const uint4* w2 = static_cast<const uint4*>(p.fc2_weight) + i0 / 8;
-#if TURBOESM_MLP_BULK
-  __shared__ __align__(8) uint64_t s_bar;
-  if (tid == 0) {
-    detail::mbarrier_init(&s_bar, 1);
-    const uint32_t w2_bytes = TURBOESM_MLP_BULK >= 2 ? uint32_t(K) * rvec * 16 : 0u;
-    detail::mbarrier_arrive_expect_tx(&s_bar, uint32_t(rows) * kvec * 16 + w2_bytes);
-    detail::bulk_copy_g2s(w1s, w1, uint32_t(rows) * kvec * 16, &s_bar);
-  }
-  __syncthreads();
-#if TURBOESM_MLP_BULK >= 2
-  for (int o = tid; o < K; o += nthreads)
-    detail::bulk_copy_g2s(w2s + o * w2_stride, w2 + int64_t(o) * fvec, uint32_t(rvec) * 16, &s_bar);
-#endif
-#else
   for (int e = tid; e < rows * kvec; e += nthreads) cp_async_16(w1s + e, w1 + e);
-#endif
-#if !TURBOESM_MLP_BULK || TURBOESM_MLP_BULK < 2
+  const uint4* w2 = static_cast<const uint4*>(p.fc2_weight) + i0 / 8;
   for (int e = tid; e < K * rvec; e += nthreads) {
     const int o = e / rvec, c = e - o * rvec;
     cp_async_16(w2s + o * w2_stride + c, w2 + int64_t(o) * fvec + c);
   }
-#endif
   const T* fc1_bias = static_cast<const T*>(p.fc1_bias);
   for (int r = tid; r < rows; r += nthreads)
     b1s[r] = fc1_bias ? Cvt<T>::to_float(fc1_bias[i0 + r]) : 0.0f;
@@ -697,9 +675,6 @@ __global__ void __launch_bounds__(kMlpMaxHidden / 8)
     xs[tid] = x[tid];
   }
   detail::cp_async_wait_all();
-#if TURBOESM_MLP_BULK
-  detail::mbarrier_wait_parity(&s_bar, 0);
-#endif
   __syncthreads();
 
   // FC1 + GELU for the slice: warp w takes rows w, w + warps, …; a row's sum is decode_gemv's
