@@ -34,8 +34,7 @@
 //   bench_model_cuda trace_step [preset] [tokens] [turbo|fp16]
 //                                              graph decode steps traced by CUPTI (kernels not
 //                                              serialised): each kernel's start/end, how far it
-//                                              moves the step's end, per role (builds with CUPTI;
-//                                              TURBOESM_BENCH_FUSED_MLP=1: with decode_mlp)
+//                                              moves the step's end, per role (builds with CUPTI)
 //   bench_model_cuda timeline_step [preset] [tokens] [carveout]
 //                                              the decode attention's phases inside CUDA-graph
 //                                              steps, CTA by CTA (a build with
@@ -146,12 +145,7 @@ std::shared_ptr<tm::Esm2Model> fp16_model(const std::string& preset) {
   tm::LoadOptions lo;
   lo.device = kCuda;
   lo.dtype = at::kHalf;
-  auto m = tm::Esm2Model::random_on_device(tm::EsmConfig::preset(preset), 1, 0.02, lo);
-  // TURBOESM_BENCH_FUSED_MLP=0/1: the model's batch-1 MLP as one decode_mlp launch or two
-  // decode_gemv launches in every section (default: the model's default; the decode A/B sets it
-  // per variant).
-  if (const char* v = std::getenv("TURBOESM_BENCH_FUSED_MLP")) m->set_fused_decode_mlp(v[0] == '1');
-  return m;
+  return tm::Esm2Model::random_on_device(tm::EsmConfig::preset(preset), 1, 0.02, lo);
 }
 
 tm::TurboCacheSpec turbo3(const tm::EsmConfig& c) {
