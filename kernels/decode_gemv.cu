@@ -105,43 +105,6 @@ __device__ __forceinline__ void load_ln_params(const DecodeGemvParams& p, LnPara
   }
 }
 
-/// LayerNorm statistics of one row of K = 8 · kvec elements, computed by one warp on its own:
-/// lane-strided sums of the row's 8-element vectors load(v) (widened), a butterfly, then the
-/// centred sum of squares the same way; every lane gets μ and rstd = rsqrt(σ² + ε). Shared by the
-/// products' prologue and decode_mlp, so both normalise to the same bits.
-template <typename T, class Load>
-__device__ __forceinline__ void ln_stats(Load load, int kvec, float eps, float& mean, float& rstd) {
-  const int lane = threadIdx.x & 31;
-  const float inv_k = 1.0f / static_cast<float>(kvec * 8);
-  float s = 0.0f;
-#pragma unroll 4
-  for (int v = lane; v < kvec; v += 32) {
-    float f[8];
-    widen8<T>(load(v), f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) s += f[i];
-  }
-  mean = detail::warp_sum(s) * inv_k;
-  float q = 0.0f;
-#pragma unroll 4
-  for (int v = lane; v < kvec; v += 32) {
-    float f[8];
-    widen8<T>(load(v), f);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) q += (f[i] - mean) * (f[i] - mean);
-  }
-  rstd = rsqrtf(detail::warp_sum(q) * inv_k + eps);
-}
-
-/// x'' = T((x − μ) · rstd · γ + β) for 8 widened elements f with γ g and β b.
-template <typename T>
-__device__ __forceinline__ uint4 ln_apply8(float (&f)[8], float mean, float rstd,
-                                           const float (&g)[8], const float (&b)[8]) {
-#pragma unroll
-  for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean) * rstd * g[i] + b[i];
-  return narrow8<T>(f);
-}
-
 /// Prologue: xs[m][k] = x'' (rows ≥ p.rows are zeros), as 16-byte vectors of T. With a
 /// LayerNorm every warp computes μ and rstd of each row itself from global memory (the same lane-
 /// strided sums and butterfly in every warp, so every warp gets the same values; no CTA barrier),
@@ -157,12 +120,31 @@ __device__ void stage_x(const DecodeGemvParams& p, const LnParams<EARLY>& ln, ui
         xs[m * kvec + v] = m < p.rows ? load_x_vec<T>(p, m, v) : make_uint4(0u, 0u, 0u, 0u);
     return;
   }
+  const int lane = threadIdx.x & 31;
+  const float inv_k = 1.0f / static_cast<float>(p.in_features);
   float mean[MM], rstd[MM];
 #pragma unroll
   for (int m = 0; m < MM; ++m) {
     mean[m] = rstd[m] = 0.0f;
-    if (m < p.rows)
-      ln_stats<T>([&](int v) { return load_x_vec<T>(p, m, v); }, kvec, p.ln_eps, mean[m], rstd[m]);
+    if (m >= p.rows) continue;
+    float s = 0.0f;
+#pragma unroll 4
+    for (int v = lane; v < kvec; v += 32) {
+      float f[8];
+      widen8<T>(load_x_vec<T>(p, m, v), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) s += f[i];
+    }
+    mean[m] = detail::warp_sum(s) * inv_k;
+    float q = 0.0f;
+#pragma unroll 4
+    for (int v = lane; v < kvec; v += 32) {
+      float f[8];
+      widen8<T>(load_x_vec<T>(p, m, v), f);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) q += (f[i] - mean[m]) * (f[i] - mean[m]);
+    }
+    rstd[m] = rsqrtf(detail::warp_sum(q) * inv_k + p.ln_eps);
   }
   int i = 0;
   for (int v = threadIdx.x; v < kvec; v += kThreads, ++i) {
@@ -187,7 +169,9 @@ __device__ void stage_x(const DecodeGemvParams& p, const LnParams<EARLY>& ln, ui
       if (m < p.rows) {
         float f[8];
         widen8<T>(load_x_vec<T>(p, m, v), f);
-        out = ln_apply8<T>(f, mean[m], rstd[m], g, b);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) f[i] = (f[i] - mean[m]) * rstd[m] * g[i] + b[i];
+        out = narrow8<T>(f);
       }
       xs[m * kvec + v] = out;
     }
@@ -403,11 +387,6 @@ __global__ void __launch_bounds__(kThreads)
   load_ln_params<EARLY>(p, ln);
   detail::pdl_wait();
   if (EARLY && slice == 0) load_epilogue_inputs<T, MM>(p, lane, n0, epi);
-  if (p.zero != nullptr) {  // decode_mlp's workspace (after the wait: its last user has finished)
-    const size_t n = p.zero_bytes / 16, stride = size_t(gridDim.x) * kThreads;
-    for (size_t i = size_t(blockIdx.x) * kThreads + threadIdx.x; i < n; i += stride)
-      static_cast<uint4*>(p.zero)[i] = make_uint4(0u, 0u, 0u, 0u);
-  }
   stage_x<T, MM, EARLY>(p, ln, xs);
   __syncthreads();
 
@@ -556,256 +535,7 @@ cudaError_t launch_rows(const DecodeGemvParams& p, cudaStream_t stream) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// decode_mlp: LN → FC1 → GELU → FC2 → residual in one launch, FC2 split over FC1's outputs.
-// ---------------------------------------------------------------------------------------------
-
-/// Fixed-point format of decode_mlp's accumulator: units of 2^-kMlpFixedBits; a CTA's partial sum
-/// must be below 2^kMlpLimitLog2 in magnitude, so that up to kMlpMaxCtas of them cannot overflow
-/// 63 bits (24 + 26 + 12 < 63).
-constexpr int kMlpFixedBits = 24;
-constexpr int kMlpLimitLog2 = 26;
-constexpr int kMlpMaxCtas = 4096;
-constexpr int kMlpMaxOut = 8;  // outputs per thread: threads ≥ K / 8
-constexpr int kMlpMaxHidden = 4096;  // threads ≤ 512: 128 registers per thread
-
-/// How decode_mlp splits a problem over the device: `slice` FC1 rows per CTA (a multiple of 8),
-/// `ctas` CTAs, `threads` per CTA (K / 8 rounded up to warps: one x'' vector per thread), W2's
-/// slice rows `w2_stride` 16-byte units apart in shared memory (odd: the FC2 loop's 16-byte
-/// loads of consecutive rows hit distinct banks), `smem` bytes.
-struct MlpGeometry {
-  int slice = 0, ctas = 0, threads = 0, w2_stride = 0;
-  size_t smem = 0;
-};
-
-MlpGeometry mlp_geometry(int hidden, int intermediate, int sms) {
-  MlpGeometry g;
-  const int kvec = hidden / 8;
-  g.slice = ((intermediate + sms - 1) / sms + 7) / 8 * 8;
-  g.ctas = (intermediate + g.slice - 1) / g.slice;
-  g.threads = (kvec + 31) / 32 * 32;
-  g.w2_stride = g.slice / 8 % 2 == 1 ? g.slice / 8 : g.slice / 8 + 1;
-  g.smem = (static_cast<size_t>(g.slice) * kvec + static_cast<size_t>(hidden) * g.w2_stride +
-            kvec) * 16 + static_cast<size_t>(g.slice) * 8;  // + h and b1 [slice] floats
-  return g;
-}
-
-/// Most dynamic shared memory one CTA may opt in to on the current device (227 KB, an H100's, if
-/// it cannot be read).
-int smem_optin() {
-  int dev = 0, n = 0;
-  if (cudaGetDevice(&dev) != cudaSuccess ||
-      cudaDeviceGetAttribute(&n, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess ||
-      n <= 0)
-    return 227 * 1024;
-  return n;
-}
-
-__host__ __device__ constexpr int mlp_flag_words(int hidden) { return (hidden + 31) / 32; }
-
-/// \brief Asynchronous 16-byte copy global → shared (both 16-byte aligned) through the L2 only
-/// (`cp.async.cg`: weights are read once); complete for the thread after cp_async_wait_all().
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem) {
-  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(s), "l"(gmem) : "memory");
-}
-
-template <typename T>
-__global__ void __launch_bounds__(kMlpMaxHidden / 8)
-    decode_mlp_kernel(const __grid_constant__ DecodeMlpParams p, int slice, int w2_stride) {
-  extern __shared__ uint4 smem[];
-  const int K = p.hidden, kvec = K / 8, fvec = p.intermediate / 8;
-  uint4* w1s = smem;                                  // [slice][kvec]: W1 rows i0 + r
-  uint4* w2s = w1s + slice * kvec;                    // [K][w2_stride]: W2[o][i0 .. i0 + slice)
-  uint4* xs = w2s + K * w2_stride;                    // [kvec] x''
-  float* hs = reinterpret_cast<float*>(xs + kvec);    // [slice] h
-  float* b1s = hs + slice;                            // [slice] b1
-  __shared__ int s_last;
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const int nthreads = blockDim.x, warps = nthreads >> 5;
-  const int i0 = blockIdx.x * slice;
-  const int rows = min(slice, p.intermediate - i0), rvec = rows / 8;  // F, slice: multiples of 8
-
-  detail::pdl_launch_dependents();
-  // Weights first (no launch of the step writes them): both slices into shared memory, in flight
-  // during the wait for the producer of x and the LayerNorm.
-  const uint4* w1 = static_cast<const uint4*>(p.fc1_weight) + int64_t(i0) * kvec;
-  for (int e = tid; e < rows * kvec; e += nthreads) cp_async_16(w1s + e, w1 + e);
-  const uint4* w2 = static_cast<const uint4*>(p.fc2_weight) + i0 / 8;
-  for (int e = tid; e < K * rvec; e += nthreads) {
-    const int o = e / rvec, c = e - o * rvec;
-    cp_async_16(w2s + o * w2_stride + c, w2 + int64_t(o) * fvec + c);
-  }
-  const T* fc1_bias = static_cast<const T*>(p.fc1_bias);
-  for (int r = tid; r < rows; r += nthreads)
-    b1s[r] = fc1_bias ? Cvt<T>::to_float(fc1_bias[i0 + r]) : 0.0f;
-  const T* fc2_bias = static_cast<const T*>(p.fc2_bias);
-  float b2[kMlpMaxOut];
-#pragma unroll
-  for (int j = 0; j < kMlpMaxOut; ++j) {
-    const int o = tid + j * nthreads;
-    b2[j] = fc2_bias && o < K ? Cvt<T>::to_float(fc2_bias[o]) : 0.0f;
-  }
-  const uint4* x = static_cast<const uint4*>(p.x);
-  uint4 gv = make_uint4(0u, 0u, 0u, 0u), bv = gv;
-  if (p.ln_weight != nullptr && tid < kvec) {
-    gv = static_cast<const uint4*>(p.ln_weight)[tid];
-    bv = static_cast<const uint4*>(p.ln_bias)[tid];
-  }
-  detail::pdl_wait();
-
-  // x'' (decode_gemv's prologue arithmetic: every warp its own statistics) and the residual.
-  float res[kMlpMaxOut];
-#pragma unroll
-  for (int j = 0; j < kMlpMaxOut; ++j) {
-    const int o = tid + j * nthreads;
-    res[j] = o < K ? Cvt<T>::to_float(static_cast<const T*>(p.x)[o]) : 0.0f;
-  }
-  if (p.ln_weight != nullptr) {
-    float mean, rstd;
-    ln_stats<T>([&](int v) { return x[v]; }, kvec, p.ln_eps, mean, rstd);
-    if (tid < kvec) {
-      float f[8], g[8], b[8];
-      widen8<T>(x[tid], f);
-      widen8<T>(gv, g);
-      widen8<T>(bv, b);
-      xs[tid] = ln_apply8<T>(f, mean, rstd, g, b);
-    }
-  } else if (tid < kvec) {
-    xs[tid] = x[tid];
-  }
-  detail::cp_async_wait_all();
-  __syncthreads();
-
-  // FC1 + GELU for the slice: warp w takes rows w, w + warps, …; a row's sum is decode_gemv's
-  // (lane-strided 8-element vectors in order, then the butterfly).
-  for (int r = warp; r < rows; r += warps) {
-    float acc = 0.0f;
-    for (int v = lane; v < kvec; v += 32) {
-      float wf[8], xf[8];
-      widen8<T>(w1s[r * kvec + v], wf);
-      widen8<T>(xs[v], xf);
-#pragma unroll
-      for (int i = 0; i < 8; ++i) acc = fmaf(wf[i], xf[i], acc);
-    }
-    acc = detail::warp_sum(acc);
-    if (lane == 0) {
-      float z = Cvt<T>::round(p.fc1_bias ? acc + b1s[r] : acc);
-      hs[r] = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
-    }
-  }
-  __syncthreads();
-
-  // The slice's share of W2 · h: thread t owns outputs t + j · threads.
-  float acc[kMlpMaxOut];
-#pragma unroll
-  for (int j = 0; j < kMlpMaxOut; ++j) acc[j] = 0.0f;
-  for (int c = 0; c < rvec; ++c) {
-    const float4 ha = reinterpret_cast<const float4*>(hs)[2 * c];
-    const float4 hb = reinterpret_cast<const float4*>(hs)[2 * c + 1];
-    const float h[8] = {ha.x, ha.y, ha.z, ha.w, hb.x, hb.y, hb.z, hb.w};
-#pragma unroll
-    for (int j = 0; j < kMlpMaxOut; ++j) {
-      const int o = tid + j * nthreads;
-      if (o < K) {
-        float wf[8];
-        widen8<T>(w2s[o * w2_stride + c], wf);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[j] = fmaf(wf[i], h[i], acc[j]);
-      }
-    }
-  }
-
-  // Into the fixed-point accumulator (order-free: integer adds), or the overflow flag.
-  auto* ws_acc = static_cast<unsigned long long*>(p.workspace);
-  auto* ws_flags = reinterpret_cast<unsigned*>(ws_acc + K);
-  unsigned* ws_count = ws_flags + mlp_flag_words(K);
-  constexpr float kLimit = static_cast<float>(1ll << kMlpLimitLog2);
-  constexpr float kScale = static_cast<float>(1ll << kMlpFixedBits);
-#pragma unroll
-  for (int j = 0; j < kMlpMaxOut; ++j) {
-    const int o = tid + j * nthreads;
-    if (o >= K) continue;
-    if (!(fabsf(acc[j]) < kLimit)) {  // NaN too
-      atomicOr(ws_flags + (o >> 5), 1u << (o & 31));
-    } else if (acc[j] != 0.0f) {
-      atomicAdd(ws_acc + o, static_cast<unsigned long long>(__float2ll_rn(acc[j] * kScale)));
-    }
-  }
-  __threadfence();
-  __syncthreads();
-  if (tid == 0) s_last = atomicAdd(ws_count, 1u) == gridDim.x - 1;
-  __syncthreads();
-  if (!s_last) return;
-
-  // The last CTA: every other CTA's adds are in (their fences precede their counts).
-  __threadfence();
-  T* out = static_cast<T*>(p.out);
-#pragma unroll
-  for (int j = 0; j < kMlpMaxOut; ++j) {
-    const int o = tid + j * nthreads;
-    if (o >= K) continue;
-    const auto q = static_cast<long long>(atomicExch(ws_acc + o, 0ull));
-    const bool bad = (__ldcg(ws_flags + (o >> 5)) >> (o & 31)) & 1u;
-    const float sum = static_cast<float>(static_cast<double>(q) / static_cast<double>(kScale));
-    float z = Cvt<T>::round(p.fc2_bias ? sum + b2[j] : sum);
-    z = Cvt<T>::round(z + res[j]);
-    out[o] = Cvt<T>::from_float(bad ? __int_as_float(0x7fc00000) : z);
-  }
-  __syncthreads();  // every flag word read
-  for (int w = tid; w < mlp_flag_words(K); w += nthreads) ws_flags[w] = 0u;
-  if (tid == 0) *ws_count = 0u;
-}
-
-template <typename T>
-cudaError_t launch_mlp(const DecodeMlpParams& p, cudaStream_t stream) {
-  const MlpGeometry g = mlp_geometry(p.hidden, p.intermediate, sm_count());
-  const auto kernel = decode_mlp_kernel<T>;
-  const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                             static_cast<int>(g.smem));
-  if (e != cudaSuccess) return e;
-  return detail::launch_pdl(kernel, dim3(g.ctas), dim3(g.threads), g.smem, stream, p, g.slice,
-                            g.w2_stride);
-}
-
 }  // namespace
-
-size_t decode_mlp_workspace_bytes(int hidden) {
-  const size_t bytes = static_cast<size_t>(hidden) * 8 + (mlp_flag_words(hidden) + 1) * 4;
-  return (bytes + 15) / 16 * 16;
-}
-
-const char* decode_mlp_invalid_reason(const DecodeMlpParams& p) {
-  if (p.hidden <= 0 || p.hidden % 8 != 0) return "hidden must be a positive multiple of 8";
-  if (p.hidden > kMlpMaxHidden) return "hidden must be at most 4096 (one x'' vector per thread)";
-  if (p.intermediate <= 0 || p.intermediate % 8 != 0)
-    return "intermediate must be a positive multiple of 8";
-  if (p.dtype != ElementType::kFloat16 && p.dtype != ElementType::kBFloat16)
-    return "dtype must be fp16 or bf16";
-  if (p.x == nullptr || p.fc1_weight == nullptr || p.fc2_weight == nullptr || p.out == nullptr ||
-      p.workspace == nullptr)
-    return "x, fc1_weight, fc2_weight, out and workspace must not be null";
-  if (!aligned16(p.x) || !aligned16(p.fc1_weight) || !aligned16(p.fc2_weight) ||
-      !aligned16(p.workspace))
-    return "x, fc1_weight, fc2_weight and workspace must be 16-byte aligned";
-  if ((p.ln_weight == nullptr) != (p.ln_bias == nullptr))
-    return "ln_weight and ln_bias go together";
-  if (p.ln_weight != nullptr && (!aligned16(p.ln_weight) || !aligned16(p.ln_bias)))
-    return "ln_weight and ln_bias must be 16-byte aligned";
-  if (p.out == p.x) return "out must not alias x";
-  const MlpGeometry g = mlp_geometry(p.hidden, p.intermediate, sm_count());
-  if (g.ctas > kMlpMaxCtas) return "too many slices for the fixed-point accumulator";
-  if (g.smem > static_cast<size_t>(smem_optin()))
-    return "the FC1 and FC2 weight slices of one CTA exceed the device's shared memory per block "
-           "(hidden x intermediate too large for one wave)";
-  return nullptr;
-}
-
-cudaError_t decode_mlp(const DecodeMlpParams& p, cudaStream_t stream) {
-  if (decode_mlp_invalid_reason(p) != nullptr) return cudaErrorInvalidValue;
-  return p.dtype == ElementType::kFloat16 ? launch_mlp<__half>(p, stream)
-                                          : launch_mlp<__nv_bfloat16>(p, stream);
-}
 
 const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (p.rows < 1 || p.rows > kDecodeGemvMaxRows) return "rows must be in [1, 8]";
@@ -834,8 +564,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (p.ln_weight != nullptr && (!aligned16(p.ln_weight) || !aligned16(p.ln_bias)))
     return "ln_weight and ln_bias must be 16-byte aligned";
   if (p.gelu && p.residual != nullptr) return "gelu and residual are exclusive";
-  if (p.zero != nullptr && (!aligned16(p.zero) || p.zero_bytes % 16 != 0))
-    return "zero must be 16-byte aligned and zero_bytes a multiple of 16";
   if (p.ctas_per_sm < kDecodeGemvCtaPerTask)
     return "ctas_per_sm must be kDecodeGemvCtaPerTask (-1), 0 (as many as fit) or positive";
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)

@@ -211,7 +211,7 @@ bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* ln,
                                   const at::Tensor& weight, const at::Tensor& bias, bool gelu,
                                   const at::Tensor& residual, const RotaryTables* rotary,
-                                  Qkv* qkv, const at::Tensor& zero) const {
+                                  Qkv* qkv) const {
 #ifdef TURBOESM_WITH_CUDA
   kernels::ElementType t, xt;
   if (!kernel_element_type(dtype_, &t) || !kernel_element_type(x.scalar_type(), &xt)) return {};
@@ -250,10 +250,6 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   p.gelu = gelu;
   p.residual = residual.defined() ? residual.data_ptr() : nullptr;
   p.ctas_per_sm = decode_gemv_ctas_per_sm_;
-  if (zero.defined()) {
-    p.zero = zero.data_ptr();
-    p.zero_bytes = static_cast<size_t>(zero.nbytes());
-  }
   if (qkv != nullptr) {  // Q/K/V mode: q, k, v fp32 [B, H, 1, d]
     const auto f32 = x.options().dtype(at::kFloat);
     const int64_t H = config_.num_attention_heads;
@@ -278,52 +274,6 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   return out;
 #else
   (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual, (void)rotary, (void)qkv;
-  (void)zero;
-  return {};
-#endif
-}
-
-at::Tensor Esm2Model::decode_mlp(int layer, const at::Tensor& h, const at::Tensor& workspace) const {
-#ifdef TURBOESM_WITH_CUDA
-  const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
-  kernels::ElementType t;
-  if (!kernel_element_type(dtype_, &t)) return {};
-  const auto same = [&](const at::Tensor& a) {
-    return !a.defined() ||
-           (a.is_contiguous() && a.scalar_type() == dtype_ && a.device() == h.device());
-  };
-  if (!same(h) || !same(w.ffn_ln.weight) || !same(w.ffn_ln.bias) || !same(w.fc1_weight) ||
-      !same(w.fc1_bias) || !same(w.fc2_weight) || !same(w.fc2_bias) || h.numel() != h.size(-1) ||
-      w.fc1_weight.dim() != 2 || w.fc2_weight.dim() != 2)
-    return {};
-  const int64_t K = h.size(-1), F = w.fc1_weight.size(0);
-  if (w.fc1_weight.size(1) != K || w.fc2_weight.size(0) != K || w.fc2_weight.size(1) != F)
-    return {};
-  at::Tensor out = at::empty_like(h);
-  kernels::DecodeMlpParams p;
-  p.hidden = static_cast<int>(K);
-  p.intermediate = static_cast<int>(F);
-  p.dtype = t;
-  p.x = h.data_ptr();
-  p.ln_weight = w.ffn_ln.weight.data_ptr();
-  p.ln_bias = w.ffn_ln.bias.data_ptr();
-  p.ln_eps = static_cast<float>(config_.layer_norm_eps);
-  p.fc1_weight = w.fc1_weight.data_ptr();
-  p.fc1_bias = w.fc1_bias.defined() ? w.fc1_bias.data_ptr() : nullptr;
-  p.fc2_weight = w.fc2_weight.data_ptr();
-  p.fc2_bias = w.fc2_bias.defined() ? w.fc2_bias.data_ptr() : nullptr;
-  p.out = out.data_ptr();
-  p.workspace = workspace.data_ptr();
-  if (static_cast<size_t>(workspace.nbytes()) < kernels::decode_mlp_workspace_bytes(p.hidden) ||
-      kernels::decode_mlp_invalid_reason(p) != nullptr)
-    return {};
-  const c10::cuda::CUDAGuard device_guard(h.device());
-  const cudaError_t e = kernels::decode_mlp(p, at::cuda::getCurrentCUDAStream());
-  TURBOESM_CHECK(e == cudaSuccess, "CUDA kernel decode_mlp failed (hidden ", K, ", intermediate ",
-                 F, ", dtype ", c10::toString(dtype_), "): ", cudaGetErrorString(e));
-  return out;
-#else
-  (void)layer, (void)h, (void)workspace;
   return {};
 #endif
 }
@@ -418,22 +368,8 @@ at::Tensor Esm2Model::layer_finish(int layer, const at::Tensor& hidden,
   const int64_t B = hidden.size(0), T = hidden.size(1);
   at::Tensor o = attn_out.transpose(1, 2).reshape({B, T, config_.hidden_size});
   if (use_decode_gemv(hidden)) {
-    // Output projection + residual, LN + FC1 + GELU, FC2 + residual: three launches, or two
-    // with decode_mlp (whose workspace the projection clears).
-    at::Tensor ws;
-#ifdef TURBOESM_WITH_CUDA
-    if (fused_decode_mlp_ && B == 1) {
-      const auto bytes = static_cast<int64_t>(
-          kernels::decode_mlp_workspace_bytes(static_cast<int>(config_.hidden_size)));
-      ws = at::empty({bytes / 8}, hidden.options().dtype(at::kLong));
-    }
-#endif
-    const at::Tensor h =
-        decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden, nullptr, nullptr, ws);
-    if (h.defined() && ws.defined()) {
-      const at::Tensor y = decode_mlp(layer, h, ws);
-      if (y.defined()) return y;
-    }
+    // Output projection + residual, LN + FC1 + GELU, FC2 + residual: three launches.
+    const at::Tensor h = decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden);
     const at::Tensor x =
         h.defined() ? decode_gemv(h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {}) : at::Tensor();
     const at::Tensor y =

@@ -677,9 +677,7 @@ int section_decode(const std::string& preset, int64_t cached) {
   // (kernels::set_decode_shared_carveout(-1) around the steps; default: the largest), with the
   // staged and the look-up-table attention, and decode_gemv loading its epilogue and LayerNorm
   // inputs where they are used (kernels::set_decode_gemv_early_loads(false) around the steps;
-  // default: early), with the default and the Π_V-folded model, and the batch-1 MLP as one
-  // decode_mlp launch instead of FC1 and FC2 (Esm2Model::set_fused_decode_mlp around the steps),
-  // with both models.
+  // default: early), with the default and the Π_V-folded model.
   {
     constexpr int kRounds = 4;
     struct Variant {
@@ -693,7 +691,6 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
       bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
-      bool fused_mlp = false;   // Esm2Model::set_fused_decode_mlp around the steps
     };
     const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -721,10 +718,6 @@ int section_decode(const std::string& preset, int64_t cached) {
          false, true, tk::kDecodeSharedCarveoutDefault, false},
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
-        {"ab_fused_mlp_ms", "MLP in one launch", [](tm::TurboKvCache&) {}, false, 0, true, false,
-         true, tk::kDecodeSharedCarveoutDefault, true, true},
-        {"ab_fused_mlp_fold_ms", "MLP in one launch, V folded", [](tm::TurboKvCache&) {}, false, 0,
-         true, true, true, tk::kDecodeSharedCarveoutDefault, true, true},
     };
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
@@ -742,9 +735,6 @@ int section_decode(const std::string& preset, int64_t cached) {
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
-        const std::shared_ptr<tm::Esm2Model>& vm = variants[i].value_fold ? vfold.model : m;
-        const bool mlp_default = vm->fused_decode_mlp();
-        vm->set_fused_decode_mlp(variants[i].fused_mlp);
         {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
@@ -753,7 +743,6 @@ int section_decode(const std::string& preset, int64_t cached) {
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         tk::set_decode_gemv_early_loads(true);
-        vm->set_fused_decode_mlp(mlp_default);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);

@@ -80,11 +80,6 @@ struct DecodeGemvParams {
   /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).
   /// Outputs are bit-identical for every value.
   int ctas_per_sm = 0;
-  /// Optional: `zero_bytes` bytes at `zero` (16-byte aligned, a multiple of 16) that the CTAs set
-  /// to 0 after the dependency wait — decode_mlp's workspace when this launch (the output
-  /// projection) precedes it, so that the step needs no memset node between the two.
-  void* zero = nullptr;
-  size_t zero_bytes = 0;
 };
 
 /// DecodeGemvParams::ctas_per_sm value for one CTA per task.
@@ -107,53 +102,5 @@ bool decode_gemv_early_loads();
 /// \brief Launches the product on `stream`. \return cudaErrorInvalidValue when
 /// decode_gemv_invalid_reason(p) is not null, else the launch error.
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream);
-
-/// \brief A transformer layer's MLP for one token in one launch (decode_mlp):
-///   x'' = T(LN(x)),  h = T(gelu(T(W1 · x'' + b1))),  out = T(T(W2 · h + b2) + x)
-/// with decode_gemv's arithmetic for each step (out equals decode_gemv(LN, FC1, gelu) followed by
-/// decode_gemv(FC2, residual x) to about one unit in the last place of T: only the order of the
-/// sums differs). The product W2 · h is split over the intermediate features instead of being
-/// a second launch: CTA c computes h for its slice of F (its FC1 rows, the dependency on the whole
-/// of h is gone), then its slice's share of W2 · h for all K outputs, and adds that share into a
-/// fixed-point accumulator in the workspace (64-bit integer atomics, units of 2^-24: the sum is
-/// exact, so the result does not depend on the order in which CTAs arrive — deterministic run to
-/// run). The CTA that arrives last (a counter) converts the sums, adds the bias and the residual,
-/// writes `out` and leaves the workspace zeroed for the next launch. Each CTA requests its whole
-/// slice of both weight matrices into shared memory (cp.async) before the dependency wait, so
-/// the weights stream while the producer of x still runs. A partial sum that is not finite or of
-/// magnitude ≥ 2^26 cannot be represented: the outputs it touches are NaN.
-/// One row (a batch-1 decode step); the slices of both matrices must fit in shared memory with
-/// one CTA per slice resident at once (decode_mlp_invalid_reason says when not: the ESM-2 sizes
-/// up to 650M fit an H100).
-struct DecodeMlpParams {
-  int hidden = 0;                             ///< K: x, out, FC2 outputs; a multiple of 8
-  int intermediate = 0;                       ///< F: FC1 outputs; a multiple of 8
-  ElementType dtype = ElementType::kFloat16;  ///< T of every tensor: fp16 or bf16
-  const void* x = nullptr;                    ///< [K], 16-byte aligned: LN input and residual
-  const void* ln_weight = nullptr;            ///< [K] γ, or null (no LayerNorm)
-  const void* ln_bias = nullptr;              ///< [K] β, required with ln_weight
-  float ln_eps = 1e-5f;
-  const void* fc1_weight = nullptr;  ///< [F, K] row-major, 16-byte aligned
-  const void* fc1_bias = nullptr;    ///< [F] or null
-  const void* fc2_weight = nullptr;  ///< [K, F] row-major, 16-byte aligned
-  const void* fc2_bias = nullptr;    ///< [K] or null
-  void* out = nullptr;               ///< [K]; must not alias x
-  /// decode_mlp_workspace_bytes(hidden) bytes, 16-byte aligned, all zero before the launch (e.g.
-  /// cleared by the preceding decode_gemv through DecodeGemvParams::zero); a completed launch
-  /// leaves it zero. Launches that share a workspace must not overlap.
-  void* workspace = nullptr;
-};
-
-/// Bytes of decode_mlp's workspace for `hidden` outputs (a multiple of 16).
-size_t decode_mlp_workspace_bytes(int hidden);
-
-/// \brief Why `p` cannot run on the current device (a static message naming the first violated
-/// condition), or null.
-const char* decode_mlp_invalid_reason(const DecodeMlpParams& p);
-
-/// \brief Launches the MLP on `stream` (programmatic dependent launch like decode_gemv).
-/// \return cudaErrorInvalidValue when decode_mlp_invalid_reason(p) is not null, else the launch
-/// error.
-cudaError_t decode_mlp(const DecodeMlpParams& p, cudaStream_t stream);
 
 }  // namespace turboesm::kernels

@@ -148,14 +148,6 @@ class Esm2Model {
   /// differ from the eager ones by the order of the fp32 sums only. Not synchronised.
   void set_fused_decode_gemv(bool enabled) { fused_decode_gemv_ = enabled; }
   bool fused_decode_gemv() const { return fused_decode_gemv_; }
-  /// \brief Enables or disables (default) the batch-1 MLP of layer_finish as one decode_mlp
-  /// launch (kernels/decode_gemv.h: FC2 split over FC1's outputs, a fixed-point accumulator; no
-  /// launch boundary between FC1 and FC2) instead of two decode_gemv launches; shapes it does
-  /// not take (rows > 1, slices too large for shared memory) keep the two launches. Outputs
-  /// differ from the two launches' by the order of the fp32 sums only, and are the same bits run
-  /// to run. Not synchronised.
-  void set_fused_decode_mlp(bool enabled) { fused_decode_mlp_ = enabled; }
-  bool fused_decode_mlp() const { return fused_decode_mlp_; }
   /// \brief decode_gemv's grid (kernels::DecodeGemvParams::ctas_per_sm): 0 (default) as many
   /// CTAs per SM as fit, each looping over the product's tasks; k > 0 at most k; −1 one CTA per
   /// task. Outputs are the same bits for every value. Not synchronised.
@@ -184,15 +176,9 @@ class Esm2Model {
   struct RotaryTables {
     at::Tensor cos, sin;
   };
-  /// `zero` (optional): a tensor the launch clears after its dependency wait (the workspace of
-  /// the decode_mlp launch that follows it).
   at::Tensor decode_gemv(const at::Tensor& x, const LayerNormWeights* ln, const at::Tensor& weight,
                          const at::Tensor& bias, bool gelu, const at::Tensor& residual,
-                         const RotaryTables* rotary = nullptr, Qkv* qkv = nullptr,
-                         const at::Tensor& zero = {}) const;
-  /// Layer `layer`'s MLP + residual of the one-row h [1, 1, hidden] through decode_mlp with the
-  /// zeroed `workspace`, or an undefined tensor when the kernel does not take these tensors.
-  at::Tensor decode_mlp(int layer, const at::Tensor& h, const at::Tensor& workspace) const;
+                         const RotaryTables* rotary = nullptr, Qkv* qkv = nullptr) const;
 
   EsmConfig config_;
   EsmWeights weights_;
@@ -201,7 +187,6 @@ class Esm2Model {
   at::ScalarType dtype_;
   bool fused_qkv_ = true;
   bool fused_decode_gemv_ = true;
-  bool fused_decode_mlp_ = false;
   int decode_gemv_ctas_per_sm_ = 0;
   bool fused_step_inputs_ = true;
 };
