@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cstdint>
 
-#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "pdl.cuh"
@@ -24,11 +23,6 @@ constexpr int kThreads = 32 * kWarps;
 constexpr int kFeaturesPerWarp = 2;      // output features (rows of W) per warp
 constexpr int kChunks = 6;               // 16-byte loads per weight row per lane and pass
 constexpr int kPassVecs = 32 * kChunks;  // 16-byte vectors of a row one warp reads per pass
-/// Most tasks a one-row CTA stages in shared memory besides its first (set_decode_gemv_smem_stages).
-constexpr int kMaxSmemStages = 3;
-/// Shared memory per SM the staged tasks of a product's CTAs may take together (bytes): the rest
-/// stays free for the neighbours that programmatic dependent launch makes resident beside it.
-constexpr size_t kSmemStageBudgetPerSm = 160 * 1024;
 
 /// 16 bytes of W that are read once: no L1 allocation.
 __device__ __forceinline__ uint4 load_stream(const uint4* p) {
@@ -345,17 +339,14 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
 /// that no memory round trip but x's remains between the wait and the stores.
 template <typename T, int MM, int KSPLIT, bool EARLY>
 __global__ void __launch_bounds__(kThreads)
-    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks, int stages) {
-  extern __shared__ uint4 xs[];  // [MM][K / 8] x'', then [stages][kPerCta][K / 8] staged rows
-  __shared__ uint64_t stage_bar[kMaxSmemStages];
+    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks) {
+  extern __shared__ uint4 xs[];  // [MM][K / 8] x''
   // Two buffers by task parity: a warp may write task t + 1's partials while another still reads
   // task t's (reduce_pair's barrier separates t from t + 2).
   __shared__ float part[2][kWarps][kFeaturesPerWarp * MM];
   constexpr int kGroups = kWarps / KSPLIT;
-  constexpr int kPerCta = kGroups * kFeaturesPerWarp;
   const int K = p.in_features, N = p.out_features;
   const int kvec = K / 8;
-  uint4* const staged = xs + MM * kvec;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp % kGroups, slice = warp / kGroups;
   // The warp's two features: neighbours, or in the Q/K/V mode the rotate-half pair (j, j + d/2)
@@ -387,44 +378,9 @@ __global__ void __launch_bounds__(kThreads)
         w[r][u] = v < v_end ? load_stream(wrow[r] + v) : make_uint4(0u, 0u, 0u, 0u);
       }
   };
-  // Staged task s (the CTA's task 1 + s) from shared memory: the warp's rows are the slot's rows
-  // 2 · group and 2 · group + 1 (stage_task's order).
-  auto load_staged = [&](int s, int v0) {
-    detail::mbarrier_wait_parity(&stage_bar[s], 0);
-#pragma unroll
-    for (int r = 0; r < kFeaturesPerWarp; ++r)
-#pragma unroll
-      for (int u = 0; u < kChunks; ++u) {
-        const int v = v0 + u * 32 + lane;
-        w[r][u] = v < v_end ? staged[(int64_t(s) * kPerCta + group * kFeaturesPerWarp + r) * kvec + v]
-                            : make_uint4(0u, 0u, 0u, 0u);
-      }
-  };
   detail::pdl_launch_dependents();
   select(blockIdx.x);
   load(v_begin);  // in flight during the wait for the producer of x and the prologue
-  if constexpr (EARLY) {
-    // The CTA's next `stages` tasks: their weight rows copied into shared memory by bulk copies
-    // (one per row, the rows select() would pick, clamped the same way), requested before the
-    // wait like the first task's, so that no weight load remains after it.
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < stages; ++s) {
-        const int task = blockIdx.x + (s + 1) * static_cast<int>(gridDim.x);
-        if (task >= tasks) break;
-        detail::mbarrier_init(&stage_bar[s], 1);
-        const uint32_t row_bytes = static_cast<uint32_t>(kvec) * 16u;
-        detail::mbarrier_arrive_expect_tx(&stage_bar[s], row_bytes * kPerCta);
-        for (int g = 0; g < kGroups; ++g) {
-          const int f = pair_first_feature(p, task * kGroups + g);
-          for (int r = 0; r < kFeaturesPerWarp; ++r)
-            detail::bulk_copy_g2s(
-                staged + (int64_t(s) * kPerCta + g * kFeaturesPerWarp + r) * kvec,
-                static_cast<const uint4*>(p.weight) + int64_t(min(f + r * n_step, N - 1)) * kvec,
-                row_bytes, &stage_bar[s]);
-        }
-      }
-    }
-  }
   EpilogueIn epi;
   if (EARLY && slice == 0) load_epilogue_bias<T, MM>(p, lane, n0, epi);
   LnParams<EARLY> ln;
@@ -434,8 +390,8 @@ __global__ void __launch_bounds__(kThreads)
   stage_x<T, MM, EARLY>(p, ln, xs);
   __syncthreads();
 
-  int parity = 0, nth = 0;  // nth: the task's index among this CTA's
-  for (int task = blockIdx.x; task < tasks; task += gridDim.x, parity ^= 1, ++nth) {
+  int parity = 0;
+  for (int task = blockIdx.x; task < tasks; task += gridDim.x, parity ^= 1) {
     float acc[kFeaturesPerWarp][MM];
 #pragma unroll
     for (int r = 0; r < kFeaturesPerWarp; ++r)
@@ -467,10 +423,7 @@ __global__ void __launch_bounds__(kThreads)
     const bool more = task + static_cast<int>(gridDim.x) < tasks;
     if (more) {  // the next task's first pass, in flight during this one's reduction and stores
       select(task + gridDim.x);
-      if (EARLY && nth < stages)
-        load_staged(nth, v_begin);  // staged tasks are one pass (launch's stage condition)
-      else
-        load(v_begin);
+      load(v_begin);
     }
     const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part[parity]);
     if (slice == 0) {
@@ -522,51 +475,29 @@ int ksplit_for(const DecodeGemvParams& p) {
 }
 
 std::atomic<bool> g_early_loads{true};  // set_decode_gemv_early_loads
-std::atomic<int> g_smem_stages{0};      // set_decode_gemv_smem_stages
 
 template <typename T, int MM, int KSPLIT, bool EARLY>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
   const auto kernel = decode_gemv_kernel<T, MM, KSPLIT, EARLY>;
-  const size_t x_smem = smem_bytes(p);
-  size_t smem = x_smem;
-  const auto allow = [&](size_t bytes) -> cudaError_t {
-    if (bytes <= 48 * 1024) return cudaSuccess;
-    return cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(bytes));
-  };
-  if (const cudaError_t e = allow(smem); e != cudaSuccess) return e;
+  const size_t smem = smem_bytes(p);
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(smem));
+    if (e != cudaSuccess) return e;
+  }
   constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
   const int tasks = (p.out_features + kPerCta - 1) / kPerCta;
-  int ctas = tasks, stages = 0;
+  int ctas = tasks;
   if (p.ctas_per_sm >= 0) {
     int fit = 0;
-    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
+    const cudaError_t e =
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit, kernel, kThreads, smem);
     if (e != cudaSuccess) return e;
     const int per_sm =
         p.ctas_per_sm > 0 ? std::min(p.ctas_per_sm, std::max(fit, 1)) : std::max(fit, 1);
     ctas = static_cast<int>(std::min<int64_t>(tasks, int64_t(per_sm) * sm_count()));
-    // Shared-memory stages (one-row kernels whose slices are one pass): the CTA's tasks after the
-    // first, as many as the switch, the budget per SM and the occupancy allow.
-    const int kvec = p.in_features / 8;
-    if (EARLY && (kvec + KSPLIT - 1) / KSPLIT <= kPassVecs) {
-      const size_t slot = static_cast<size_t>(kPerCta) * static_cast<size_t>(kvec) * 16u;
-      const size_t budget = kSmemStageBudgetPerSm / static_cast<size_t>(per_sm);
-      int want = std::min((tasks + ctas - 1) / ctas - 1, g_smem_stages.load());
-      want = budget > x_smem ? std::min(want, static_cast<int>((budget - x_smem) / slot)) : 0;
-      for (stages = std::max(want, 0); stages > 0; --stages) {
-        const size_t bytes = x_smem + static_cast<size_t>(stages) * slot;
-        if (allow(bytes) != cudaSuccess) continue;
-        int fit_staged = 0;
-        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&fit_staged, kernel, kThreads, bytes);
-        if (e != cudaSuccess) return e;
-        if (fit_staged >= per_sm) {
-          smem = bytes;
-          break;
-        }
-      }
-    }
   }
-  return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks, stages);
+  return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks);
 }
 
 /// The EARLY kernel for one row (set_decode_gemv_early_loads), else the plain one.
@@ -642,10 +573,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
 }
 
 void set_decode_gemv_early_loads(bool enabled) { g_early_loads.store(enabled); }
-void set_decode_gemv_smem_stages(int stages) {
-  g_smem_stages.store(std::clamp(stages, 0, kMaxSmemStages));
-}
-int decode_gemv_smem_stages() { return g_smem_stages.load(); }
 bool decode_gemv_early_loads() { return g_early_loads.load(); }
 
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {

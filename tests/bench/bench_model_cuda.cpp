@@ -50,8 +50,6 @@
 //                                              the turbo graph step with decode_gemv's
 //                                              one-CTA-per-task grid
 // Every section prints a table and one line `JSON {...}` with all numbers.
-// TURBOESM_BENCH_GEMV_SMEM_STAGES=n in the environment: kernels::set_decode_gemv_smem_stages(n)
-// for the whole section.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -76,7 +74,6 @@
 #include <set>
 #include <sstream>
 #include <string>
-#include <tuple>
 #include <vector>
 
 #include "turboesm/error.h"
@@ -694,9 +691,8 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
       bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
-      int smem_stages = 0;      // kernels::set_decode_gemv_smem_stages around the steps
     };
-    std::vector<Variant> variants = {
+    const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_merge_in_kernel_ms", "merge in kernel",
@@ -723,18 +719,6 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
-    // decode_gemv's later tasks staged in shared memory (at most 3 per CTA), at the default grid
-    // and capped at 3 or 2 CTAs per SM (room for the next product's CTAs), and folded.
-    for (const auto& [key, label, ctas, fold] :
-         {std::make_tuple("ab_gemv_smem_stages_ms", "gemv smem stages", 0, false),
-          std::make_tuple("ab_gemv_smem_stages_cap3_ms", "gemv smem stages, 3 CTAs/SM", 3, false),
-          std::make_tuple("ab_gemv_smem_stages_cap2_ms", "gemv smem stages, 2 CTAs/SM", 2, false),
-          std::make_tuple("ab_gemv_smem_stages_fold_ms", "gemv smem stages, V folded", 0, true)}) {
-      Variant v{key, label, [](tm::TurboKvCache&) {}, false, ctas};
-      v.value_fold = fold;
-      v.smem_stages = 3;
-      variants.push_back(v);
-    }
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
@@ -756,11 +740,9 @@ int section_decode(const std::string& preset, int64_t cached) {
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
           tk::set_decode_shared_carveout(variants[i].carveout);
           tk::set_decode_gemv_early_loads(variants[i].early_loads);
-          tk::set_decode_gemv_smem_stages(variants[i].smem_stages);
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         tk::set_decode_gemv_early_loads(true);
-        tk::set_decode_gemv_smem_stages(0);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
@@ -1260,12 +1242,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     TURBOESM_CHECK(at::hasCUDA(), "bench_model_cuda needs a CUDA device");
-    // TURBOESM_BENCH_GEMV_SMEM_STAGES=n: kernels::set_decode_gemv_smem_stages(n) for the section
-    // (e.g. a trace_step with decode_gemv's later tasks staged in shared memory).
-    if (const char* st = std::getenv("TURBOESM_BENCH_GEMV_SMEM_STAGES")) {
-      tk::set_decode_gemv_smem_stages(std::atoi(st));
-      std::printf("decode_gemv smem stages %d\n", tk::decode_gemv_smem_stages());
-    }
     if (section == "decode")
       return section_decode(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
     if (section == "prefill") {

@@ -156,7 +156,6 @@ TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
       {1, 1280, 1280, false, true, false, true, true},    // 650M O (K split in 2)
       {1, 1280, 5120, true, true, true, false, false},    // 650M pre-LN + FC1 + GELU
       {1, 5120, 1280, false, true, false, true, false},   // 650M FC2 (K split in 4)
-      {1, 1280, 5116, true, true, true, false, false},    // N not a multiple of a task
   };
   at::manual_seed(11);
   for (const Case& c : cases) {
@@ -175,19 +174,6 @@ TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
             << "ctas_per_sm " << ctas << ", early loads " << early << ", rows " << c.rows << " K "
             << c.k << " N " << c.n << ": max |d| " << (got - per_task).abs().max().item<double>();
       }
-      // The one-row kernels' later tasks staged in shared memory (set_decode_gemv_smem_stages):
-      // the 650M FC1 / FC2 loop at the default grid, every shape at the capped ones.
-      for (int stages = 1; early && stages <= 3; ++stages) {
-        tk::set_decode_gemv_smem_stages(stages);
-        for (int ctas : {0, 1, 2}) {
-          const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas);
-          EXPECT_TRUE(at::equal(got, per_task))
-              << "smem stages " << stages << ", ctas_per_sm " << ctas << ", rows " << c.rows
-              << " K " << c.k << " N " << c.n
-              << ": max |d| " << (got - per_task).abs().max().item<double>();
-        }
-      }
-      tk::set_decode_gemv_smem_stages(0);
     }
     tk::set_decode_gemv_early_loads(true);
   }
@@ -263,14 +249,9 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.k_out = k2.data_ptr<float>();
     p.v_out = v2.data_ptr<float>();
     ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
-    // One row: with the bias and rotary tables loaded early (default) and late, and with the
-    // grid capped at one CTA per SM and the later tasks' rotate-half rows staged in shared memory
-    // (set_decode_gemv_smem_stages).
-    for (const int mode : {0, 1, 2}) {
-      const bool early = mode != 1;
+    // One row: with the bias and rotary tables loaded early (default) and late.
+    for (const bool early : {true, false}) {
       tk::set_decode_gemv_early_loads(early);
-      tk::set_decode_gemv_smem_stages(mode == 2 ? 2 : 0);
-      p.ctas_per_sm = mode == 2 ? 1 : 0;
       for (const at::Tensor& o2 : {q2, k2, v2}) o2.fill_(NAN);
       ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
       for (const auto& pr :
@@ -278,13 +259,10 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
         ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
         EXPECT_TRUE(at::equal(pr.first, pr.second))
             << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ", early loads "
-            << early << ", smem stages " << (mode == 2 ? 2 : 0)
-            << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
+            << early << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
       }
     }
     tk::set_decode_gemv_early_loads(true);
-    tk::set_decode_gemv_smem_stages(0);
-    p.ctas_per_sm = 0;
   }
 }
 
@@ -295,17 +273,6 @@ TEST(DecodeGemvParams, EarlyLoadsSwitch) {
   EXPECT_FALSE(tk::decode_gemv_early_loads());
   tk::set_decode_gemv_early_loads(true);
   EXPECT_TRUE(tk::decode_gemv_early_loads());
-}
-
-// The shared-memory stages switch (host state only): off by default, clamped to [0, 3].
-TEST(DecodeGemvParams, SmemStagesSwitch) {
-  EXPECT_EQ(tk::decode_gemv_smem_stages(), 0);
-  tk::set_decode_gemv_smem_stages(2);
-  EXPECT_EQ(tk::decode_gemv_smem_stages(), 2);
-  tk::set_decode_gemv_smem_stages(9);
-  EXPECT_EQ(tk::decode_gemv_smem_stages(), 3);
-  tk::set_decode_gemv_smem_stages(-4);
-  EXPECT_EQ(tk::decode_gemv_smem_stages(), 0);
 }
 
 TEST(DecodeGemvParams, RejectsBadParameters) {

@@ -99,16 +99,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);
 void set_decode_gemv_early_loads(bool enabled);
 bool decode_gemv_early_loads();
 
-/// \brief Shared-memory stages of the one-row kernels (0 = off, the default; at most 3): where a
-/// CTA loops over several tasks (more tasks than fit at once: the 650M's FC1 and FC2 have 640 for
-/// 528 CTAs), its tasks after the first have their weight rows copied into shared memory by
-/// bulk copies before the dependency wait — up to this many, within 160 KB per SM and without
-/// lowering the occupancy —, so that no weight load is left after the wait; the first task's
-/// rows stay in registers, later ones are loaded as before. Same values either way. Process-wide,
-/// not synchronised: set it before launching (a CUDA graph keeps what it captured).
-void set_decode_gemv_smem_stages(int stages);
-int decode_gemv_smem_stages();
-
 /// \brief Launches the product on `stream`. \return cudaErrorInvalidValue when
 /// decode_gemv_invalid_reason(p) is not null, else the launch error.
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream);
