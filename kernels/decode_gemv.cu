@@ -10,7 +10,6 @@
 #include <atomic>
 #include <cstdint>
 
-#include "bulk_copy.cuh"
 #include "common.cuh"
 #include "convert.cuh"
 #include "pdl.cuh"
@@ -274,16 +273,6 @@ __device__ __forceinline__ void qkv_epilogue(const DecodeGemvParams& p, int m, i
   dst[o + half] = Cvt<T>::round(o1);
 }
 
-/// The plain epilogue of (row m, feature n) from its sum: bias, GELU or residual, stored as T.
-template <typename T>
-__device__ __forceinline__ void plain_epilogue(const DecodeGemvParams& p, int m, int n, float sum,
-                                               const EpilogueIn& e) {
-  float z = Cvt<T>::round(p.bias ? sum + e.b0 : sum);
-  if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
-  if (p.residual) z = Cvt<T>::round(z + e.res());
-  static_cast<T*>(p.out)[int64_t(m) * p.out_features + n] = Cvt<T>::from_float(z);
-}
-
 /// Finishes the warp's feature pair (n0 and its partner: n0 + 1, or n0 + d/2 in the Q/K/V mode)
 /// from the reduced sums: lane r · MM + m holds feature r's sum for row m.
 template <typename T, int MM>
@@ -297,7 +286,10 @@ __device__ __forceinline__ void finish_pair(const DecodeGemvParams& p, int lane,
   }
   int m, n;
   if (!epilogue_lane<MM>(p, lane, n0, m, n)) return;
-  plain_epilogue<T>(p, m, n, mine, e);
+  float z = Cvt<T>::round(p.bias ? mine + e.b0 : mine);
+  if (p.gelu) z = Cvt<T>::round(z * 0.5f * (1.0f + erff(z * 0.70710678118654752f)));
+  if (p.residual) z = Cvt<T>::round(z + e.res());
+  static_cast<T*>(p.out)[int64_t(m) * N + n] = Cvt<T>::from_float(z);
 }
 
 /// First feature of pair `pair`: neighbours (2·pair, 2·pair + 1), or in the Q/K/V mode the
@@ -450,137 +442,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-/// Most items (features, or rotate-half pairs in the Q/K/V mode) a warp of the shared-memory
-/// kernel sums at once; a CTA takes at most kWarps times as many.
-constexpr int kSmemItemsPerWarp = 12;
-/// Most shared memory the shared-memory kernel takes per CTA (x'' and the CTA's weight rows):
-/// two CTAs of two consecutive products fit one SM's 228 KB.
-constexpr size_t kSmemModeMaxBytes = 112 * 1024;
-/// Largest single bulk copy of weight rows the shared-memory kernel requests (bytes).
-constexpr uint32_t kSmemBulkChunk = 32 * 1024;
-
-/// The one-row product with the CTA's weight rows in shared memory (set_decode_gemv_smem_weights):
-/// CTA c owns items [c · per_cta, (c + 1) · per_cta) — an item is a feature, or in the Q/K/V mode
-/// a rotate-half pair (j, j + d/2) — and one thread requests all their rows by bulk copies before
-/// the dependency wait, so the CTA holds ~100 KB of weights in shared memory and few registers,
-/// and the next product's CTA fits beside it on the SM while this one waits and computes (the
-/// register kernel's CTAs fill the register file, so its successor's CTAs become resident only as
-/// it exits). After the wait: x'' staged as in decode_gemv_kernel, then warp w sums items w,
-/// w + kWarps, … together (x'' read once per vector for all of them), each over lane-strided
-/// 16-byte vectors and a butterfly, and lane j finishes the warp's item j with the epilogue of
-/// decode_gemv_kernel. The sums run in another order than the register kernel's (tests bound both
-/// against the eager ops).
-template <typename T>
-__global__ void __launch_bounds__(kThreads)
-    decode_gemv_smem_kernel(const __grid_constant__ DecodeGemvParams p, int per_cta) {
-  extern __shared__ uint4 smem[];  // [K / 8] x'', then [rows of the CTA's items][K / 8] weights
-  __shared__ uint64_t weights_bar;
-  const bool qkv = p.head_dim > 0;
-  const int N = p.out_features, kvec = p.in_features / 8;
-  const int half = p.head_dim / 2;
-  const int items = qkv ? N / 2 : N;
-  const int rows_per_item = qkv ? 2 : 1;
-  const int i0 = blockIdx.x * per_cta, i1 = min(items, i0 + per_cta);
-  uint4* const xs = smem;
-  uint4* const ws = smem + kvec;
-  // Row r of item i (global index) and its position in ws.
-  auto item_row = [&](int i, int r) { return qkv ? pair_first_feature(p, i) + r * half : i; };
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int mine = (i1 - i0 - warp + kWarps - 1) / kWarps;  // items of this warp: warp + kWarps·j
-  detail::pdl_launch_dependents();
-  if (threadIdx.x == 0) {
-    // Runs of consecutive rows, in ws order, each as bulk copies of ≤ kSmemBulkChunk bytes.
-    const uint32_t row_bytes = static_cast<uint32_t>(kvec) * 16u;
-    detail::mbarrier_init(&weights_bar, 1);
-    detail::mbarrier_arrive_expect_tx(&weights_bar,
-                                      row_bytes * static_cast<uint32_t>((i1 - i0) * rows_per_item));
-    int run_local = 0, run_row = item_row(i0, 0), run_len = 0;
-    const uint32_t chunk_rows = max(1u, kSmemBulkChunk / row_bytes);
-    auto flush = [&] {
-      if (run_len > 0)
-        detail::bulk_copy_g2s(ws + int64_t(run_local) * kvec,
-                              static_cast<const uint4*>(p.weight) + int64_t(run_row) * kvec,
-                              row_bytes * static_cast<uint32_t>(run_len), &weights_bar);
-    };
-    for (int i = i0, l = 0; i < i1; ++i)
-      for (int r = 0; r < rows_per_item; ++r, ++l) {
-        const int row = item_row(i, r);
-        if (run_len > 0 && row == run_row + run_len && static_cast<uint32_t>(run_len) < chunk_rows) {
-          ++run_len;
-          continue;
-        }
-        flush();
-        run_local = l;
-        run_row = row;
-        run_len = 1;
-      }
-    flush();
-  }
-  // Lane j < mine finishes the warp's item j: its bias now (a weight), the rest after the wait.
-  const int my_item = i0 + warp + kWarps * lane;
-  const int my_first = lane < mine ? item_row(my_item, 0) : 0;
-  EpilogueIn epi;
-  if (lane < mine) load_epilogue_bias<T, 1>(p, 0, my_first, epi);
-  LnParams<true> ln;
-  load_ln_params<true>(p, ln);
-  detail::pdl_wait();
-  if (lane < mine) load_epilogue_inputs<T, 1>(p, 0, my_first, epi);
-  stage_x<T, 1, true>(p, ln, xs);
-  __syncthreads();  // x'' staged; the barrier's init visible
-  detail::mbarrier_wait_parity(&weights_bar, 0);
-
-  float acc[kSmemItemsPerWarp][2];
-#pragma unroll
-  for (int j = 0; j < kSmemItemsPerWarp; ++j) acc[j][0] = acc[j][1] = 0.0f;
-  for (int v = lane; v < kvec; v += 32) {
-    float xf[8];
-    widen8<T>(xs[v], xf);
-#pragma unroll
-    for (int j = 0; j < kSmemItemsPerWarp; ++j) {
-      if (j >= mine) break;
-#pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (r >= rows_per_item) break;
-        const int local = (warp + kWarps * j) * rows_per_item + r;
-        float wf[8];
-        widen8<T>(ws[int64_t(local) * kvec + v], wf);
-#pragma unroll
-        for (int k = 0; k < 8; ++k) acc[j][r] = fmaf(wf[k], xf[k], acc[j][r]);
-      }
-    }
-  }
-  float s0 = 0.0f, s1 = 0.0f;  // lane j: item j's sums
-#pragma unroll
-  for (int j = 0; j < kSmemItemsPerWarp; ++j) {
-    if (j >= mine) break;
-    const float a = detail::warp_sum(acc[j][0]);
-    const float b = qkv ? detail::warp_sum(acc[j][1]) : 0.0f;
-    if (lane == j) {
-      s0 = a;
-      s1 = b;
-    }
-  }
-  if (lane < mine) {
-    if (qkv)
-      qkv_epilogue<T>(p, 0, my_first, s0, s1, epi);
-    else
-      plain_epilogue<T>(p, 0, my_first, s0, epi);
-  }
-}
-
-/// Items per CTA of the shared-memory kernel for `p`, or 0 where it does not apply (more than one
-/// row, or a CTA's rows would exceed kSmemModeMaxBytes or kWarps · kSmemItemsPerWarp items).
-int smem_items_per_cta(const DecodeGemvParams& p, int sms) {
-  if (p.rows != 1 || p.ctas_per_sm == kDecodeGemvCtaPerTask) return 0;
-  const bool qkv = p.head_dim > 0;
-  const int items = qkv ? p.out_features / 2 : p.out_features;
-  const int per_cta = (items + sms - 1) / sms;
-  const size_t bytes =
-      static_cast<size_t>(p.in_features) * 2u * (1u + static_cast<size_t>(per_cta) * (qkv ? 2 : 1));
-  if (per_cta > kWarps * kSmemItemsPerWarp || bytes > kSmemModeMaxBytes) return 0;
-  return per_cta;
-}
-
 int padded_rows(int rows) { return rows <= 1 ? 1 : rows <= 2 ? 2 : rows <= 4 ? 4 : 8; }
 
 size_t smem_bytes(const DecodeGemvParams& p) {
@@ -614,23 +475,6 @@ int ksplit_for(const DecodeGemvParams& p) {
 }
 
 std::atomic<bool> g_early_loads{true};  // set_decode_gemv_early_loads
-std::atomic<bool> g_smem_weights{false};  // set_decode_gemv_smem_weights
-
-template <typename T>
-cudaError_t launch_smem(const DecodeGemvParams& p, int per_cta, cudaStream_t stream) {
-  const auto kernel = decode_gemv_smem_kernel<T>;
-  const bool qkv = p.head_dim > 0;
-  const int items = qkv ? p.out_features / 2 : p.out_features;
-  const size_t smem =
-      static_cast<size_t>(p.in_features) * 2u * (1u + static_cast<size_t>(per_cta) * (qkv ? 2 : 1));
-  if (smem > 48 * 1024) {
-    const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                               static_cast<int>(smem));
-    if (e != cudaSuccess) return e;
-  }
-  return detail::launch_pdl(kernel, dim3((items + per_cta - 1) / per_cta), dim3(kThreads), smem,
-                            stream, p, per_cta);
-}
 
 template <typename T, int MM, int KSPLIT, bool EARLY>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
@@ -679,9 +523,6 @@ cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
 
 template <typename T>
 cudaError_t launch_rows(const DecodeGemvParams& p, cudaStream_t stream) {
-  if (g_smem_weights.load())
-    if (const int per_cta = smem_items_per_cta(p, sm_count()); per_cta > 0)
-      return launch_smem<T>(p, per_cta, stream);
   switch (padded_rows(p.rows)) {
     case 1:
       return launch_split<T, 1>(p, stream);
@@ -732,8 +573,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
 }
 
 void set_decode_gemv_early_loads(bool enabled) { g_early_loads.store(enabled); }
-void set_decode_gemv_smem_weights(bool enabled) { g_smem_weights.store(enabled); }
-bool decode_gemv_smem_weights() { return g_smem_weights.load(); }
 bool decode_gemv_early_loads() { return g_early_loads.load(); }
 
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream) {

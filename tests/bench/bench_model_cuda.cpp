@@ -50,8 +50,6 @@
 //                                              the turbo graph step with decode_gemv's
 //                                              one-CTA-per-task grid
 // Every section prints a table and one line `JSON {...}` with all numbers.
-// TURBOESM_BENCH_GEMV_SMEM=1 in the environment: kernels::set_decode_gemv_smem_weights(true) for
-// the whole section.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAEvent.h>
@@ -693,9 +691,8 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
       bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
-      bool smem_weights = false;  // kernels::set_decode_gemv_smem_weights around the steps
     };
-    std::vector<Variant> variants = {
+    const std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_merge_in_kernel_ms", "merge in kernel",
@@ -722,15 +719,6 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
-    // The one-row products on decode_gemv's shared-memory kernel, plain and Π_V-folded.
-    for (const bool fold : {false, true}) {
-      Variant v{fold ? "ab_gemv_smem_weights_fold_ms" : "ab_gemv_smem_weights_ms",
-                fold ? "gemv smem weights, V folded" : "gemv smem weights",
-                [](tm::TurboKvCache&) {}};
-      v.value_fold = fold;
-      v.smem_weights = true;
-      variants.push_back(v);
-    }
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
@@ -752,11 +740,9 @@ int section_decode(const std::string& preset, int64_t cached) {
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
           tk::set_decode_shared_carveout(variants[i].carveout);
           tk::set_decode_gemv_early_loads(variants[i].early_loads);
-          tk::set_decode_gemv_smem_weights(variants[i].smem_weights);
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         tk::set_decode_gemv_early_loads(true);
-        tk::set_decode_gemv_smem_weights(false);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
@@ -1256,12 +1242,6 @@ int main(int argc, char** argv) {
       return 0;
     }
     TURBOESM_CHECK(at::hasCUDA(), "bench_model_cuda needs a CUDA device");
-    // TURBOESM_BENCH_GEMV_SMEM=1: kernels::set_decode_gemv_smem_weights(true) for the section
-    // (e.g. trace_step or gemv with the shared-memory kernel).
-    if (const char* e = std::getenv("TURBOESM_BENCH_GEMV_SMEM"); e && std::atoi(e) != 0) {
-      tk::set_decode_gemv_smem_weights(true);
-      std::printf("decode_gemv smem weights on\n");
-    }
     if (section == "decode")
       return section_decode(arg(2, "esm2_t33_650M"), std::stoll(arg(3, "1024")));
     if (section == "prefill") {

@@ -118,21 +118,13 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
       {2, 2056, 300, true, false, true, false, true},    // K not a multiple of the 1024 step
       {1, 20480, 96, false, true, false, true, false},   // 15B FC2 K: 4 K slices, 4 passes
       {4, 1280, 2000, true, true, false, false, false},  // 4 rows, each with its LayerNorm
-      {1, 320, 1283, true, true, true, false, false},    // 8M FC1 K, N not a multiple of 132
-      {1, 4000, 1000, false, true, false, true, true},   // smem kernel: 8 rows of 8 KB per CTA
   };
   at::manual_seed(3);
-  // Each case with the register kernel, then with the one-row products on the shared-memory
-  // kernel (set_decode_gemv_smem_weights; the cases of several rows or of rows too long for it
-  // run the register kernel again).
-  for (const bool smem : {false, true})
   for (const Case& c : cases) {
     const CaseInputs in = make_inputs(c, t);
     const at::Tensor &x = in.x, &w = in.w, &g = in.g, &b = in.b, &bias = in.bias, &res = in.res;
     const at::Tensor want = eager(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
-    tk::set_decode_gemv_smem_weights(smem);
     const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
-    tk::set_decode_gemv_smem_weights(false);
     ASSERT_TRUE(at::isfinite(got).all().item<bool>());
     // Σ_k |w x''| per output (x'' of the eager side), for the sum-noise part of the bound.
     at::Tensor h = x.to(t);
@@ -143,11 +135,10 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
     const double worst = (diff / bound).max().item<double>();
     const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
     EXPECT_LE(worst, 1.0) << "rows " << c.rows << " K " << c.k << " N " << c.n << " ln " << c.ln
-                          << " gelu " << c.gelu << " residual " << c.residual << " smem " << smem;
-    std::printf(
-        "[decode_gemv %s%s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
-        c10::toString(t), smem ? ", smem weights" : "", c.rows, c.k, c.n,
-        diff.max().item<double>(), worst, 100 * differing);
+                          << " gelu " << c.gelu << " residual " << c.residual;
+    std::printf("[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
+                c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
+                100 * differing);
   }
 }
 
@@ -203,12 +194,8 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     int rows, heads, d, k;
   };
   at::manual_seed(11);
-  // With the register kernel, then with the one-row products on the shared-memory kernel
-  // (set_decode_gemv_smem_weights), whose Q/K/V mode sums a feature as its plain mode does.
-  for (const bool smem : {false, true})
-  for (const Shape& sh : {Shape{1, 20, 64, 1280}, Shape{3, 4, 32, 128}, Shape{8, 2, 16, 64},
-                          Shape{2, 5, 128, 640}, Shape{1, 33, 24, 480}}) {
-    tk::set_decode_gemv_smem_weights(smem);
+  for (const Shape& sh :
+       {Shape{1, 20, 64, 1280}, Shape{3, 4, 32, 128}, Shape{8, 2, 16, 64}, Shape{2, 5, 128, 640}}) {
     const auto o = at::TensorOptions().device(kGpu);
     const int n = 3 * sh.heads * sh.d, hd = sh.heads * sh.d;
     const at::Tensor x = at::randn({sh.rows, sh.k}, o).to(t);
@@ -272,12 +259,10 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
         ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
         EXPECT_TRUE(at::equal(pr.first, pr.second))
             << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ", early loads "
-            << early << ", smem weights " << smem
-            << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
+            << early << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
       }
     }
     tk::set_decode_gemv_early_loads(true);
-    tk::set_decode_gemv_smem_weights(false);
   }
 }
 
@@ -288,15 +273,6 @@ TEST(DecodeGemvParams, EarlyLoadsSwitch) {
   EXPECT_FALSE(tk::decode_gemv_early_loads());
   tk::set_decode_gemv_early_loads(true);
   EXPECT_TRUE(tk::decode_gemv_early_loads());
-}
-
-// The shared-memory kernel switch (host state only): off by default, and it switches.
-TEST(DecodeGemvParams, SmemWeightsSwitch) {
-  EXPECT_FALSE(tk::decode_gemv_smem_weights());
-  tk::set_decode_gemv_smem_weights(true);
-  EXPECT_TRUE(tk::decode_gemv_smem_weights());
-  tk::set_decode_gemv_smem_weights(false);
-  EXPECT_FALSE(tk::decode_gemv_smem_weights());
 }
 
 TEST(DecodeGemvParams, RejectsBadParameters) {
@@ -491,35 +467,6 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
     }
     EXPECT_EQ(worst_pdl, 0.0) << "launch mode changed the values";
     EXPECT_TRUE(tm::programmatic_dependent_launch());
-  }
-  // The same steps with the one-row products on the shared-memory kernel
-  // (set_decode_gemv_smem_weights, captured into the graph), eager and as a graph: within the
-  // eager-vs-kernel bound of the register kernel's session (other sum orders in O and FC2), the
-  // graph within the graph-vs-eager bound below (its attention sums splits in another order).
-  {
-    tk::set_decode_gemv_smem_weights(true);
-    tm::Session smem = session(), smem_graph = session(), reference = session();
-    smem_graph.enable_cuda_graph(128, 32);
-    smem.prefill(prefix);
-    smem_graph.prefill(prefix);
-    tk::set_decode_gemv_smem_weights(false);
-    reference.prefill(prefix);
-    double worst_ref = 0.0, worst_smem_graph = 0.0;
-    for (int64_t j = 30; j < 60; ++j) {
-      const at::Tensor t = toks.narrow(1, j, 1).contiguous();
-      tk::set_decode_gemv_smem_weights(true);
-      const at::Tensor a = smem.append(t).to(at::kDouble);
-      const at::Tensor ag = smem_graph.append(t).to(at::kDouble);
-      tk::set_decode_gemv_smem_weights(false);
-      const at::Tensor r = reference.append(t).to(at::kDouble);
-      ASSERT_TRUE(at::isfinite(ag).all().item<bool>());
-      worst_ref = std::max(worst_ref, (a - r).abs().max().item<double>());
-      worst_smem_graph = std::max(worst_smem_graph, (a - ag).abs().max().item<double>());
-    }
-    std::printf("[decode_gemv smem weights] tiny fp16 model, 30 steps: max |d| %.3g vs the "
-                "register kernel, %.3g graph vs eager\n", worst_ref, worst_smem_graph);
-    EXPECT_LE(worst_ref, 3e-2);
-    EXPECT_LE(worst_smem_graph, 3e-2);
   }
   // Graph replays run the step's attention as one launch (kernels::turbo_decode_append: the new
   // token's partial is a split of its own), the eager session as quantize_append + turbo_decode:

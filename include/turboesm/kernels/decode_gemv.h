@@ -99,18 +99,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p);
 void set_decode_gemv_early_loads(bool enabled);
 bool decode_gemv_early_loads();
 
-/// \brief Whether one-row products run the shared-memory kernel (default false): each CTA owns
-/// ~1/SMs of the features and copies their weight rows into shared memory by bulk copies before
-/// the dependency wait (≤ 112 KB per CTA, one wave, 4 warps of few registers), so that a product's
-/// CTAs fit on the SMs beside its predecessor's and stream their weights while it runs; the
-/// register kernel's CTAs hold the whole register file, so its successor's become resident only
-/// as it exits. Applies where the CTA's rows fit (every product of ESM-2 up to 650M; not with
-/// kDecodeGemvCtaPerTask); elsewhere the register kernel runs. Sums in another order than the
-/// register kernel (same bound against the eager ops). Process-wide, not synchronised: set it
-/// before launching (a CUDA graph keeps what it captured).
-void set_decode_gemv_smem_weights(bool enabled);
-bool decode_gemv_smem_weights();
-
 /// \brief Launches the product on `stream`. \return cudaErrorInvalidValue when
 /// decode_gemv_invalid_reason(p) is not null, else the launch error.
 cudaError_t decode_gemv(const DecodeGemvParams& p, cudaStream_t stream);
