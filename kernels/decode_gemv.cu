@@ -18,7 +18,11 @@
 namespace turboesm::kernels {
 namespace {
 
-constexpr int kWarps = 4;
+#ifndef TURBOESM_GEMV_WARPS
+#define TURBOESM_GEMV_WARPS 4
+#endif
+constexpr int kWarps = TURBOESM_GEMV_WARPS;  // (4, 8 or 16: an A/B build's -DTURBOESM_GEMV_WARPS)
+static_assert(kWarps == 4 || kWarps == 8 || kWarps == 16, "TURBOESM_GEMV_WARPS: 4, 8 or 16");
 constexpr int kThreads = 32 * kWarps;
 constexpr int kFeaturesPerWarp = 2;      // output features (rows of W) per warp
 constexpr int kChunks = 6;               // 16-byte loads per weight row per lane and pass
@@ -464,13 +468,13 @@ int sm_count() {
 /// while fewer than 2 CTAs per SM would run.
 int ksplit_for(const DecodeGemvParams& p) {
   const int kvec = p.in_features / 8;
-  const int min_ctas = 2 * sm_count();
+  const int min_ctas = 2 * sm_count() * 4 / kWarps;  // 8 warps per SM
   const auto ctas = [&](int ks) {
     const int per_cta = (kWarps / ks) * kFeaturesPerWarp;
     return (p.out_features + per_cta - 1) / per_cta;
   };
   int ks = 1;
-  while (ks < kWarps && ((kvec + ks - 1) / ks > kPassVecs || ctas(ks) < min_ctas)) ks *= 2;
+  while (ks < 4 && ((kvec + ks - 1) / ks > kPassVecs || ctas(ks) < min_ctas)) ks *= 2;
   return ks;
 }
 
