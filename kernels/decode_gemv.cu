@@ -18,12 +18,7 @@
 namespace turboesm::kernels {
 namespace {
 
-#ifndef TURBOESM_GEMV_WARPS
-#define TURBOESM_GEMV_WARPS 4
-#endif
-constexpr int kWarps = TURBOESM_GEMV_WARPS;  // (4, 8 or 16: an A/B build's -DTURBOESM_GEMV_WARPS)
-static_assert(kWarps == 4 || kWarps == 8 || kWarps == 16, "TURBOESM_GEMV_WARPS: 4, 8 or 16");
-constexpr int kThreads = 32 * kWarps;
+// A CTA is WARPS warps (a template parameter: 4, 8 or 16; DecodeGemvParams::warps).
 constexpr int kFeaturesPerWarp = 2;      // output features (rows of W) per warp
 constexpr int kChunks = 6;               // 16-byte loads per weight row per lane and pass
 constexpr int kPassVecs = 32 * kChunks;  // 16-byte vectors of a row one warp reads per pass
@@ -85,8 +80,9 @@ __device__ __forceinline__ uint4 load_x_vec(const DecodeGemvParams& p, int m, in
 }
 
 /// LayerNorm γ/β vectors a thread requests before the dependency wait when the kernel loads early
-/// (EARLY, see EpilogueIn): v = threadIdx.x + i · kThreads for i < kEarlyLnVecs (all of them up to
-/// K = 2048, e.g. the 650M model's 1280; the rest, if any, after the statistics as without EARLY).
+/// (EARLY, see EpilogueIn): v = threadIdx.x + i · 32 · WARPS for i < kEarlyLnVecs (all of them up
+/// to K = 2048 at 4 warps, e.g. the 650M model's 1280; the rest, if any, after the statistics as
+/// without EARLY).
 constexpr int kEarlyLnVecs = 2;
 
 template <bool EARLY>
@@ -95,13 +91,13 @@ struct LnParams {
   uint4 g[EARLY ? kEarlyLnVecs : 1], b[EARLY ? kEarlyLnVecs : 1];
 };
 
-template <bool EARLY>
+template <int WARPS, bool EARLY>
 __device__ __forceinline__ void load_ln_params(const DecodeGemvParams& p, LnParams<EARLY>& ln) {
   if (p.ln_weight == nullptr) return;
   const int kvec = p.in_features / 8;
 #pragma unroll
   for (int i = 0; i < LnParams<EARLY>::kVecs; ++i) {
-    const int v = threadIdx.x + i * kThreads;
+    const int v = threadIdx.x + i * 32 * WARPS;
     if (v < kvec) {
       ln.g[i] = static_cast<const uint4*>(p.ln_weight)[v];
       ln.b[i] = static_cast<const uint4*>(p.ln_bias)[v];
@@ -113,8 +109,9 @@ __device__ __forceinline__ void load_ln_params(const DecodeGemvParams& p, LnPara
 /// LayerNorm every warp computes μ and rstd of each row itself from global memory (the same lane-
 /// strided sums and butterfly in every warp, so every warp gets the same values; no CTA barrier),
 /// then each thread writes its share of x''. The caller synchronises before reading xs.
-template <typename T, int MM, bool EARLY>
+template <typename T, int WARPS, int MM, bool EARLY>
 __device__ void stage_x(const DecodeGemvParams& p, const LnParams<EARLY>& ln, uint4* xs) {
+  constexpr int kThreads = 32 * WARPS;
   const int kvec = p.in_features / 8;
   if (p.ln_weight == nullptr) {
 #pragma unroll 2
@@ -306,10 +303,10 @@ __device__ __forceinline__ int pair_first_feature(const DecodeGemvParams& p, int
 /// The warp's sums of its feature pair: lane r · MM + m gets (feature r, row m) — with KSPLIT > 1
 /// summed over the slices in slice order through `part` (a __syncthreads inside: call from every
 /// warp); valid in the warps of slice 0.
-template <int MM, int KSPLIT>
+template <int WARPS, int MM, int KSPLIT>
 __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp][MM], int lane,
                                              int warp, float (*part)[kFeaturesPerWarp * MM]) {
-  constexpr int kGroups = kWarps / KSPLIT;
+  constexpr int kGroups = WARPS / KSPLIT;
   float mine = 0.0f;
 #pragma unroll
   for (int r = 0; r < kFeaturesPerWarp; ++r)
@@ -330,8 +327,8 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
   return mine;
 }
 
-/// One CTA: 4 warps as (4 / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what one
-/// CTA of the session-6 layout did: 4 / KSPLIT feature pairs; the CTA loops over tasks blockIdx.x,
+/// One CTA: WARPS warps as (WARPS / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what
+/// one CTA of the session-6 layout did (at 4 warps): WARPS / KSPLIT feature pairs; the CTA loops over tasks blockIdx.x,
 /// + gridDim.x, … (gridDim.x = the task count gives that layout back), staging x'' (and the
 /// LayerNorm statistics) once for all of them. A warp streams its two weight rows' slice in passes
 /// of kChunks 16-byte loads per lane: the first task's first pass is issued before the prologue,
@@ -341,14 +338,14 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
 /// EARLY (one row, set_decode_gemv_early_loads): the epilogue's bias and the LayerNorm's γ/β are
 /// requested with the weights before the wait, the residual / rotary tables right after it, so
 /// that no memory round trip but x's remains between the wait and the stores.
-template <typename T, int MM, int KSPLIT, bool EARLY>
-__global__ void __launch_bounds__(kThreads)
+template <typename T, int WARPS, int MM, int KSPLIT, bool EARLY>
+__global__ void __launch_bounds__(32 * WARPS)
     decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks) {
   extern __shared__ uint4 xs[];  // [MM][K / 8] x''
   // Two buffers by task parity: a warp may write task t + 1's partials while another still reads
   // task t's (reduce_pair's barrier separates t from t + 2).
-  __shared__ float part[2][kWarps][kFeaturesPerWarp * MM];
-  constexpr int kGroups = kWarps / KSPLIT;
+  __shared__ float part[2][WARPS][kFeaturesPerWarp * MM];
+  constexpr int kGroups = WARPS / KSPLIT;
   const int K = p.in_features, N = p.out_features;
   const int kvec = K / 8;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -388,10 +385,10 @@ __global__ void __launch_bounds__(kThreads)
   EpilogueIn epi;
   if (EARLY && slice == 0) load_epilogue_bias<T, MM>(p, lane, n0, epi);
   LnParams<EARLY> ln;
-  load_ln_params<EARLY>(p, ln);
+  load_ln_params<WARPS, EARLY>(p, ln);
   detail::pdl_wait();
   if (EARLY && slice == 0) load_epilogue_inputs<T, MM>(p, lane, n0, epi);
-  stage_x<T, MM, EARLY>(p, ln, xs);
+  stage_x<T, WARPS, MM, EARLY>(p, ln, xs);
   __syncthreads();
 
   int parity = 0;
@@ -429,7 +426,7 @@ __global__ void __launch_bounds__(kThreads)
       select(task + gridDim.x);
       load(v_begin);
     }
-    const float mine = reduce_pair<MM, KSPLIT>(acc, lane, warp, part[parity]);
+    const float mine = reduce_pair<WARPS, MM, KSPLIT>(acc, lane, warp, part[parity]);
     if (slice == 0) {
       if constexpr (!EARLY) {
         epi = EpilogueIn{};
@@ -464,13 +461,20 @@ int sm_count() {
   return n;
 }
 
+/// The CTA's warp count for `p`: DecodeGemvParams::warps, or where 0 kDecodeGemvDefaultWarps at
+/// one row and 4 at several.
+int warps_for(const DecodeGemvParams& p) {
+  if (p.warps != 0) return p.warps;
+  return p.rows == 1 ? kDecodeGemvDefaultWarps : 4;
+}
+
 /// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
-/// while fewer than 2 CTAs per SM would run.
-int ksplit_for(const DecodeGemvParams& p) {
+/// while fewer than 8 warps per SM would run.
+int ksplit_for(const DecodeGemvParams& p, int warps) {
   const int kvec = p.in_features / 8;
-  const int min_ctas = 2 * sm_count() * 4 / kWarps;  // 8 warps per SM
+  const int min_ctas = 8 * sm_count() / warps;
   const auto ctas = [&](int ks) {
-    const int per_cta = (kWarps / ks) * kFeaturesPerWarp;
+    const int per_cta = (warps / ks) * kFeaturesPerWarp;
     return (p.out_features + per_cta - 1) / per_cta;
   };
   int ks = 1;
@@ -480,16 +484,17 @@ int ksplit_for(const DecodeGemvParams& p) {
 
 std::atomic<bool> g_early_loads{true};  // set_decode_gemv_early_loads
 
-template <typename T, int MM, int KSPLIT, bool EARLY>
+template <typename T, int WARPS, int MM, int KSPLIT, bool EARLY>
 cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
-  const auto kernel = decode_gemv_kernel<T, MM, KSPLIT, EARLY>;
+  constexpr int kThreads = 32 * WARPS;
+  const auto kernel = decode_gemv_kernel<T, WARPS, MM, KSPLIT, EARLY>;
   const size_t smem = smem_bytes(p);
   if (smem > 48 * 1024) {
     const cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
-  constexpr int kPerCta = (kWarps / KSPLIT) * kFeaturesPerWarp;
+  constexpr int kPerCta = (WARPS / KSPLIT) * kFeaturesPerWarp;
   const int tasks = (p.out_features + kPerCta - 1) / kPerCta;
   int ctas = tasks;
   if (p.ctas_per_sm >= 0) {
@@ -505,37 +510,44 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
 }
 
 /// The EARLY kernel for one row (set_decode_gemv_early_loads), else the plain one.
-template <typename T, int MM, int KSPLIT>
+template <typename T, int WARPS, int MM, int KSPLIT>
 cudaError_t launch_early(const DecodeGemvParams& p, cudaStream_t stream) {
   if constexpr (MM == 1) {
-    if (g_early_loads.load()) return launch<T, MM, KSPLIT, true>(p, stream);
+    if (g_early_loads.load()) return launch<T, WARPS, MM, KSPLIT, true>(p, stream);
   }
-  return launch<T, MM, KSPLIT, false>(p, stream);
+  return launch<T, WARPS, MM, KSPLIT, false>(p, stream);
 }
 
-template <typename T, int MM>
+template <typename T, int WARPS, int MM>
 cudaError_t launch_split(const DecodeGemvParams& p, cudaStream_t stream) {
-  switch (ksplit_for(p)) {
+  switch (ksplit_for(p, WARPS)) {
     case 1:
-      return launch_early<T, MM, 1>(p, stream);
+      return launch_early<T, WARPS, MM, 1>(p, stream);
     case 2:
-      return launch_early<T, MM, 2>(p, stream);
+      return launch_early<T, WARPS, MM, 2>(p, stream);
     default:
-      return launch_early<T, MM, 4>(p, stream);
+      return launch_early<T, WARPS, MM, 4>(p, stream);
   }
 }
 
 template <typename T>
 cudaError_t launch_rows(const DecodeGemvParams& p, cudaStream_t stream) {
   switch (padded_rows(p.rows)) {
-    case 1:
-      return launch_split<T, 1>(p, stream);
+    case 1:  // one row: 4, 8 or 16 warps; several rows: 4 (decode_gemv_invalid_reason)
+      switch (warps_for(p)) {
+        case 4:
+          return launch_split<T, 4, 1>(p, stream);
+        case 8:
+          return launch_split<T, 8, 1>(p, stream);
+        default:
+          return launch_split<T, 16, 1>(p, stream);
+      }
     case 2:
-      return launch_split<T, 2>(p, stream);
+      return launch_split<T, 4, 2>(p, stream);
     case 4:
-      return launch_split<T, 4>(p, stream);
+      return launch_split<T, 4, 4>(p, stream);
     default:
-      return launch_split<T, 8>(p, stream);
+      return launch_split<T, 4, 8>(p, stream);
   }
 }
 
@@ -568,6 +580,9 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (p.ln_weight != nullptr && (!aligned16(p.ln_weight) || !aligned16(p.ln_bias)))
     return "ln_weight and ln_bias must be 16-byte aligned";
   if (p.gelu && p.residual != nullptr) return "gelu and residual are exclusive";
+  if (p.warps != 0 && p.warps != 4 && p.warps != 8 && p.warps != 16)
+    return "warps must be 0 (the default), 4, 8 or 16";
+  if (p.rows > 1 && p.warps != 0 && p.warps != 4) return "warps other than 4 need rows = 1";
   if (p.ctas_per_sm < kDecodeGemvCtaPerTask)
     return "ctas_per_sm must be kDecodeGemvCtaPerTask (-1), 0 (as many as fit) or positive";
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)

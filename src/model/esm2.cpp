@@ -196,6 +196,14 @@ void Esm2Model::set_decode_gemv_ctas_per_sm(int ctas_per_sm) {
   decode_gemv_ctas_per_sm_ = ctas_per_sm;
 }
 
+void Esm2Model::set_decode_gemv_warps(int qkv, int out, int fc1, int fc2) {
+  const std::array<int, 4> w{qkv, out, fc1, fc2};
+  for (int v : w)
+    TURBOESM_CHECK(v == 0 || v == 4 || v == 8 || v == 16,
+                   "decode_gemv warps per CTA must be 0 (the kernel's default), 4, 8 or 16, got ", v);
+  decode_gemv_warps_ = w;
+}
+
 bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 #ifdef TURBOESM_WITH_CUDA
   return fused_decode_gemv_ && hidden.is_cuda() && hidden.dim() == 3 && hidden.size(1) == 1 &&
@@ -208,7 +216,7 @@ bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 #endif
 }
 
-at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* ln,
+at::Tensor Esm2Model::decode_gemv(int product, const at::Tensor& x, const LayerNormWeights* ln,
                                   const at::Tensor& weight, const at::Tensor& bias, bool gelu,
                                   const at::Tensor& residual, const RotaryTables* rotary,
                                   Qkv* qkv) const {
@@ -250,6 +258,7 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
   p.gelu = gelu;
   p.residual = residual.defined() ? residual.data_ptr() : nullptr;
   p.ctas_per_sm = decode_gemv_ctas_per_sm_;
+  p.warps = B == 1 ? decode_gemv_warps_[static_cast<size_t>(product)] : 0;
   if (qkv != nullptr) {  // Q/K/V mode: q, k, v fp32 [B, H, 1, d]
     const auto f32 = x.options().dtype(at::kFloat);
     const int64_t H = config_.num_attention_heads;
@@ -273,7 +282,8 @@ at::Tensor Esm2Model::decode_gemv(const at::Tensor& x, const LayerNormWeights* l
                  ", dtype ", c10::toString(dtype_), "): ", cudaGetErrorString(e));
   return out;
 #else
-  (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual, (void)rotary, (void)qkv;
+  (void)product, (void)x, (void)ln, (void)weight, (void)bias, (void)gelu, (void)residual,
+      (void)rotary, (void)qkv;
   return {};
 #endif
 }
@@ -283,7 +293,7 @@ at::Tensor Esm2Model::layer_qkv_projection(int layer, const at::Tensor& hidden) 
                  num_layers(), ")");
   const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
   if (use_decode_gemv(hidden)) {
-    at::Tensor lin = decode_gemv(hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {});
+    at::Tensor lin = decode_gemv(0, hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {});
     if (lin.defined()) return lin;
   }
   return at::linear(layer_norm(hidden, w.attn_ln), w.qkv_weight, w.qkv_bias);
@@ -297,7 +307,7 @@ Qkv Esm2Model::layer_qkv_step_float(int layer, const at::Tensor& hidden, const a
   if (use_decode_gemv(hidden)) {
     const LayerWeights& w = weights_.layers[static_cast<size_t>(layer)];
     const RotaryTables tables{cos, sin};
-    if (!decode_gemv(hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {}, &tables, &out)
+    if (!decode_gemv(0, hidden, &w.attn_ln, w.qkv_weight, w.qkv_bias, false, {}, &tables, &out)
              .defined())
       out = Qkv{};
   }
@@ -369,11 +379,12 @@ at::Tensor Esm2Model::layer_finish(int layer, const at::Tensor& hidden,
   at::Tensor o = attn_out.transpose(1, 2).reshape({B, T, config_.hidden_size});
   if (use_decode_gemv(hidden)) {
     // Output projection + residual, LN + FC1 + GELU, FC2 + residual: three launches.
-    const at::Tensor h = decode_gemv(o, nullptr, w.o_weight, w.o_bias, false, hidden);
-    const at::Tensor x =
-        h.defined() ? decode_gemv(h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {}) : at::Tensor();
+    const at::Tensor h = decode_gemv(1, o, nullptr, w.o_weight, w.o_bias, false, hidden);
+    const at::Tensor x = h.defined()
+                             ? decode_gemv(2, h, &w.ffn_ln, w.fc1_weight, w.fc1_bias, true, {})
+                             : at::Tensor();
     const at::Tensor y =
-        x.defined() ? decode_gemv(x, nullptr, w.fc2_weight, w.fc2_bias, false, h) : at::Tensor();
+        x.defined() ? decode_gemv(3, x, nullptr, w.fc2_weight, w.fc2_bias, false, h) : at::Tensor();
     if (y.defined()) return y;
   }
   o = o.to(hidden.scalar_type());

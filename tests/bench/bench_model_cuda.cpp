@@ -62,6 +62,7 @@
 #include <cuda_profiler_api.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
@@ -74,6 +75,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "turboesm/error.h"
@@ -691,8 +693,9 @@ int section_decode(const std::string& preset, int64_t cached) {
       bool staged = true;        // kernels::set_turbo_decode_staged around the steps
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
       bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
+      std::array<int, 4> warps{};  // Esm2Model::set_decode_gemv_warps around the steps
     };
-    const std::vector<Variant> variants = {
+    std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
         {"ab_eager_inputs_ms", "eager step inputs", [](tm::TurboKvCache&) {}, true},
         {"ab_merge_in_kernel_ms", "merge in kernel",
@@ -719,6 +722,27 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
+    // decode_gemv's CTA width per product (Q/K/V, O, FC1, FC2; default 16 warps each).
+    for (const auto& [key, label, warps, fold] :
+         {std::make_tuple("ab_gemv_warps4_ms", "gemv 4-warp CTAs", std::array<int, 4>{4, 4, 4, 4},
+                          false),
+          std::make_tuple("ab_gemv_warps8_ms", "gemv 8-warp CTAs", std::array<int, 4>{8, 8, 8, 8},
+                          false),
+          std::make_tuple("ab_gemv_warps4_fold_ms", "gemv 4-warp CTAs, V folded",
+                          std::array<int, 4>{4, 4, 4, 4}, true),
+          std::make_tuple("ab_gemv_qkv4_ms", "gemv Q/K/V 4 warps", std::array<int, 4>{4, 16, 16, 16},
+                          false),
+          std::make_tuple("ab_gemv_qkv8_ms", "gemv Q/K/V 8 warps", std::array<int, 4>{8, 16, 16, 16},
+                          false),
+          std::make_tuple("ab_gemv_o4_ms", "gemv O 4 warps", std::array<int, 4>{16, 4, 16, 16},
+                          false),
+          std::make_tuple("ab_gemv_qkv8_o8_ms", "gemv Q/K/V, O 8 warps",
+                          std::array<int, 4>{8, 8, 16, 16}, false)}) {
+      Variant v{key, label, [](tm::TurboKvCache&) {}};
+      v.warps = warps;
+      v.value_fold = fold;
+      variants.push_back(v);
+    }
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
     std::vector<std::unique_ptr<tm::Session>> sessions;
     for (const Variant& v : variants) {
@@ -735,6 +759,9 @@ int section_decode(const std::string& preset, int64_t cached) {
       for (size_t i = 0; i < variants.size(); ++i) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
+        const std::array<int, 4>& w = variants[i].warps;
+        m->set_decode_gemv_warps(w[0], w[1], w[2], w[3]);
+        vfold.model->set_decode_gemv_warps(w[0], w[1], w[2], w[3]);
         {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
@@ -743,6 +770,8 @@ int section_decode(const std::string& preset, int64_t cached) {
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         tk::set_decode_gemv_early_loads(true);
+        m->set_decode_gemv_warps(0, 0, 0, 0);
+        vfold.model->set_decode_gemv_warps(0, 0, 0, 0);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);
@@ -1172,9 +1201,10 @@ int section_gemv() {
   const std::vector<int> grids = {tk::kDecodeGemvCtaPerTask, 0, 2, 3};
   Json j;
   j.add("gpu", at::cuda::getCurrentDeviceProperties()->name);
-  std::printf("%-10s %8s | %-22s %-22s %-22s %-22s | %-22s %-22s | %-22s %-22s\n", "product", "MB",
-              "CTA per task us (GB/s)", "as many as fit", "2 CTAs/SM", "3 CTAs/SM", "at::sum",
-              "at::mv + bias", "as many as fit, L2 warm", "as many as fit, late loads");
+  std::printf("%-10s %8s | %-22s %-22s %-22s %-22s | %-22s %-22s | %-22s %-22s | %-22s %-22s\n",
+              "product", "MB", "CTA per task us (GB/s)", "as many as fit", "2 CTAs/SM", "3 CTAs/SM",
+              "at::sum", "at::mv + bias", "as many as fit, L2 warm", "as many as fit, late loads",
+              "4-warp CTAs", "8-warp CTAs");
   at::manual_seed(5);
   for (const Shape& sh : shapes) {
     const at::Tensor x = at::randn({1, sh.k}, o);
@@ -1218,9 +1248,19 @@ int section_gemv() {
     tk::set_decode_gemv_early_loads(false);
     const double late_ms = timed(launch);
     tk::set_decode_gemv_early_loads(true);
-    std::printf("| %9.2f (%6.0f)       %9.2f (%6.0f)       | %9.2f (%6.0f)       %9.2f (%6.0f)\n",
-                1e3 * sum_ms, mb / sum_ms, 1e3 * mv_ms, mb / mv_ms, 1e3 * warm_ms, mb / warm_ms,
-                1e3 * late_ms, mb / late_ms);
+    double width_ms[2];
+    for (int i = 0; i < 2; ++i) {  // DecodeGemvParams::warps 4 and 8 (default: 16 at one row)
+      p.warps = 4 << i;
+      width_ms[i] = timed(launch);
+      j.add(std::string(sh.name) + "_us_fit_warps" + std::to_string(p.warps), 1e3 * width_ms[i]);
+    }
+    p.warps = 0;
+    std::printf(
+        "| %9.2f (%6.0f)       %9.2f (%6.0f)       | %9.2f (%6.0f)       %9.2f (%6.0f)       | "
+        "%9.2f (%6.0f)       %9.2f (%6.0f)\n",
+        1e3 * sum_ms, mb / sum_ms, 1e3 * mv_ms, mb / mv_ms, 1e3 * warm_ms, mb / warm_ms,
+        1e3 * late_ms, mb / late_ms, 1e3 * width_ms[0], mb / width_ms[0], 1e3 * width_ms[1],
+        mb / width_ms[1]);
     j.add(std::string(sh.name) + "_us_fit_l2_warm", 1e3 * warm_ms);
     j.add(std::string(sh.name) + "_us_fit_late_loads", 1e3 * late_ms);
     j.add(std::string(sh.name) + "_us_sum", 1e3 * sum_ms);

@@ -8,6 +8,7 @@
 #include <ATen/cuda/CUDAContext.h>
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -70,7 +71,7 @@ at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, 
 
 at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
                       const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
-                      at::ScalarType t, int ctas_per_sm = 0) {
+                      at::ScalarType t, int ctas_per_sm = 0, int warps = 0) {
   at::Tensor out = at::empty({x.size(0), w.size(0)}, w.options());
   tk::DecodeGemvParams p;
   p.rows = static_cast<int>(x.size(0));
@@ -88,6 +89,7 @@ at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor
   p.residual = res.defined() ? res.data_ptr() : nullptr;
   p.out = out.data_ptr();
   p.ctas_per_sm = ctas_per_sm;
+  p.warps = warps;
   EXPECT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
   const cudaError_t e = tk::decode_gemv(p, at::cuda::getCurrentCUDAStream());
   EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -166,15 +168,20 @@ TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
     ASSERT_TRUE(at::isfinite(per_task).all().item<bool>());
     // The one-row kernels with their epilogue and LayerNorm inputs loaded early (the default)
     // and late (set_decode_gemv_early_loads): only when loads are issued differs.
-    for (const bool early : {true, false}) {
-      tk::set_decode_gemv_early_loads(early);
-      for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1, 2, 3}) {
-        const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas);
-        EXPECT_TRUE(at::equal(got, per_task))
-            << "ctas_per_sm " << ctas << ", early loads " << early << ", rows " << c.rows << " K "
-            << c.k << " N " << c.n << ": max |d| " << (got - per_task).abs().max().item<double>();
+    // At one row also every CTA width (DecodeGemvParams::warps; the default is 16): a task is
+    // then more or fewer feature pairs, each summed the same way (the K split agrees here).
+    for (const bool early : {true, false})
+      for (int warps : {0, 4, 8, 16}) {
+        if (c.rows > 1 && warps != 0) continue;
+        tk::set_decode_gemv_early_loads(early);
+        for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1, 2, 3}) {
+          const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas, warps);
+          EXPECT_TRUE(at::equal(got, per_task))
+              << "ctas_per_sm " << ctas << ", warps " << warps << ", early loads " << early
+              << ", rows " << c.rows << " K " << c.k << " N " << c.n
+              << ": max |d| " << (got - per_task).abs().max().item<double>();
+        }
       }
-    }
     tk::set_decode_gemv_early_loads(true);
   }
 }
@@ -249,8 +256,12 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.k_out = k2.data_ptr<float>();
     p.v_out = v2.data_ptr<float>();
     ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
-    // One row: with the bias and rotary tables loaded early (default) and late.
-    for (const bool early : {true, false}) {
+    // One row: with the bias and rotary tables loaded early (default) and late, and at every
+    // CTA width (DecodeGemvParams::warps; more rows take 4).
+    for (const bool early : {true, false})
+    for (int warps : {0, 4, 8, 16}) {
+      if (sh.rows > 1 && warps != 0) continue;
+      p.warps = warps;
       tk::set_decode_gemv_early_loads(early);
       for (const at::Tensor& o2 : {q2, k2, v2}) o2.fill_(NAN);
       ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
@@ -259,7 +270,8 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
         ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
         EXPECT_TRUE(at::equal(pr.first, pr.second))
             << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ", early loads "
-            << early << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
+            << early << ", warps " << warps
+            << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
       }
     }
     tk::set_decode_gemv_early_loads(true);
@@ -292,6 +304,12 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
   };
   const Bad bad[] = {
       {"rows 0", [](tk::DecodeGemvParams& p) { p.rows = 0; }},
+      {"warps 12", [](tk::DecodeGemvParams& p) { p.warps = 12; }},
+      {"warps 16 at 2 rows",
+       [](tk::DecodeGemvParams& p) {
+         p.rows = 2;
+         p.warps = 16;
+       }},
       {"rows 9", [](tk::DecodeGemvParams& p) { p.rows = 9; }},
       {"K 12", [](tk::DecodeGemvParams& p) { p.in_features = 12; }},
       {"K 0", [](tk::DecodeGemvParams& p) { p.in_features = 0; }},
@@ -381,6 +399,18 @@ TEST(DecodeGemvModel, GridSwitchRejectsBadValues) {
     EXPECT_NE(std::string(e.what()).find("got -2"), std::string::npos) << e.what();
   }
   EXPECT_EQ(m->decode_gemv_ctas_per_sm(), 2) << "a rejected value changes nothing";
+  // Warps per CTA per product: 0 (the kernel's default) everywhere, then 4, 8 or 16 each.
+  EXPECT_EQ(m->decode_gemv_warps(), (std::array<int, 4>{0, 0, 0, 0}));
+  m->set_decode_gemv_warps(4, 8, 16, 0);
+  EXPECT_EQ(m->decode_gemv_warps(), (std::array<int, 4>{4, 8, 16, 0}));
+  try {
+    m->set_decode_gemv_warps(4, 4, 12, 4);
+    FAIL() << "12 warps accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("got 12"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(m->decode_gemv_warps(), (std::array<int, 4>{4, 8, 16, 0}))
+      << "a rejected value changes nothing";
 }
 
 TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
@@ -402,6 +432,13 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f)) << "layer " << layer;
       EXPECT_TRUE(at::equal(m->layer_qkv_projection(layer, h), fq)) << "layer " << layer;
       m->set_decode_gemv_ctas_per_sm(0);
+      for (int w : {4, 8}) {  // nor does the CTA width (one row; the K splits agree here)
+        m->set_decode_gemv_warps(w, w, w, w);
+        EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f)) << "layer " << layer << " warps " << w;
+        EXPECT_TRUE(at::equal(m->layer_qkv_projection(layer, h), fq))
+            << "layer " << layer << " warps " << w;
+      }
+      m->set_decode_gemv_warps(0, 0, 0, 0);
       m->set_fused_decode_gemv(false);
       const at::Tensor e = m->layer_finish(layer, h, attn);
       const at::Tensor eq = m->layer_qkv_projection(layer, h);

@@ -20,7 +20,8 @@
 /// single-token layers on CUDA, with the eager ops as its reference
 /// (Esm2Model::set_fused_decode_gemv(false) runs them; tests/cuda/test_decode_gemv.cpp).
 ///
-/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps; a warp owns 2 output features for all
+/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps (16 at one row:
+/// DecodeGemvParams::warps); a warp owns 2 output features for all
 /// rows and requests its slice of their weight rows (up to 6 16-byte non-caching loads per row
 /// and lane per pass: one pass for every product of the 650M model) before the prologue, so that
 /// the LayerNorm and the wait for the producer of x (programmatic dependent launch, pdl.h) hide
@@ -43,6 +44,10 @@ namespace turboesm::kernels {
 
 /// Most rows (sequences) one decode_gemv launch takes.
 inline constexpr int kDecodeGemvMaxRows = 8;
+/// Warps per CTA of a one-row launch by default (DecodeGemvParams::warps = 0). Same work per warp
+/// at any width; at one row 16-warp CTAs (one per SM, the register file's worth) ran the 650M
+/// graph step faster than 4- or 8-warp ones on the H100 (kernels/NOTES.md "Session 26").
+inline constexpr int kDecodeGemvDefaultWarps = 16;
 /// Most shared memory the staged x'' may take (bytes): (rows rounded up to 1, 2, 4 or 8) · K · 2
 /// must fit, else decode_gemv_invalid_reason says so.
 inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
@@ -80,6 +85,11 @@ struct DecodeGemvParams {
   /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).
   /// Outputs are bit-identical for every value.
   int ctas_per_sm = 0;
+  /// Warps per CTA: 0 (kDecodeGemvDefaultWarps at one row, 4 at several), or 4, 8 or 16 (more
+  /// than 4 only at one row). A task is then warps / K-split feature pairs; the K split is
+  /// chosen for ≥ 8 warps per SM. Outputs are the same bits for every value at a given K split
+  /// (the split follows from K and the grid: it can differ between widths).
+  int warps = 0;
 };
 
 /// DecodeGemvParams::ctas_per_sm value for one CTA per task.

@@ -10,6 +10,7 @@
 
 #include <ATen/ATen.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -154,6 +155,12 @@ class Esm2Model {
   /// \throws turboesm::Error for values below −1.
   void set_decode_gemv_ctas_per_sm(int ctas_per_sm);
   int decode_gemv_ctas_per_sm() const { return decode_gemv_ctas_per_sm_; }
+  /// \brief Warps per decode_gemv CTA of the one-row products (kernels::DecodeGemvParams::warps),
+  /// per product: Q/K/V, output projection, FC1, FC2; 0 (default) the kernel's choice
+  /// (kernels::kDecodeGemvDefaultWarps), else 4, 8 or 16. Steps of several rows use 4.
+  /// Not synchronised. \throws turboesm::Error for other values.
+  void set_decode_gemv_warps(int qkv, int out, int fc1, int fc2);
+  std::array<int, 4> decode_gemv_warps() const { return decode_gemv_warps_; }
   /// \brief Enables (default) or disables decode_step_inputs' kernel (disabled, it returns
   /// undefined tensors and the decode graph runs the eager embedding and rotary ops: the
   /// reference, and the benchmark's "before"). Not synchronised.
@@ -176,9 +183,11 @@ class Esm2Model {
   struct RotaryTables {
     at::Tensor cos, sin;
   };
-  at::Tensor decode_gemv(const at::Tensor& x, const LayerNormWeights* ln, const at::Tensor& weight,
-                         const at::Tensor& bias, bool gelu, const at::Tensor& residual,
-                         const RotaryTables* rotary = nullptr, Qkv* qkv = nullptr) const;
+  /// `product`: the index into decode_gemv_warps() (0 Q/K/V, 1 O, 2 FC1, 3 FC2).
+  at::Tensor decode_gemv(int product, const at::Tensor& x, const LayerNormWeights* ln,
+                         const at::Tensor& weight, const at::Tensor& bias, bool gelu,
+                         const at::Tensor& residual, const RotaryTables* rotary = nullptr,
+                         Qkv* qkv = nullptr) const;
 
   EsmConfig config_;
   EsmWeights weights_;
@@ -188,6 +197,7 @@ class Esm2Model {
   bool fused_qkv_ = true;
   bool fused_decode_gemv_ = true;
   int decode_gemv_ctas_per_sm_ = 0;
+  std::array<int, 4> decode_gemv_warps_{};
   bool fused_step_inputs_ = true;
 };
 
