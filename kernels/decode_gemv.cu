@@ -461,11 +461,13 @@ int sm_count() {
   return n;
 }
 
-/// The CTA's warp count for `p`: DecodeGemvParams::warps, or where 0 kDecodeGemvDefaultWarps at
-/// one row and 4 at several.
+/// The CTA's warp count for `p`: DecodeGemvParams::warps, or where 0 (decode_gemv.h):
+/// kDecodeGemvDefaultQkvWarps in the Q/K/V mode and kDecodeGemvDefaultWarps otherwise at one
+/// row, 4 at several.
 int warps_for(const DecodeGemvParams& p) {
   if (p.warps != 0) return p.warps;
-  return p.rows == 1 ? kDecodeGemvDefaultWarps : 4;
+  if (p.rows > 1) return 4;
+  return p.head_dim > 0 ? kDecodeGemvDefaultQkvWarps : kDecodeGemvDefaultWarps;
 }
 
 /// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more

@@ -722,22 +722,20 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
-    // decode_gemv's CTA width per product (Q/K/V, O, FC1, FC2; default 16 warps each).
+    // decode_gemv's CTA width per product (Q/K/V, O, FC1, FC2; default 8 warps for Q/K/V and
+    // 16 for the others at one row): 4 everywhere (the width before session 26), 8, 16, and
+    // Q/K/V at 4.
     for (const auto& [key, label, warps, fold] :
          {std::make_tuple("ab_gemv_warps4_ms", "gemv 4-warp CTAs", std::array<int, 4>{4, 4, 4, 4},
                           false),
-          std::make_tuple("ab_gemv_warps8_ms", "gemv 8-warp CTAs", std::array<int, 4>{8, 8, 8, 8},
-                          false),
           std::make_tuple("ab_gemv_warps4_fold_ms", "gemv 4-warp CTAs, V folded",
                           std::array<int, 4>{4, 4, 4, 4}, true),
+          std::make_tuple("ab_gemv_warps8_ms", "gemv 8-warp CTAs", std::array<int, 4>{8, 8, 8, 8},
+                          false),
+          std::make_tuple("ab_gemv_warps16_ms", "gemv 16-warp CTAs",
+                          std::array<int, 4>{16, 16, 16, 16}, false),
           std::make_tuple("ab_gemv_qkv4_ms", "gemv Q/K/V 4 warps", std::array<int, 4>{4, 16, 16, 16},
-                          false),
-          std::make_tuple("ab_gemv_qkv8_ms", "gemv Q/K/V 8 warps", std::array<int, 4>{8, 16, 16, 16},
-                          false),
-          std::make_tuple("ab_gemv_o4_ms", "gemv O 4 warps", std::array<int, 4>{16, 4, 16, 16},
-                          false),
-          std::make_tuple("ab_gemv_qkv8_o8_ms", "gemv Q/K/V, O 8 warps",
-                          std::array<int, 4>{8, 8, 16, 16}, false)}) {
+                          false)}) {
       Variant v{key, label, [](tm::TurboKvCache&) {}};
       v.warps = warps;
       v.value_fold = fold;

@@ -44,10 +44,13 @@ namespace turboesm::kernels {
 
 /// Most rows (sequences) one decode_gemv launch takes.
 inline constexpr int kDecodeGemvMaxRows = 8;
-/// Warps per CTA of a one-row launch by default (DecodeGemvParams::warps = 0). Same work per warp
-/// at any width; at one row 16-warp CTAs (one per SM, the register file's worth) ran the 650M
-/// graph step faster than 4- or 8-warp ones on the H100 (kernels/NOTES.md "Session 26").
+/// Warps per CTA of a one-row launch by default (DecodeGemvParams::warps = 0): 16 (one CTA per SM
+/// holds the register file), and 8 in the Q/K/V mode, whose CTAs then leave room on each SM for
+/// one 8-warp attention CTA that programmatic dependent launch starts early. Same work per warp
+/// at any width; on the H100 the 650M graph step ran 1.061–1.070 ms with 4-warp CTAs everywhere,
+/// 1.003–1.014 with 16, 0.993–1.008 with 16 and 8 for Q/K/V (kernels/NOTES.md "Session 26").
 inline constexpr int kDecodeGemvDefaultWarps = 16;
+inline constexpr int kDecodeGemvDefaultQkvWarps = 8;
 /// Most shared memory the staged x'' may take (bytes): (rows rounded up to 1, 2, 4 or 8) · K · 2
 /// must fit, else decode_gemv_invalid_reason says so.
 inline constexpr size_t kDecodeGemvMaxSmemBytes = 96 * 1024;
@@ -85,8 +88,8 @@ struct DecodeGemvParams {
   /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).
   /// Outputs are bit-identical for every value.
   int ctas_per_sm = 0;
-  /// Warps per CTA: 0 (kDecodeGemvDefaultWarps at one row, 4 at several), or 4, 8 or 16 (more
-  /// than 4 only at one row). A task is then warps / K-split feature pairs; the K split is
+  /// Warps per CTA: 0 (at one row kDecodeGemvDefaultWarps, kDecodeGemvDefaultQkvWarps in the
+  /// Q/K/V mode; 4 at several), or 4, 8 or 16 (more than 4 only at one row). A task is then warps / K-split feature pairs; the K split is
   /// chosen for ≥ 8 warps per SM. Outputs are the same bits for every value at a given K split
   /// (the split follows from K and the grid: it can differ between widths).
   int warps = 0;
