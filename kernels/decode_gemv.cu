@@ -328,8 +328,9 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
 }
 
 /// One CTA: WARPS warps as (WARPS / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what
-/// one CTA of the session-6 layout did (at 4 warps): WARPS / KSPLIT feature pairs; the CTA loops over tasks blockIdx.x,
-/// + gridDim.x, … (gridDim.x = the task count gives that layout back), staging x'' (and the
+/// one CTA of the session-6 layout did (there at 4 warps): WARPS / KSPLIT feature pairs; the CTA
+/// loops over tasks blockIdx.x, + gridDim.x, … (gridDim.x = the task count gives that layout
+/// back), staging x'' (and the
 /// LayerNorm statistics) once for all of them. A warp streams its two weight rows' slice in passes
 /// of kChunks 16-byte loads per lane: the first task's first pass is issued before the prologue,
 /// every later task's first pass before the previous task's reduction and epilogue (for the 650M

@@ -20,10 +20,11 @@
 /// single-token layers on CUDA, with the eager ops as its reference
 /// (Esm2Model::set_fused_decode_gemv(false) runs them; tests/cuda/test_decode_gemv.cpp).
 ///
-/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps (16 at one row:
-/// DecodeGemvParams::warps); a warp owns 2 output features for all
-/// rows and requests its slice of their weight rows (up to 6 16-byte non-caching loads per row
-/// and lane per pass: one pass for every product of the 650M model) before the prologue, so that
+/// Work layout (kernels/decode_gemv.cu): CTAs of 4 warps at several rows, 8 or 16 at one row
+/// (DecodeGemvParams::warps: the same warps in fewer, wider CTAs made the batch-1 step faster on
+/// the H100, kernels/NOTES.md "Session 26"); a warp owns 2 output features for all rows and
+/// requests its slice of their weight rows (up to 6 16-byte non-caching loads per row and lane
+/// per pass: one pass for every product of the 650M model) before the prologue, so that
 /// the LayerNorm and the wait for the producer of x (programmatic dependent launch, pdl.h) hide
 /// under the weight loads; long or few rows split K over the CTA's warps (partial sums meet in
 /// shared memory). Where there are more such tasks than CTAs fit at once (the 15B model's
