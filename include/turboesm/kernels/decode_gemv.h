@@ -48,8 +48,9 @@ inline constexpr int kDecodeGemvMaxRows = 8;
 /// Warps per CTA of a one-row launch by default (DecodeGemvParams::warps = 0): 16 (one CTA per SM
 /// holds the register file), and 8 in the Q/K/V mode, whose CTAs then leave room on each SM for
 /// one 8-warp attention CTA that programmatic dependent launch starts early. Same work per warp
-/// at any width; on the H100 the 650M graph step ran 1.061–1.070 ms with 4-warp CTAs everywhere,
-/// 1.003–1.014 with 16, 0.993–1.008 with 16 and 8 for Q/K/V (kernels/NOTES.md "Session 26").
+/// at any width; in A/B rounds on two H100s the 650M graph step ran 1.061–1.085 ms with 4-warp
+/// CTAs everywhere, 1.002–1.045 with 16, 0.993–1.014 with 16 and 8 for Q/K/V (kernels/NOTES.md
+/// "Session 26").
 inline constexpr int kDecodeGemvDefaultWarps = 16;
 inline constexpr int kDecodeGemvDefaultQkvWarps = 8;
 /// Most shared memory the staged x'' may take (bytes): (rows rounded up to 1, 2, 4 or 8) · K · 2
