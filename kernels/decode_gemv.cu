@@ -330,12 +330,12 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
 /// One CTA: WARPS warps as (WARPS / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what
 /// one CTA of the session-6 layout did (there at 4 warps): WARPS / KSPLIT feature pairs; the CTA
 /// loops over tasks blockIdx.x, + gridDim.x, … (gridDim.x = the task count gives that layout
-/// back), staging x'' (and the
-/// LayerNorm statistics) once for all of them. A warp streams its two weight rows' slice in passes
-/// of kChunks 16-byte loads per lane: the first task's first pass is issued before the prologue,
-/// every later task's first pass before the previous task's reduction and epilogue (for the 650M
-/// model every slice is one pass). MM = rows rounded up to 1, 2, 4 or 8. Every task's arithmetic
-/// is that of the one-task-per-CTA kernel, so the grid size does not change a bit of the output.
+/// back), staging x'' (and the LayerNorm statistics) once for all of them. A warp streams its two
+/// weight rows' slice in passes of kChunks 16-byte loads per lane: the first task's first pass is
+/// issued before the prologue, every later task's first pass before the previous task's reduction
+/// and epilogue (for the 650M model every slice is one pass). MM = rows rounded up to 1, 2, 4 or
+/// 8. Every task's arithmetic is that of the one-task-per-CTA kernel, so neither the grid size nor
+/// the CTA width (at a given KSPLIT) changes a bit of the output.
 /// EARLY (one row, set_decode_gemv_early_loads): the epilogue's bias and the LayerNorm's γ/β are
 /// requested with the weights before the wait, the residual / rotary tables right after it, so
 /// that no memory round trip but x's remains between the wait and the stores.

@@ -84,7 +84,8 @@ struct DecodeGemvParams {
   float* q_out = nullptr;
   float* k_out = nullptr;
   float* v_out = nullptr;
-  /// Grid: a task is 8 output features (fewer where K is split over the CTA's warps); the launch
+  /// Grid: a task is 2 output features per warp of a CTA (fewer where K is split over the CTA's
+  /// warps: 8 at 4 warps without a split); the launch
   /// runs min(tasks, c · SMs) CTAs that loop over the tasks, staging x'' and the LayerNorm
   /// statistics once per CTA, with c = ctas_per_sm capped by the occupancy (0: the occupancy, as
   /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).

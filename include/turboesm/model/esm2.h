@@ -157,7 +157,8 @@ class Esm2Model {
   int decode_gemv_ctas_per_sm() const { return decode_gemv_ctas_per_sm_; }
   /// \brief Warps per decode_gemv CTA of the one-row products (kernels::DecodeGemvParams::warps),
   /// per product: Q/K/V, output projection, FC1, FC2; 0 (default) the kernel's choice
-  /// (kernels::kDecodeGemvDefaultWarps), else 4, 8 or 16. Steps of several rows use 4.
+  /// (kernels::kDecodeGemvDefaultQkvWarps for Q/K/V, kDecodeGemvDefaultWarps for the others),
+  /// else 4, 8 or 16. Steps of several rows use 4. The same bits at any width.
   /// Not synchronised. \throws turboesm::Error for other values.
   void set_decode_gemv_warps(int qkv, int out, int fc1, int fc2);
   std::array<int, 4> decode_gemv_warps() const { return decode_gemv_warps_; }
