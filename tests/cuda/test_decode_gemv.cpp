@@ -168,8 +168,9 @@ TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
     ASSERT_TRUE(at::isfinite(per_task).all().item<bool>());
     // The one-row kernels with their epilogue and LayerNorm inputs loaded early (the default)
     // and late (set_decode_gemv_early_loads): only when loads are issued differs.
-    // At one row also every CTA width (DecodeGemvParams::warps; the default is 16): a task is
-    // then more or fewer feature pairs, each summed the same way (the K split agrees here).
+    // At one row also every CTA width (DecodeGemvParams::warps; the one-row default is 16 for
+    // these plain products): a task is then more or fewer feature pairs, each summed the same way
+    // (the K split agrees here).
     for (const bool early : {true, false})
       for (int warps : {0, 4, 8, 16}) {
         if (c.rows > 1 && warps != 0) continue;
@@ -434,7 +435,8 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
       m->set_decode_gemv_ctas_per_sm(0);
       for (int w : {4, 8}) {  // nor does the CTA width (one row; the K splits agree here)
         m->set_decode_gemv_warps(w, w, w, w);
-        EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f)) << "layer " << layer << " warps " << w;
+        EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f))
+            << "layer " << layer << " warps " << w;
         EXPECT_TRUE(at::equal(m->layer_qkv_projection(layer, h), fq))
             << "layer " << layer << " warps " << w;
       }
