@@ -200,7 +200,8 @@ void Esm2Model::set_decode_gemv_warps(int qkv, int out, int fc1, int fc2) {
   const std::array<int, 4> w{qkv, out, fc1, fc2};
   for (int v : w)
     TURBOESM_CHECK(v == 0 || v == 4 || v == 8 || v == 16,
-                   "decode_gemv warps per CTA must be 0 (the kernel's default), 4, 8 or 16, got ", v);
+                   "decode_gemv warps per CTA must be 0 (the kernel's default), 4, 8 or 16, got ",
+                   v);
   decode_gemv_warps_ = w;
 }
 

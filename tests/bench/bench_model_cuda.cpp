@@ -734,8 +734,8 @@ int section_decode(const std::string& preset, int64_t cached) {
                           false),
           std::make_tuple("ab_gemv_warps16_ms", "gemv 16-warp CTAs",
                           std::array<int, 4>{16, 16, 16, 16}, false),
-          std::make_tuple("ab_gemv_qkv4_ms", "gemv Q/K/V 4 warps", std::array<int, 4>{4, 16, 16, 16},
-                          false)}) {
+          std::make_tuple("ab_gemv_qkv4_ms", "gemv Q/K/V 4 warps",
+                          std::array<int, 4>{4, 16, 16, 16}, false)}) {
       Variant v{key, label, [](tm::TurboKvCache&) {}};
       v.warps = warps;
       v.value_fold = fold;

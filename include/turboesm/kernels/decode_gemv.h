@@ -92,9 +92,10 @@ struct DecodeGemvParams {
   /// Outputs are bit-identical for every value.
   int ctas_per_sm = 0;
   /// Warps per CTA: 0 (at one row kDecodeGemvDefaultWarps, kDecodeGemvDefaultQkvWarps in the
-  /// Q/K/V mode; 4 at several), or 4, 8 or 16 (more than 4 only at one row). A task is then warps / K-split feature pairs; the K split is
-  /// chosen for ≥ 8 warps per SM. Outputs are the same bits for every value at a given K split
-  /// (the split follows from K and the grid: it can differ between widths).
+  /// Q/K/V mode; 4 at several), or 4, 8 or 16 (more than 4 only at one row). A task is then
+  /// warps / K-split feature pairs; the K split is chosen for ≥ 8 warps per SM. Outputs are the
+  /// same bits for every value at a given K split (the split follows from K and the grid: it can
+  /// differ between widths).
   int warps = 0;
 };
 
