@@ -370,7 +370,9 @@ __global__ void __launch_bounds__(32 * WARPS)
   const int tasks_ = (pairs + kGroups - 1) / kGroups;
   const int iters = cta < tasks_ ? (tasks_ - 1 - cta) / ctas + 1 : 0;
 #else
-  const int my_pairs = cta < pairs ? (pairs - 1 - cta) / ctas + 1 : 0;
+  const int base = pairs / ctas, extra = pairs % ctas;
+  const int my_pairs = base + (cta < extra ? 1 : 0);
+  const int first = cta * base + min(cta, extra);
   const int iters = (my_pairs + kGroups - 1) / kGroups;
 #endif
   int n0 = 0;  // the group's first feature; N for a group without a pair (nothing loaded, stored)
@@ -381,7 +383,7 @@ __global__ void __launch_bounds__(32 * WARPS)
     n0 = pair < pairs ? pair_first_feature(p, pair) : N;
 #else
     const int q = it * kGroups + group;  // the CTA's q-th pair
-    n0 = q < my_pairs ? pair_first_feature(p, q * ctas + cta) : N;
+    n0 = q < my_pairs ? pair_first_feature(p, first + q) : N;
 #endif
 #pragma unroll
     for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
