@@ -327,28 +327,24 @@ __device__ __forceinline__ float reduce_pair(const float (&acc)[kFeaturesPerWarp
   return mine;
 }
 
-/// One CTA: WARPS warps as (WARPS / KSPLIT feature-pair groups) × (KSPLIT slices of K). The
-/// `pairs` feature pairs are dealt to the CTAs like cards: CTA c's i-th pair is pair c + i · G
-/// (G = gridDim.x), and its groups take its pairs kGroups at a time (iteration it, group g: its
-/// pair it · kGroups + g). So every CTA gets ⌊pairs / G⌋ or one more, however the counts divide —
-/// with whole tasks (kGroups pairs) per CTA, 160 tasks on 132 CTAs (the 650M model's FC1 and FC2
-/// at 16 warps) left 28 CTAs, i.e. 28 SMs, streaming twice the bytes of the others. The CTA stages
-/// x'' (and the LayerNorm statistics) once for all its iterations. A warp streams its two weight
-/// rows' slice in passes of kChunks 16-byte loads per lane: the first iteration's first pass is
-/// issued before the prologue, every later one's before the previous iteration's reduction and
-/// epilogue (for the 650M model every slice is one pass); a group past the CTA's pairs loads
-/// nothing and stores nothing. MM = rows rounded up to 1, 2, 4 or 8. Every pair's arithmetic is
-/// the same in every grid and at every CTA width (at a given KSPLIT), so neither changes a bit of
-/// the output.
+/// One CTA: WARPS warps as (WARPS / KSPLIT feature pairs) × (KSPLIT slices of K). A task is what
+/// one CTA of the session-6 layout did (there at 4 warps): WARPS / KSPLIT feature pairs; the CTA
+/// loops over tasks blockIdx.x, + gridDim.x, … (gridDim.x = the task count gives that layout
+/// back), staging x'' (and the LayerNorm statistics) once for all of them. A warp streams its two
+/// weight rows' slice in passes of kChunks 16-byte loads per lane: the first task's first pass is
+/// issued before the prologue, every later task's first pass before the previous task's reduction
+/// and epilogue (for the 650M model every slice is one pass). MM = rows rounded up to 1, 2, 4 or
+/// 8. Every task's arithmetic is that of the one-task-per-CTA kernel, so neither the grid size nor
+/// the CTA width (at a given KSPLIT) changes a bit of the output.
 /// EARLY (one row, set_decode_gemv_early_loads): the epilogue's bias and the LayerNorm's γ/β are
 /// requested with the weights before the wait, the residual / rotary tables right after it, so
 /// that no memory round trip but x's remains between the wait and the stores.
 template <typename T, int WARPS, int MM, int KSPLIT, bool EARLY>
 __global__ void __launch_bounds__(32 * WARPS)
-    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int pairs) {
+    decode_gemv_kernel(const __grid_constant__ DecodeGemvParams p, int tasks) {
   extern __shared__ uint4 xs[];  // [MM][K / 8] x''
-  // Two buffers by iteration parity: a warp may write iteration t + 1's partials while another
-  // still reads iteration t's (reduce_pair's barrier separates t from t + 2).
+  // Two buffers by task parity: a warp may write task t + 1's partials while another still reads
+  // task t's (reduce_pair's barrier separates t from t + 2).
   __shared__ float part[2][WARPS][kFeaturesPerWarp * MM];
   constexpr int kGroups = WARPS / KSPLIT;
   const int K = p.in_features, N = p.out_features;
@@ -365,26 +361,10 @@ __global__ void __launch_bounds__(32 * WARPS)
   // Every warp runs the same number of passes (the last slice may be shorter or empty): the
   // K-split reduction has a CTA barrier.
   const int passes = (slice_vecs + kPassVecs - 1) / kPassVecs;
-  const int ctas = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
-#ifdef TURBOESM_AB_WHOLE_TASKS  // AB-ONLY (session 27): session 26's whole tasks per CTA
-  const int tasks_ = (pairs + kGroups - 1) / kGroups;
-  const int iters = cta < tasks_ ? (tasks_ - 1 - cta) / ctas + 1 : 0;
-#else
-  const int base = pairs / ctas, extra = pairs % ctas;
-  const int my_pairs = base + (cta < extra ? 1 : 0);
-  const int first = cta * base + min(cta, extra);
-  const int iters = (my_pairs + kGroups - 1) / kGroups;
-#endif
-  int n0 = 0;  // the group's first feature; N for a group without a pair (nothing loaded, stored)
+  int n0 = 0;
   const uint4* wrow[kFeaturesPerWarp];
-  auto select = [&](int it) {
-#ifdef TURBOESM_AB_WHOLE_TASKS
-    const int pair = (cta + it * ctas) * kGroups + group;
-    n0 = pair < pairs ? pair_first_feature(p, pair) : N;
-#else
-    const int q = it * kGroups + group;  // the CTA's q-th pair
-    n0 = q < my_pairs ? pair_first_feature(p, first + q) : N;
-#endif
+  auto select = [&](int task) {
+    n0 = pair_first_feature(p, task * kGroups + group);
 #pragma unroll
     for (int r = 0; r < kFeaturesPerWarp; ++r)  // a feature past N re-reads row N − 1, unused
       wrow[r] = static_cast<const uint4*>(p.weight) + int64_t(min(n0 + r * n_step, N - 1)) * kvec;
@@ -397,11 +377,11 @@ __global__ void __launch_bounds__(32 * WARPS)
 #pragma unroll
       for (int u = 0; u < kChunks; ++u) {
         const int v = v0 + u * 32 + lane;
-        w[r][u] = n0 < N && v < v_end ? load_stream(wrow[r] + v) : make_uint4(0u, 0u, 0u, 0u);
+        w[r][u] = v < v_end ? load_stream(wrow[r] + v) : make_uint4(0u, 0u, 0u, 0u);
       }
   };
   detail::pdl_launch_dependents();
-  select(0);
+  select(blockIdx.x);
   load(v_begin);  // in flight during the wait for the producer of x and the prologue
   EpilogueIn epi;
   if (EARLY && slice == 0) load_epilogue_bias<T, MM>(p, lane, n0, epi);
@@ -413,7 +393,7 @@ __global__ void __launch_bounds__(32 * WARPS)
   __syncthreads();
 
   int parity = 0;
-  for (int it = 0; it < iters; ++it, parity ^= 1) {
+  for (int task = blockIdx.x; task < tasks; task += gridDim.x, parity ^= 1) {
     float acc[kFeaturesPerWarp][MM];
 #pragma unroll
     for (int r = 0; r < kFeaturesPerWarp; ++r)
@@ -442,9 +422,9 @@ __global__ void __launch_bounds__(32 * WARPS)
       }
     }
     const int n_done = n0;
-    const bool more = it + 1 < iters;
-    if (more) {  // the next iteration's first pass, in flight during this one's reduction, stores
-      select(it + 1);
+    const bool more = task + static_cast<int>(gridDim.x) < tasks;
+    if (more) {  // the next task's first pass, in flight during this one's reduction and stores
+      select(task + gridDim.x);
       load(v_begin);
     }
     const float mine = reduce_pair<WARPS, MM, KSPLIT>(acc, lane, warp, part[parity]);
@@ -456,7 +436,7 @@ __global__ void __launch_bounds__(32 * WARPS)
       }
       finish_pair<T, MM>(p, lane, n_done, mine, epi);
     }
-    if (EARLY && more && slice == 0) {  // the next iteration's epilogue inputs, during its sums
+    if (EARLY && more && slice == 0) {  // the next task's epilogue inputs, during its products
       epi = EpilogueIn{};
       load_epilogue_bias<T, MM>(p, lane, n0, epi);
       load_epilogue_inputs<T, MM>(p, lane, n0, epi);
@@ -491,15 +471,9 @@ int warps_for(const DecodeGemvParams& p) {
   return p.head_dim > 0 ? kDecodeGemvDefaultQkvWarps : kDecodeGemvDefaultWarps;
 }
 
-/// Feature pairs of `p`: neighbours (N rounded up to even), or rotate-half pairs (Q/K/V mode).
-int pair_count(const DecodeGemvParams& p) {
-  return p.head_dim > 0 ? p.out_features / 2 : (p.out_features + 1) / 2;
-}
-
-/// K slices per feature pair: DecodeGemvParams::ksplit, or where 0 enough that a slice is one pass
-/// (≤ kPassVecs vectors), and more while fewer than 8 warps per SM would run.
+/// K slices per feature pair: enough that a slice is one pass (≤ kPassVecs vectors), and more
+/// while fewer than 8 warps per SM would run.
 int ksplit_for(const DecodeGemvParams& p, int warps) {
-  if (p.ksplit != 0) return p.ksplit;
   const int kvec = p.in_features / 8;
   const int min_ctas = 8 * sm_count() / warps;
   const auto ctas = [&](int ks) {
@@ -523,9 +497,8 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
                                                static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
-  constexpr int kGroups = WARPS / KSPLIT;
-  const int pairs = pair_count(p);
-  const int tasks = (pairs + kGroups - 1) / kGroups;
+  constexpr int kPerCta = (WARPS / KSPLIT) * kFeaturesPerWarp;
+  const int tasks = (p.out_features + kPerCta - 1) / kPerCta;
   int ctas = tasks;
   if (p.ctas_per_sm >= 0) {
     int fit = 0;
@@ -534,9 +507,9 @@ cudaError_t launch(const DecodeGemvParams& p, cudaStream_t stream) {
     if (e != cudaSuccess) return e;
     const int per_sm =
         p.ctas_per_sm > 0 ? std::min(p.ctas_per_sm, std::max(fit, 1)) : std::max(fit, 1);
-    ctas = static_cast<int>(std::min<int64_t>(p.fill ? pairs : tasks, int64_t(per_sm) * sm_count()));
+    ctas = static_cast<int>(std::min<int64_t>(tasks, int64_t(per_sm) * sm_count()));
   }
-  return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, pairs);
+  return detail::launch_pdl(kernel, dim3(ctas), dim3(kThreads), smem, stream, p, tasks);
 }
 
 /// The EARLY kernel for one row (set_decode_gemv_early_loads), else the plain one.
@@ -613,8 +586,6 @@ const char* decode_gemv_invalid_reason(const DecodeGemvParams& p) {
   if (p.warps != 0 && p.warps != 4 && p.warps != 8 && p.warps != 16)
     return "warps must be 0 (the default), 4, 8 or 16";
   if (p.rows > 1 && p.warps != 0 && p.warps != 4) return "warps other than 4 need rows = 1";
-  if (p.ksplit != 0 && p.ksplit != 1 && p.ksplit != 2 && p.ksplit != 4)
-    return "ksplit must be 0 (automatic), 1, 2 or 4";
   if (p.ctas_per_sm < kDecodeGemvCtaPerTask)
     return "ctas_per_sm must be kDecodeGemvCtaPerTask (-1), 0 (as many as fit) or positive";
   if (smem_bytes(p) > kDecodeGemvMaxSmemBytes)

@@ -205,14 +205,6 @@ void Esm2Model::set_decode_gemv_warps(int qkv, int out, int fc1, int fc2) {
   decode_gemv_warps_ = w;
 }
 
-void Esm2Model::set_decode_gemv_ksplit(int qkv, int out, int fc1, int fc2) {
-  const std::array<int, 4> k{qkv, out, fc1, fc2};
-  for (int v : k)
-    TURBOESM_CHECK(v == 0 || v == 1 || v == 2 || v == 4,
-                   "decode_gemv K slices must be 0 (the kernel's choice), 1, 2 or 4, got ", v);
-  decode_gemv_ksplit_ = k;
-}
-
 bool Esm2Model::use_decode_gemv(const at::Tensor& hidden) const {
 #ifdef TURBOESM_WITH_CUDA
   return fused_decode_gemv_ && hidden.is_cuda() && hidden.dim() == 3 && hidden.size(1) == 1 &&
@@ -267,10 +259,7 @@ at::Tensor Esm2Model::decode_gemv(int product, const at::Tensor& x, const LayerN
   p.gelu = gelu;
   p.residual = residual.defined() ? residual.data_ptr() : nullptr;
   p.ctas_per_sm = decode_gemv_ctas_per_sm_;
-  const auto i = static_cast<size_t>(product);
-  p.warps = B == 1 ? decode_gemv_warps_[i] : 0;
-  p.ksplit = B == 1 ? decode_gemv_ksplit_[i] : 0;
-  p.fill = B == 1 && decode_gemv_fill_[i];
+  p.warps = B == 1 ? decode_gemv_warps_[static_cast<size_t>(product)] : 0;
   if (qkv != nullptr) {  // Q/K/V mode: q, k, v fp32 [B, H, 1, d]
     const auto f32 = x.options().dtype(at::kFloat);
     const int64_t H = config_.num_attention_heads;

@@ -694,8 +694,6 @@ int section_decode(const std::string& preset, int64_t cached) {
       int carveout = tk::kDecodeSharedCarveoutDefault;  // set_decode_shared_carveout around
       bool early_loads = true;  // kernels::set_decode_gemv_early_loads around the steps
       std::array<int, 4> warps{};  // Esm2Model::set_decode_gemv_warps around the steps
-      std::array<int, 4> ksplit{};  // Esm2Model::set_decode_gemv_ksplit around the steps
-      std::array<bool, 4> fill{};   // Esm2Model::set_decode_gemv_fill around the steps
     };
     std::vector<Variant> variants = {
         {"ab_default_ms", "default", [](tm::TurboKvCache&) {}},
@@ -724,44 +722,23 @@ int section_decode(const std::string& preset, int64_t cached) {
         {"ab_gemv_late_loads_fold_ms", "gemv late loads, V folded", [](tm::TurboKvCache&) {}, false,
          0, true, true, true, tk::kDecodeSharedCarveoutDefault, false},
     };
-    // decode_gemv's layout per product (Q/K/V, O, FC1, FC2): the CTA width (default 8 warps
-    // for Q/K/V and 16 for the others at one row) — 4 everywhere (the width before session
-    // 26), 8, 16, Q/K/V at 4, FC1 at 8 —, the K split (0: the kernel's choice; default 1 for
-    // Q/K/V and FC1, 2 for O, 4 for FC2 at these widths) and `fill` (a CTA per feature pair,
-    // i.e. every SM, where the tasks are fewer: O's 80 at 16 warps, Q/K/V's 240 at 8).
-    struct Layout {
-      const char* key;
-      const char* label;
-      std::array<int, 4> warps, ksplit;
-      std::array<bool, 4> fill;
-      bool fold;
-    };
-    constexpr std::array<int, 4> kAuto{0, 0, 0, 0};
-    constexpr std::array<bool, 4> kNoFill{false, false, false, false};
-    for (const Layout& l : {
-             Layout{"ab_gemv_warps4_ms", "gemv 4-warp CTAs", {4, 4, 4, 4}, kAuto, kNoFill, false},
-             Layout{"ab_gemv_warps4_fold_ms", "gemv 4-warp CTAs, V folded", {4, 4, 4, 4}, kAuto,
-                    kNoFill, true},
-             Layout{"ab_gemv_warps16_ms", "gemv 16-warp CTAs", {16, 16, 16, 16}, kAuto, kNoFill,
-                    false},
-             Layout{"ab_gemv_fc1_w8_ms", "gemv FC1 8 warps", {0, 0, 8, 0}, kAuto, kNoFill, false},
-             Layout{"ab_gemv_fc1_ks2_ms", "gemv FC1 K/2", kAuto, {0, 0, 2, 0}, kNoFill, false},
-             Layout{"ab_gemv_fc2_ks2_ms", "gemv FC2 K/2", kAuto, {0, 0, 0, 2}, kNoFill, false},
-             Layout{"ab_gemv_o_fill_ms", "gemv O fill", kAuto, kAuto, {false, true, false, false},
-                    false},
-             Layout{"ab_gemv_o_fill_ks1_ms", "gemv O fill K/1", kAuto, {0, 1, 0, 0},
-                    {false, true, false, false}, false},
-             Layout{"ab_gemv_o_fill_ks4_ms", "gemv O fill K/4", kAuto, {0, 4, 0, 0},
-                    {false, true, false, false}, false},
-             Layout{"ab_gemv_fill_ms", "gemv fill", kAuto, kAuto, {true, true, true, true},
-                    false},
-             Layout{"ab_gemv_qkv_ks2_ms", "gemv Q/K/V K/2", kAuto, {2, 0, 0, 0}, kNoFill, false},
-         }) {
-      Variant v{l.key, l.label, [](tm::TurboKvCache&) {}};
-      v.warps = l.warps;
-      v.ksplit = l.ksplit;
-      v.fill = l.fill;
-      v.value_fold = l.fold;
+    // decode_gemv's CTA width per product (Q/K/V, O, FC1, FC2; default 8 warps for Q/K/V and
+    // 16 for the others at one row): 4 everywhere (the width before session 26), 8, 16, and
+    // Q/K/V at 4.
+    for (const auto& [key, label, warps, fold] :
+         {std::make_tuple("ab_gemv_warps4_ms", "gemv 4-warp CTAs", std::array<int, 4>{4, 4, 4, 4},
+                          false),
+          std::make_tuple("ab_gemv_warps4_fold_ms", "gemv 4-warp CTAs, V folded",
+                          std::array<int, 4>{4, 4, 4, 4}, true),
+          std::make_tuple("ab_gemv_warps8_ms", "gemv 8-warp CTAs", std::array<int, 4>{8, 8, 8, 8},
+                          false),
+          std::make_tuple("ab_gemv_warps16_ms", "gemv 16-warp CTAs",
+                          std::array<int, 4>{16, 16, 16, 16}, false),
+          std::make_tuple("ab_gemv_qkv4_ms", "gemv Q/K/V 4 warps",
+                          std::array<int, 4>{4, 16, 16, 16}, false)}) {
+      Variant v{key, label, [](tm::TurboKvCache&) {}};
+      v.warps = warps;
+      v.value_fold = fold;
       variants.push_back(v);
     }
     const tm::ValueFold vfold = tm::fold_value_rotation(*m, spec);
@@ -781,13 +758,8 @@ int section_decode(const std::string& preset, int64_t cached) {
         if (variants[i].eager_inputs) m->set_fused_step_inputs(false);
         m->set_decode_gemv_ctas_per_sm(variants[i].gemv_ctas_per_sm);
         const std::array<int, 4>& w = variants[i].warps;
-        const std::array<int, 4>& ks = variants[i].ksplit;
-        const std::array<bool, 4>& fl = variants[i].fill;
-        for (tm::Esm2Model* vm : {m.get(), vfold.model.get()}) {
-          vm->set_decode_gemv_warps(w[0], w[1], w[2], w[3]);
-          vm->set_decode_gemv_ksplit(ks[0], ks[1], ks[2], ks[3]);
-          vm->set_decode_gemv_fill(fl[0], fl[1], fl[2], fl[3]);
-        }
+        m->set_decode_gemv_warps(w[0], w[1], w[2], w[3]);
+        vfold.model->set_decode_gemv_warps(w[0], w[1], w[2], w[3]);
         {
           const tk::ScopedTurboDecodeWideCtas wide(variants[i].wide_ctas);
           const tk::ScopedTurboDecodeStaged staged(variants[i].staged);
@@ -796,11 +768,8 @@ int section_decode(const std::string& preset, int64_t cached) {
           ms[i].push_back(median(time_appends(*sessions[i], kWarmup, kSteps, 20 + r)));
         }
         tk::set_decode_gemv_early_loads(true);
-        for (tm::Esm2Model* vm : {m.get(), vfold.model.get()}) {
-          vm->set_decode_gemv_warps(0, 0, 0, 0);
-          vm->set_decode_gemv_ksplit(0, 0, 0, 0);
-          vm->set_decode_gemv_fill(false, false, false, false);
-        }
+        m->set_decode_gemv_warps(0, 0, 0, 0);
+        vfold.model->set_decode_gemv_warps(0, 0, 0, 0);
         m->set_fused_step_inputs(true);
         m->set_decode_gemv_ctas_per_sm(0);
         tk::set_decode_shared_carveout(tk::kDecodeSharedCarveoutDefault);

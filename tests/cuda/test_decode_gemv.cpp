@@ -71,8 +71,7 @@ at::Tensor eager(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b, 
 
 at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor& b,
                       const at::Tensor& w, const at::Tensor& bias, bool gelu, const at::Tensor& res,
-                      at::ScalarType t, int ctas_per_sm = 0, int warps = 0, int ksplit = 0,
-                      bool fill = false) {
+                      at::ScalarType t, int ctas_per_sm = 0, int warps = 0) {
   at::Tensor out = at::empty({x.size(0), w.size(0)}, w.options());
   tk::DecodeGemvParams p;
   p.rows = static_cast<int>(x.size(0));
@@ -91,8 +90,6 @@ at::Tensor run_kernel(const at::Tensor& x, const at::Tensor& g, const at::Tensor
   p.out = out.data_ptr();
   p.ctas_per_sm = ctas_per_sm;
   p.warps = warps;
-  p.ksplit = ksplit;
-  p.fill = fill;
   EXPECT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
   const cudaError_t e = tk::decode_gemv(p, at::cuda::getCurrentCUDAStream());
   EXPECT_EQ(e, cudaSuccess) << cudaGetErrorString(e);
@@ -129,29 +126,21 @@ TEST_P(DecodeGemv, MatchesEagerOps) {
     const CaseInputs in = make_inputs(c, t);
     const at::Tensor &x = in.x, &w = in.w, &g = in.g, &b = in.b, &bias = in.bias, &res = in.res;
     const at::Tensor want = eager(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t).to(at::kDouble);
+    ASSERT_TRUE(at::isfinite(got).all().item<bool>());
     // Σ_k |w x''| per output (x'' of the eager side), for the sum-noise part of the bound.
     at::Tensor h = x.to(t);
     if (c.ln) h = at::layer_norm(h, {c.k}, g, b, 1e-5);
     const at::Tensor mag = at::matmul(h.to(at::kDouble).abs(), w.to(at::kDouble).abs().t());
     const at::Tensor bound = 3 * u * want.abs() + 3 * u * mag / std::sqrt(double(c.k)) + 1e-30;
-    // The automatic K split, then every explicit one (DecodeGemvParams::ksplit: another order of
-    // the fp32 sums, the same bound).
-    for (int ksplit : {0, 1, 2, 4}) {
-      const at::Tensor got =
-          run_kernel(x, g, b, w, bias, c.gelu, res, t, 0, 0, ksplit).to(at::kDouble);
-      ASSERT_TRUE(at::isfinite(got).all().item<bool>()) << "ksplit " << ksplit;
-      const at::Tensor diff = (got - want).abs();
-      const double worst = (diff / bound).max().item<double>();
-      const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
-      EXPECT_LE(worst, 1.0) << "rows " << c.rows << " K " << c.k << " N " << c.n << " ln " << c.ln
-                            << " gelu " << c.gelu << " residual " << c.residual << " ksplit "
-                            << ksplit;
-      if (ksplit == 0)
-        std::printf(
-            "[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
-            c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
-            100 * differing);
-    }
+    const at::Tensor diff = (got - want).abs();
+    const double worst = (diff / bound).max().item<double>();
+    const double differing = diff.gt(0).to(at::kDouble).mean().item<double>();
+    EXPECT_LE(worst, 1.0) << "rows " << c.rows << " K " << c.k << " N " << c.n << " ln " << c.ln
+                          << " gelu " << c.gelu << " residual " << c.residual;
+    std::printf("[decode_gemv %s] rows %d K %d N %d: max |d| %.3g (%.2f of bound), %.1f%% differ\n",
+                c10::toString(t), c.rows, c.k, c.n, diff.max().item<double>(), worst,
+                100 * differing);
   }
 }
 
@@ -186,38 +175,15 @@ TEST_P(DecodeGemv, GridAndEarlyLoadsDoNotChangeOutputs) {
       for (int warps : {0, 4, 8, 16}) {
         if (c.rows > 1 && warps != 0) continue;
         tk::set_decode_gemv_early_loads(early);
-        for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1, 2, 3})
-          for (const bool fill : {false, true}) {
-            if (fill && ctas == tk::kDecodeGemvCtaPerTask) continue;  // fill needs ctas ≥ 0
-            const at::Tensor got =
-                run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas, warps, 0, fill);
-            EXPECT_TRUE(at::equal(got, per_task))
-                << "ctas_per_sm " << ctas << ", warps " << warps << ", fill " << fill
-                << ", early loads " << early << ", rows " << c.rows << " K " << c.k << " N "
-                << c.n << ": max |d| " << (got - per_task).abs().max().item<double>();
-          }
+        for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1, 2, 3}) {
+          const at::Tensor got = run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas, warps);
+          EXPECT_TRUE(at::equal(got, per_task))
+              << "ctas_per_sm " << ctas << ", warps " << warps << ", early loads " << early
+              << ", rows " << c.rows << " K " << c.k << " N " << c.n
+              << ": max |d| " << (got - per_task).abs().max().item<double>();
+        }
       }
     tk::set_decode_gemv_early_loads(true);
-    // An explicit K split (DecodeGemvParams::ksplit): again the same bits in every grid and at
-    // every width. (The 15B shapes are left out for time: the 650M ones have 80–640 tasks.)
-    if (c.k * int64_t(c.n) > 10'000'000) continue;
-    for (int ksplit : {1, 2, 4}) {
-      const at::Tensor ref =
-          run_kernel(x, g, b, w, bias, c.gelu, res, t, tk::kDecodeGemvCtaPerTask, 0, ksplit);
-      for (int warps : {0, 4, 8, 16}) {
-        if (c.rows > 1 && warps != 0) continue;
-        for (int ctas : {tk::kDecodeGemvCtaPerTask, 0, 1})
-          for (const bool fill : {false, true}) {
-            if (fill && ctas == tk::kDecodeGemvCtaPerTask) continue;
-            const at::Tensor got =
-                run_kernel(x, g, b, w, bias, c.gelu, res, t, ctas, warps, ksplit, fill);
-            EXPECT_TRUE(at::equal(got, ref))
-                << "ksplit " << ksplit << ", ctas_per_sm " << ctas << ", warps " << warps
-                << ", fill " << fill << ", rows " << c.rows << " K " << c.k << " N " << c.n
-                << ": max |d| " << (got - ref).abs().max().item<double>();
-          }
-      }
-    }
   }
 }
 
@@ -259,11 +225,7 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.ln_bias = b.data_ptr();
     p.weight = w.data_ptr();
     p.bias = bias.data_ptr();
-    // For each K split (automatic, then every explicit one): the plain product, then the glue.
-    const tk::DecodeGemvParams plain = p;
-    for (int ksplit : {0, 1, 2, 4}) {
-    p = plain;
-    p.ksplit = ksplit;
+    // Plain product, then the glue.
     const at::Tensor lin = at::empty({sh.rows, n}, w.options());
     p.out = lin.data_ptr();
     ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
@@ -296,13 +258,11 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
     p.v_out = v2.data_ptr<float>();
     ASSERT_EQ(tk::decode_gemv_invalid_reason(p), nullptr);
     // One row: with the bias and rotary tables loaded early (default) and late, and at every
-    // CTA width (DecodeGemvParams::warps; more rows take 4); with and without `fill`.
+    // CTA width (DecodeGemvParams::warps; more rows take 4).
     for (const bool early : {true, false})
-    for (const bool fill : {false, true})
     for (int warps : {0, 4, 8, 16}) {
       if (sh.rows > 1 && warps != 0) continue;
       p.warps = warps;
-      p.fill = fill;
       tk::set_decode_gemv_early_loads(early);
       for (const at::Tensor& o2 : {q2, k2, v2}) o2.fill_(NAN);
       ASSERT_EQ(tk::decode_gemv(p, at::cuda::getCurrentCUDAStream()), cudaSuccess);
@@ -311,12 +271,11 @@ TEST_P(DecodeGemv, QkvModeEqualsProductThenRotaryGlue) {
         ASSERT_TRUE(at::isfinite(pr.second).all().item<bool>()) << "an output was not written";
         EXPECT_TRUE(at::equal(pr.first, pr.second))
             << "rows " << sh.rows << " heads " << sh.heads << " d " << sh.d << ", early loads "
-            << early << ", warps " << warps << ", fill " << fill << ", ksplit " << ksplit
+            << early << ", warps " << warps
             << ": max |d| " << (pr.first - pr.second).abs().max().item<double>();
       }
     }
     tk::set_decode_gemv_early_loads(true);
-    }
   }
 }
 
@@ -347,9 +306,6 @@ TEST(DecodeGemvParams, RejectsBadParameters) {
   const Bad bad[] = {
       {"rows 0", [](tk::DecodeGemvParams& p) { p.rows = 0; }},
       {"warps 12", [](tk::DecodeGemvParams& p) { p.warps = 12; }},
-      {"ksplit 3", [](tk::DecodeGemvParams& p) { p.ksplit = 3; }},
-      {"ksplit 8", [](tk::DecodeGemvParams& p) { p.ksplit = 8; }},
-      {"ksplit -1", [](tk::DecodeGemvParams& p) { p.ksplit = -1; }},
       {"warps 16 at 2 rows",
        [](tk::DecodeGemvParams& p) {
          p.rows = 2;
@@ -456,21 +412,6 @@ TEST(DecodeGemvModel, GridSwitchRejectsBadValues) {
   }
   EXPECT_EQ(m->decode_gemv_warps(), (std::array<int, 4>{4, 8, 16, 0}))
       << "a rejected value changes nothing";
-  // K slices per product: 0 (the kernel's choice), then 1, 2 or 4 each.
-  EXPECT_EQ(m->decode_gemv_ksplit(), (std::array<int, 4>{0, 0, 0, 0}));
-  m->set_decode_gemv_ksplit(1, 2, 4, 0);
-  EXPECT_EQ(m->decode_gemv_ksplit(), (std::array<int, 4>{1, 2, 4, 0}));
-  try {
-    m->set_decode_gemv_ksplit(1, 3, 1, 1);
-    FAIL() << "3 K slices accepted";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("got 3"), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(m->decode_gemv_ksplit(), (std::array<int, 4>{1, 2, 4, 0}))
-      << "a rejected value changes nothing";
-  EXPECT_EQ(m->decode_gemv_fill(), (std::array<bool, 4>{false, false, false, false}));
-  m->set_decode_gemv_fill(true, false, true, false);
-  EXPECT_EQ(m->decode_gemv_fill(), (std::array<bool, 4>{true, false, true, false}));
 }
 
 TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
@@ -500,10 +441,6 @@ TEST(DecodeGemvModel, Fp16LayersMatchEagerOps) {
             << "layer " << layer << " warps " << w;
       }
       m->set_decode_gemv_warps(0, 0, 0, 0);
-      m->set_decode_gemv_fill(true, true, true, true);  // nor a CTA per pair
-      EXPECT_TRUE(at::equal(m->layer_finish(layer, h, attn), f)) << "layer " << layer << " fill";
-      EXPECT_TRUE(at::equal(m->layer_qkv_projection(layer, h), fq)) << "layer " << layer << " fill";
-      m->set_decode_gemv_fill(false, false, false, false);
       m->set_fused_decode_gemv(false);
       const at::Tensor e = m->layer_finish(layer, h, attn);
       const at::Tensor eq = m->layer_qkv_projection(layer, h);

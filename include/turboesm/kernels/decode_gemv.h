@@ -84,26 +84,19 @@ struct DecodeGemvParams {
   float* q_out = nullptr;
   float* k_out = nullptr;
   float* v_out = nullptr;
-  /// Grid: a task is a CTA's worth of feature pairs (warps / K-split pairs; 8 features at 4 warps
-  /// without a split). The launch runs min(tasks, c · SMs) CTAs (min(pairs, c · SMs) with `fill`),
-  /// c = ctas_per_sm capped by the occupancy (0: the occupancy, as many as fit), and deals the
-  /// pairs to them like cards, so that no CTA gets more than one pair above another's; each CTA
-  /// stages x'' and the LayerNorm statistics once. kDecodeGemvCtaPerTask: one CTA per task (the
-  /// session-6 layout). Outputs are bit-identical for every grid.
+  /// Grid: a task is 2 output features per warp of a CTA (fewer where K is split over the CTA's
+  /// warps: 8 at 4 warps without a split); the launch
+  /// runs min(tasks, c · SMs) CTAs that loop over the tasks, staging x'' and the LayerNorm
+  /// statistics once per CTA, with c = ctas_per_sm capped by the occupancy (0: the occupancy, as
+  /// many as fit). kDecodeGemvCtaPerTask: one CTA per task (the session-6 layout; no loop).
+  /// Outputs are bit-identical for every value.
   int ctas_per_sm = 0;
   /// Warps per CTA: 0 (at one row kDecodeGemvDefaultWarps, kDecodeGemvDefaultQkvWarps in the
-  /// Q/K/V mode; 4 at several), or 4, 8 or 16 (more than 4 only at one row). Outputs are the
-  /// same bits for every value at a given K split.
+  /// Q/K/V mode; 4 at several), or 4, 8 or 16 (more than 4 only at one row). A task is then
+  /// warps / K-split feature pairs; the K split is chosen for ≥ 8 warps per SM. Outputs are the
+  /// same bits for every value at a given K split (the split follows from K and the grid: it can
+  /// differ between widths).
   int warps = 0;
-  /// Slices of K per feature pair (the warps of a group, whose partial sums meet in shared
-  /// memory): 0 (automatic: a slice of at most 192 16-byte vectors, and more slices while fewer
-  /// than 8 warps per SM would run), 1, 2 or 4. The split changes the order of the k-sum, so
-  /// outputs differ between splits by rounding only.
-  int ksplit = 0;
-  /// With ctas_per_sm ≥ 0: up to one CTA per feature pair instead of one per task, so that a
-  /// product with fewer tasks than the SMs hold (the 650M model's O: 80 tasks at 16 warps) spreads
-  /// over all of them, each CTA with fewer pairs than groups. Same bits either way.
-  bool fill = false;
 };
 
 /// DecodeGemvParams::ctas_per_sm value for one CTA per task.

@@ -162,18 +162,6 @@ class Esm2Model {
   /// Not synchronised. \throws turboesm::Error for other values.
   void set_decode_gemv_warps(int qkv, int out, int fc1, int fc2);
   std::array<int, 4> decode_gemv_warps() const { return decode_gemv_warps_; }
-  /// \brief K slices per feature pair of the one-row products (kernels::DecodeGemvParams::ksplit),
-  /// in the same product order: 0 (default) the kernel's choice, else 1, 2 or 4. Changes the
-  /// order of the k-sums (rounding only). Not synchronised. \throws turboesm::Error for others.
-  void set_decode_gemv_ksplit(int qkv, int out, int fc1, int fc2);
-  std::array<int, 4> decode_gemv_ksplit() const { return decode_gemv_ksplit_; }
-  /// \brief Whether each one-row product's grid may have a CTA per feature pair rather than per
-  /// task (kernels::DecodeGemvParams::fill), in the same product order. Same bits. Not
-  /// synchronised.
-  void set_decode_gemv_fill(bool qkv, bool out, bool fc1, bool fc2) {
-    decode_gemv_fill_ = {qkv, out, fc1, fc2};
-  }
-  std::array<bool, 4> decode_gemv_fill() const { return decode_gemv_fill_; }
   /// \brief Enables (default) or disables decode_step_inputs' kernel (disabled, it returns
   /// undefined tensors and the decode graph runs the eager embedding and rotary ops: the
   /// reference, and the benchmark's "before"). Not synchronised.
@@ -211,8 +199,6 @@ class Esm2Model {
   bool fused_decode_gemv_ = true;
   int decode_gemv_ctas_per_sm_ = 0;
   std::array<int, 4> decode_gemv_warps_{};
-  std::array<int, 4> decode_gemv_ksplit_{};
-  std::array<bool, 4> decode_gemv_fill_{};
   bool fused_step_inputs_ = true;
 };
 
