@@ -895,92 +895,6 @@ __device__ __forceinline__ void stage_tile_codebook(const quant::HeadConstantsVi
   if (tid < kLevels) s_cen[tid] = cst.centroids[h * kLevels + tid];
 }
 
-/// What a tile CTA serves: blockIdx.z = side · batch + b (side 1: the optional second side, x2 /
-/// cache2), head blockIdx.y, the kTileRows tokens from `first` of the sequence's `count` new ones.
-struct TileCta {
-  int side, b, h, count, first;
-  const quant::CacheView* cache;  ///< the side's cache (p.cache or p.cache2)
-  const void* x;                  ///< the side's rows (p.x or p.x2)
-};
-__device__ __forceinline__ TileCta tile_cta(const QuantizeAppendParams& p) {
-  TileCta t;
-  t.side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
-  t.b = static_cast<int>(blockIdx.z) - t.side * p.batch;
-  t.h = static_cast<int>(blockIdx.y);
-  t.count = p.counts ? min(p.counts[t.b], p.new_tokens) : p.new_tokens;
-  t.first = static_cast<int>(blockIdx.x) * kTileRows;
-  t.cache = t.side ? &p.cache2 : &p.cache;
-  t.x = t.side ? p.x2 : p.x;
-  return t;
-}
-
-/// Without a token norm, the n² a tail lane passes on: NaN (flags the row) when its span or its
-/// partner's (TAIL_LANES = 2: lanes 2r, 2r + 1) has a non-finite value, else 0.
-template <int TAIL_LANES>
-__device__ __forceinline__ double row_flag(bool nonfinite) {
-  if (TAIL_LANES == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
-  return nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;
-}
-
-/// 0 · v summed over a span (one FMA per value, four chains; the rounded intrinsics keep nvcc
-/// from folding the products away): ±0 for a finite span, NaN as soon as one value is ±inf or
-/// NaN (0 · inf = NaN). SPAN values at `v`: fp32 (16-byte aligned) or raw fp16 (in pairs).
-template <int SPAN>
-__device__ __forceinline__ bool span_nonfinite(const float* v) {
-  float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-  for (int j = 0; j < SPAN; j += 4) {
-    const float4 x = *reinterpret_cast<const float4*>(v + j);
-    f[0] = __fmaf_rn(x.x, 0.0f, f[0]);
-    f[1] = __fmaf_rn(x.y, 0.0f, f[1]);
-    f[2] = __fmaf_rn(x.z, 0.0f, f[2]);
-    f[3] = __fmaf_rn(x.w, 0.0f, f[3]);
-  }
-  return __fadd_rn(__fadd_rn(f[0], f[1]), __fadd_rn(f[2], f[3])) != 0.0f;  // NaN
-}
-template <int SPAN>
-__device__ __forceinline__ bool span_nonfinite(const __half* v) {
-  const __half2 zero = __float2half2_rn(0.0f);
-  __half2 f[4] = {zero, zero, zero, zero};
-#pragma unroll
-  for (int j = 0; j < SPAN; j += 8) {
-    const uint4 x = *reinterpret_cast<const uint4*>(v + j);
-    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
-#pragma unroll
-    for (int q = 0; q < 4; ++q) f[q] = __hfma2(*reinterpret_cast<const __half2*>(&w[q]), zero, f[q]);
-  }
-  const __half2 sum = __hadd2(__hadd2(f[0], f[1]), __hadd2(f[2], f[3]));
-  return (*reinterpret_cast<const uint32_t*>(&sum) & 0x7fff7fffu) != 0u;  // a NaN half
-}
-
-__device__ __forceinline__ float as_float(float v) { return v; }
-__device__ __forceinline__ float as_float(__half v) { return __half2float(v); }
-
-/// \brief The n² a tile kernel's tail lane (r, part) passes to tile_encode_store, from the warp's
-/// 16 rows xc at `rows` (`stride` elements apart; fp32 or raw fp16), read before y replaces them.
-/// Token norm: Σ xc_j² in double, increasing j (TurboQuantizer::encode's order), by lane r < 16
-/// for row r. Without a norm n² only flags non-finite rows (n² is finite iff every xc is): each
-/// tail lane checks its own span, and n² is NaN for a flagged row, else 0 (row_flag).
-template <int D, int BITS, class T>
-__device__ __forceinline__ double tile_row_n2(const T* rows, int stride, quant::NormMode norm,
-                                              int lane) {
-  constexpr int kTailLanes = tile_tail_lanes(D, BITS), kSpan = D / kTailLanes;
-  const int r = lane / kTailLanes, part = lane % kTailLanes;
-  if (norm == quant::NormMode::kToken) {
-    double n2 = 0.0;
-    if (lane < kTileRowsPerWarp) {
-#pragma unroll 8
-      for (int j = 0; j < D; ++j) {
-        const double v = static_cast<double>(as_float(rows[lane * stride + j]));
-        n2 = __dadd_rn(n2, __dmul_rn(v, v));
-      }
-    }
-    return __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
-  }
-  const bool bad = r < kTileRowsPerWarp && span_nonfinite<kSpan>(rows + r * stride + part * kSpan);
-  return row_flag<kTailLanes>(bad);
-}
-
 /// Minimum CTAs per SM the tile kernels are compiled for: 3 at D ≤ 64 (≤ 85 registers; shared
 /// memory allows 3 there) measured 9–11% faster than the 2 that 116 registers allowed
 /// (kernels/NOTES.md); at D = 128 shared memory allows one CTA whatever the registers.
@@ -994,11 +908,16 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
     quantize_append_tile_kernel(const __grid_constant__ QuantizeAppendParams p) {
   static_assert(D % 8 == 0, "head_dim must be a multiple of 8 (MMA k and n steps)");
   constexpr int S = tile_stride(D);
-  const TileCta t = tile_cta(p);
-  if (t.first >= t.count) return;  // uniform over the CTA
-  const int b = t.b, h = t.h, count = t.count, first = t.first;
+  // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
+  const int side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
+  const int b = static_cast<int>(blockIdx.z) - side * p.batch, h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const quant::HeadConstantsView& cst = t.cache->constants;
+  const quant::CacheView& cache = side ? p.cache2 : p.cache;
+  const quant::PageLayout& lay = cache.layout;
+  const quant::HeadConstantsView& cst = cache.constants;
+  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
+  const int first = blockIdx.x * kTileRows;
+  if (first >= count) return;  // uniform over the CTA
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* s_pi = reinterpret_cast<float*>(smem_raw);  // [D][S]: TF32 high part of Π_ij at i*S + j
@@ -1018,15 +937,46 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   stage_tile_codebook<D, BITS, kTileWarps * 32>(cst, h, s_isig, s_bnd, s_cen, tid);
   // Rows of the tile, centered (xc = x − μ, as the host), zero past `count`.
   load_tile_rows<D, kTileRows, kTileWarps * 32>(
-      t.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
+      side ? p.x2 : p.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
       count - first, cst.mean ? cst.mean + h * D : nullptr, s_x, S, tid);
   const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
 
   // Each warp owns the 16 rows [16 warp, 16 warp + 16) (one MMA tile).
   float* w_x = s_x + warp * kTileRowsPerWarp * S;
+  // Token norm: n² in double, increasing j (TurboQuantizer::encode's order), from xc before it is
+  // replaced: lane r < 16 for row r. Without a norm, n² only flags non-finite rows (n² is finite
+  // iff every xc is): the tail lanes check their own span instead, and n² stands for the flag.
   constexpr int kTailLanes = tile_tail_lanes(D, BITS);
+  constexpr int kSpan = D / kTailLanes;
   const int r = lane / kTailLanes, part = lane % kTailLanes;
-  const double n2 = tile_row_n2<D, BITS>(w_x, S, t.cache->layout.norm, lane);  // before y
+  double n2 = 0.0;
+  if (lay.norm == quant::NormMode::kToken) {
+    if (lane < kTileRowsPerWarp) {
+#pragma unroll 8
+      for (int j = 0; j < D; ++j) {
+        const double v = static_cast<double>(w_x[lane * S + j]);
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      }
+    }
+    n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
+  } else {
+    // f = Σ 0 · xc_j (one FMA per value) is 0 for a finite span and NaN as soon as one xc_j is
+    // ±inf or NaN (0 · inf = NaN); fmaf_rn keeps nvcc from folding the product away.
+    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four independent chains
+    if (r < kTileRowsPerWarp) {
+#pragma unroll
+      for (int j = 0; j < kSpan; j += 4) {
+        const float4 v = *reinterpret_cast<const float4*>(w_x + r * S + part * kSpan + j);
+        f[0] = __fmaf_rn(v.x, 0.0f, f[0]);
+        f[1] = __fmaf_rn(v.y, 0.0f, f[1]);
+        f[2] = __fmaf_rn(v.z, 0.0f, f[2]);
+        f[3] = __fmaf_rn(v.w, 0.0f, f[3]);
+      }
+    }
+    bool nonfinite = __fadd_rn(__fadd_rn(f[0], f[1]), __fadd_rn(f[2], f[3])) != 0.0f;  // NaN
+    if (kTailLanes == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
+    n2 = nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;  // NaN flags the row
+  }
   __syncwarp();
 
   // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
@@ -1044,7 +994,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   // and sign bits fill whole 32-bit words (the exact path's arithmetic per value).
   const int tok = first + warp * kTileRowsPerWarp + r;
   if (r >= kTileRowsPerWarp || tok >= count) return;
-  tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_x + r * S, s_isig, s_cen, s_bnd);
+  tile_encode_store<D, BITS>(p, cache, b, tok, part, n2, w_x + r * S, s_isig, s_cen, s_bnd);
 }
 
 /// Shared memory (bytes) of quantize_append_tile_f16_kernel<D>: Π's fp16 parts [2][D][SH] (hi,
@@ -1074,11 +1024,15 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   static_assert(tile_f16_dim(D), "the fp16 tile kernel needs head_dim a multiple of 16");
   constexpr int S = tile_stride(D), SH = tile_stride_f16(D);
   constexpr int kThreads = kTileWarps * 32;
-  const TileCta t = tile_cta(p);
-  if (t.first >= t.count) return;  // uniform over the CTA
-  const int b = t.b, h = t.h, count = t.count, first = t.first;
+  const int side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // as the TF32 kernel
+  const int b = static_cast<int>(blockIdx.z) - side * p.batch, h = blockIdx.y;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const quant::HeadConstantsView& cst = t.cache->constants;
+  const quant::CacheView& cache = side ? p.cache2 : p.cache;
+  const quant::PageLayout& lay = cache.layout;
+  const quant::HeadConstantsView& cst = cache.constants;
+  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
+  const int first = blockIdx.x * kTileRows;
+  if (first >= count) return;  // uniform over the CTA
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __half* s_hi = reinterpret_cast<__half*>(smem_raw);  // [D][SH]: fp16(Π), [n][k] rows
@@ -1100,7 +1054,7 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   }
   // The tile's rows, zero past `count`: 16-byte copies when every row is 16-byte aligned.
   {
-    const __half* x = static_cast<const __half*>(t.x) + row_offset(p, b, h, first, D);
+    const __half* x = static_cast<const __half*>(side ? p.x2 : p.x) + row_offset(p, b, h, first, D);
     const int64_t stride = token_stride(p, D);
     const int valid = count - first;
     constexpr int kVecsPerRow = D / 8;
@@ -1124,8 +1078,41 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   const __half* w_x = s_x + warp * kTileRowsPerWarp * SH;  // this warp's 16 rows
   float* w_y = s_y + warp * kTileRowsPerWarp * S;
   constexpr int kTailLanes = tile_tail_lanes(D, BITS);
+  constexpr int kSpan = D / kTailLanes;
   const int r = lane / kTailLanes, part = lane % kTailLanes;
-  const double n2 = tile_row_n2<D, BITS>(w_x, SH, t.cache->layout.norm, lane);  // xc = x here
+  // n² as in the TF32 kernel (xc = x: no centering here), from the raw rows.
+  double n2 = 0.0;
+  if (lay.norm == quant::NormMode::kToken) {
+    if (lane < kTileRowsPerWarp) {
+#pragma unroll 8
+      for (int j = 0; j < D; ++j) {
+        const double v = static_cast<double>(__half2float(w_x[lane * SH + j]));
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      }
+    }
+    n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
+  } else {
+    // Σ 0 · x over fp16 pairs: ±0 in both halves for a finite span, NaN in a half as soon as one
+    // of its values is ±inf or NaN; the intrinsic's fma.rn.f16x2 is not folded away.
+    __half2 f[4];
+#pragma unroll
+    for (int q = 0; q < 4; ++q) f[q] = __float2half2_rn(0.0f);
+    if (r < kTileRowsPerWarp) {
+      const __half2 zero = __float2half2_rn(0.0f);
+#pragma unroll
+      for (int j = 0; j < kSpan; j += 8) {
+        const uint4 v = *reinterpret_cast<const uint4*>(w_x + r * SH + part * kSpan + j);
+        const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          f[q] = __hfma2(*reinterpret_cast<const __half2*>(&w[q]), zero, f[q]);
+      }
+    }
+    const __half2 sum = __hadd2(__hadd2(f[0], f[1]), __hadd2(f[2], f[3]));
+    bool nonfinite = (*reinterpret_cast<const uint32_t*>(&sum) & 0x7fff7fffu) != 0u;  // a NaN half
+    if (kTailLanes == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
+    n2 = nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;  // NaN flags the row
+  }
 
   if (!identity) {
     with_bool(pi_lo, [&](auto kPiLo) {
@@ -1137,9 +1124,9 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   const int tok = first + warp * kTileRowsPerWarp + r;
   if (r >= kTileRowsPerWarp || tok >= count) return;
   if (identity) {
-    tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_x + r * SH, s_isig, s_cen, s_bnd);
+    tile_encode_store<D, BITS>(p, cache, b, tok, part, n2, w_x + r * SH, s_isig, s_cen, s_bnd);
   } else {
-    tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_y + r * S, s_isig, s_cen, s_bnd);
+    tile_encode_store<D, BITS>(p, cache, b, tok, part, n2, w_y + r * S, s_isig, s_cen, s_bnd);
   }
 }
 
