@@ -145,6 +145,26 @@ __device__ __forceinline__ void cp_async_8(float* smem, const float* gmem) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(s), "l"(gmem) : "memory");
 }
 
+/// \brief Asynchronous 16-byte copy global → shared (both 16-byte aligned; L2 only, `.cg`): the
+/// first `src_bytes` (0 or 16) bytes come from `gmem`, the rest are zero-filled — with 0 nothing
+/// is read (gmem must still be a valid address). As cp_async_4.
+__device__ __forceinline__ void cp_async_16_zfill(void* smem, const void* gmem, uint32_t src_bytes) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(src_bytes)
+               : "memory");
+}
+
+/// \brief ldmatrix .x4: four 8×8 b16 matrices from shared memory; lanes 8m … 8m + 7 give the
+/// 16-byte row addresses of matrix m, and lane l receives in r[m] the two elements (l / 4,
+/// 2 (l % 4) … + 1) of matrix m — the mma.m16n8k16 fragment layouts.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* smem_row) {
+  const auto s = static_cast<uint32_t>(__cvta_generic_to_shared(smem_row));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(s)
+               : "memory");
+}
+
 /// Waits for every cp.async the calling thread issued (other threads' copies need a barrier).
 __device__ __forceinline__ void cp_async_wait_all() {
   asm volatile("cp.async.wait_all;" ::: "memory");

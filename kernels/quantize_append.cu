@@ -2,7 +2,8 @@
 /// \file quantize_append.cu
 /// \brief Host side of quantize-on-append: checks, path choice, grid, head-dim dispatch. The row
 /// (exact) kernel takes bits, norm and QJL mode at run time (it is dominated by the d×d
-/// rotation); the tile kernel is also templated on bits (its per-row packing is unrolled).
+/// rotation); the tile kernels (fp16 rows: quantize_append_tile_f16_kernel, other rows: the
+/// 3xTF32 quantize_append_tile_kernel) are also templated on bits (their packing is unrolled).
 
 #include <algorithm>
 #include <cstdint>
@@ -30,33 +31,40 @@ cudaError_t launch(const QuantizeAppendParams& p, cudaStream_t stream) {
                             dim3(detail::kAppendWarps * 32), smem, stream, p);
 }
 
+/// The fp16 tile kernel for every side (all tile_f16_side), else the TF32 one.
 template <int D, int BITS>
-cudaError_t launch_tile_bits(const QuantizeAppendParams& p, cudaStream_t stream) {
-  const size_t smem = detail::append_tile_smem_bytes(D);
+cudaError_t launch_tile_bits(const QuantizeAppendParams& p, bool f16, cudaStream_t stream) {
+  auto kernel = detail::quantize_append_tile_kernel<D, BITS>;
+  size_t smem = detail::append_tile_smem_bytes(D);
+  if constexpr (detail::tile_f16_dim(D)) {
+    if (f16) {
+      kernel = detail::quantize_append_tile_f16_kernel<D, BITS>;
+      smem = detail::append_tile_f16_smem_bytes(D);
+    }
+  }
   if (smem > 48 * 1024) {
-    const cudaError_t e =
-        cudaFuncSetAttribute(detail::quantize_append_tile_kernel<D, BITS>,
-                             cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    const cudaError_t e = cudaFuncSetAttribute(
+        kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) return e;
   }
-  const int sides = p.x2 != nullptr ? 2 : 1;  // both sides in one grid (same bits, checked)
+  const int sides = p.x2 != nullptr ? 2 : 1;  // both sides in one grid (same bits and kernel)
   const dim3 grid((p.new_tokens + detail::kTileRows - 1) / detail::kTileRows, p.heads,
                   p.batch * sides);
-  detail::quantize_append_tile_kernel<D, BITS><<<grid, detail::kTileWarps * 32, smem, stream>>>(p);
+  kernel<<<grid, detail::kTileWarps * 32, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <int D>
-cudaError_t launch_tile(const QuantizeAppendParams& p, cudaStream_t stream) {
+cudaError_t launch_tile(const QuantizeAppendParams& p, bool f16, cudaStream_t stream) {
   switch (p.cache.layout.bits) {
     case 1:
-      return launch_tile_bits<D, 1>(p, stream);
+      return launch_tile_bits<D, 1>(p, f16, stream);
     case 2:
-      return launch_tile_bits<D, 2>(p, stream);
+      return launch_tile_bits<D, 2>(p, f16, stream);
     case 3:
-      return launch_tile_bits<D, 3>(p, stream);
+      return launch_tile_bits<D, 3>(p, f16, stream);
     case 4:
-      return launch_tile_bits<D, 4>(p, stream);
+      return launch_tile_bits<D, 4>(p, f16, stream);
     default:
       return cudaErrorInvalidValue;
   }
@@ -76,11 +84,14 @@ QuantizeAppendParams side_params(const QuantizeAppendParams& p, bool second) {
 
 template <int D>
 cudaError_t launch_path(const QuantizeAppendParams& p, cudaStream_t stream) {
-  const bool tile = resolved_path(p) == AppendPath::kTile;
-  if (p.x2 == nullptr || !tile) return tile ? launch_tile<D>(p, stream) : launch<D>(p, stream);
-  if (p.cache.layout.bits == p.cache2.layout.bits) return launch_tile<D>(p, stream);
-  for (const bool second : {false, true}) {  // the tile kernel is templated on bits
-    const cudaError_t e = launch_tile<D>(side_params(p, second), stream);
+  if (resolved_path(p) != AppendPath::kTile) return launch<D>(p, stream);
+  const bool f16 = detail::tile_f16_side(D, p.x_dtype, p.cache.constants);
+  if (p.x2 == nullptr) return launch_tile<D>(p, f16, stream);
+  const bool f16_2 = detail::tile_f16_side(D, p.x_dtype, p.cache2.constants);
+  if (p.cache.layout.bits == p.cache2.layout.bits && f16 == f16_2)
+    return launch_tile<D>(p, f16, stream);
+  for (const bool second : {false, true}) {  // the tile kernels are templated on bits
+    const cudaError_t e = launch_tile<D>(side_params(p, second), second ? f16_2 : f16, stream);
     if (e != cudaSuccess) return e;
   }
   return cudaSuccess;

@@ -636,37 +636,19 @@ __device__ __forceinline__ bool stage_rotation_split_f16(const float* __restrict
   return lo_any;
 }
 
-/// Copies `chunks` 16-byte chunks from global `src` to shared `dst` (both 16-byte aligned),
-/// every thread's loads issued before its stores (batches of 8).
+/// Copies `chunks` 16-byte chunks from global `src` to shared `dst` (both 16-byte aligned) by
+/// cp.async (no registers); complete after cp_async_wait_all() and a barrier.
 template <int THREADS>
-__device__ __forceinline__ void copy_to_shared_16(const void* __restrict__ src, void* dst,
-                                                  int chunks, int tid) {
+__device__ __forceinline__ void copy_to_shared_16_async(const void* __restrict__ src, void* dst,
+                                                        int chunks, int tid) {
   const uint4* s4 = static_cast<const uint4*>(src);
   uint4* d4 = static_cast<uint4*>(dst);
-  for (int c0 = 0; c0 < chunks; c0 += 8 * THREADS) {
-    uint4 v[8];
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int c = c0 + k * THREADS + tid;
-      if (c < chunks) v[k] = __ldg(s4 + c);
-    }
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const int c = c0 + k * THREADS + tid;
-      if (c < chunks) d4[c] = v[k];
-    }
-  }
-}
-
-/// Two fp32 values that are exact fp16 values, as one fp16x2 register (element 0 in the low half).
-__device__ __forceinline__ uint32_t pack_half2_exact(float a, float b) {
-  const __half2 h = __floats2half2_rn(a, b);
-  return *reinterpret_cast<const uint32_t*>(&h);
+  for (int c = tid; c < chunks; c += THREADS) cp_async_16_zfill(d4 + c, s4 + c, 16u);
 }
 
 /// \brief Writes the warp's m16n8 accumulator fragments acc[n-tile][4] (rows g, g + 8; columns
 /// 8·n-tile + 2t, + 1) over its 16 rows at w (row stride tile_stride(D)), after every lane has read
-/// those rows (the MMA's A operands).
+/// those rows (the TF32 kernel's MMA A operands, which y replaces).
 template <int D>
 __device__ __forceinline__ void store_tile_fragments(float* w, const float (&acc)[D / 8][4],
                                                      int lane) {
@@ -681,54 +663,70 @@ __device__ __forceinline__ void store_tile_fragments(float* w, const float (&acc
   }
 }
 
-/// \brief rotate_tile_rows on the fp16 tensor-core path (fp16 rows, exact as fp16 A operands):
-/// per 16-wide k-step, hi·A in a fresh accumulator added (IEEE-rounded) into the running sum, as
-/// the TF32 path does per 8; LO: the lo·A products accumulate across k-steps inside the tensor
-/// core (their sum is 2^-12 of the result) and are added at the end, y = acc + acc_lo · 2^-12.
+/// \brief y = x · Πᵀ for the warp's 16 raw fp16 rows at x16 (row stride tile_stride_f16(D)) on
+/// fp16 tensor cores (m16n8k16), written as fp32 to y (row stride tile_stride(D)). A fragments (x)
+/// and B fragments (Π's fp16 parts, [n][k] rows: B[k][n] = Π[n][k]) come by ldmatrix, one .x4 per
+/// k-step for A and per two n-tiles for B. Per 16-wide k-step, hi·A goes into a fresh accumulator
+/// that is added (IEEE-rounded) into the running sum, as the TF32 kernel does per 8; LO: the lo·A
+/// products accumulate across k-steps inside the tensor core (their sum is 2^-12 of the result)
+/// and are added at the end, y = acc + acc_lo · 2^-12. The output columns go in passes of 32
+/// (four n-tiles), so that the accumulators of one pass fit in registers with the lo parts'.
 template <int D, bool LO>
-__device__ __forceinline__ void rotate_tile_rows_f16(float* w, const __half* s_hi,
+__device__ __forceinline__ void rotate_tile_rows_f16(const __half* x16, float* y, const __half* s_hi,
                                                      const __half* s_lo, int lane) {
   static_assert(tile_f16_dim(D), "fp16 MMA path: head_dim must be a multiple of 16");
-  constexpr int S = tile_stride(D), SH = tile_stride_f16(D);
+  constexpr int SH = tile_stride_f16(D), S = tile_stride(D);
+  constexpr int kPassTiles = D < 32 ? D / 8 : 4;  // n-tiles per pass (pairs: a multiple of 2)
   const int g = lane >> 2, t = lane & 3;
-  float acc[D / 8][4], acc_lo[D / 8][4];
+  // ldmatrix row addresses. A (rows × k): matrices (rows 0-7, k 0-7), (8-15, 0-7), (0-7, 8-15),
+  // (8-15, 8-15) = a0..a3. B (n × k rows of Π): (n 0-7, k 0-7), (0-7, 8-15), (8-15, 0-7),
+  // (8-15, 8-15) of an n-tile pair = b0, b1 of its first n-tile, then of its second.
+  const __half* a_row = x16 + (lane & 15) * SH + (lane >> 4) * 8;
+  const int b_row = ((lane & 7) + ((lane >> 4) << 3)) * SH + ((lane >> 3) & 1) * 8;
+#pragma unroll 1
+  for (int n0 = 0; n0 < D / 8; n0 += kPassTiles) {
+    float acc[kPassTiles][4], acc_lo[kPassTiles][4];
 #pragma unroll
-  for (int nt = 0; nt < D / 8; ++nt)
+    for (int nt = 0; nt < kPassTiles; ++nt)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) acc[nt][e] = acc_lo[nt][e] = 0.0f;
-#pragma unroll 2
-  for (int ks = 0; ks < D / 16; ++ks) {
-    const int k0 = ks * 16;
-    const float2 x0 = *reinterpret_cast<const float2*>(w + g * S + k0 + 2 * t);
-    const float2 x1 = *reinterpret_cast<const float2*>(w + (g + 8) * S + k0 + 2 * t);
-    const float2 x2 = *reinterpret_cast<const float2*>(w + g * S + k0 + 2 * t + 8);
-    const float2 x3 = *reinterpret_cast<const float2*>(w + (g + 8) * S + k0 + 2 * t + 8);
-    const uint32_t a[4] = {pack_half2_exact(x0.x, x0.y), pack_half2_exact(x1.x, x1.y),
-                           pack_half2_exact(x2.x, x2.y), pack_half2_exact(x3.x, x3.y)};
+      for (int e = 0; e < 4; ++e) acc[nt][e] = acc_lo[nt][e] = 0.0f;
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt) {
-      const int bo = (nt * 8 + g) * SH + k0 + 2 * t;  // B[k][n] = Π[n][k]: k pairs contiguous
-      const uint32_t b0 = *reinterpret_cast<const uint32_t*>(s_hi + bo);
-      const uint32_t b1 = *reinterpret_cast<const uint32_t*>(s_hi + bo + 8);
-      float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-      mma_f16(part, a, b0, b1);
+    for (int ks = 0; ks < D / 16; ++ks) {
+      const int k0 = ks * 16;
+      uint32_t a[4];
+      ldmatrix_x4(a, a_row + k0);
 #pragma unroll
-      for (int e = 0; e < 4; ++e) acc[nt][e] = __fadd_rn(acc[nt][e], part[e]);
-      if (LO) {
-        const uint32_t l0 = *reinterpret_cast<const uint32_t*>(s_lo + bo);
-        const uint32_t l1 = *reinterpret_cast<const uint32_t*>(s_lo + bo + 8);
-        mma_f16(acc_lo[nt], a, l0, l1);
+      for (int np = 0; np < kPassTiles / 2; ++np) {
+        const int b_at = b_row + (n0 + 2 * np) * 8 * SH + k0;
+        uint32_t bh[4];
+        ldmatrix_x4(bh, s_hi + b_at);
+#pragma unroll
+        for (int q = 0; q < 2; ++q) {
+          float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_f16(part, a, bh[2 * q], bh[2 * q + 1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[2 * np + q][e] = __fadd_rn(acc[2 * np + q][e], part[e]);
+        }
+        if (LO) {
+          uint32_t bl[4];
+          ldmatrix_x4(bl, s_lo + b_at);
+          mma_f16(acc_lo[2 * np], a, bl[0], bl[1]);
+          mma_f16(acc_lo[2 * np + 1], a, bl[2], bl[3]);
+        }
       }
     }
-  }
-  if (LO) {
 #pragma unroll
-    for (int nt = 0; nt < D / 8; ++nt)
+    for (int nt = 0; nt < kPassTiles; ++nt) {
+      if (LO) {
 #pragma unroll
-      for (int e = 0; e < 4; ++e)
-        acc[nt][e] = __fmaf_rn(acc_lo[nt][e], 1.0f / kRotationF16LoScale, acc[nt][e]);
+        for (int e = 0; e < 4; ++e)
+          acc[nt][e] = __fmaf_rn(acc_lo[nt][e], 1.0f / kRotationF16LoScale, acc[nt][e]);
+      }
+      const int col = (n0 + nt) * 8 + 2 * t;
+      *reinterpret_cast<float2*>(y + g * S + col) = make_float2(acc[nt][0], acc[nt][1]);
+      *reinterpret_cast<float2*>(y + (g + 8) * S + col) = make_float2(acc[nt][2], acc[nt][3]);
+    }
   }
-  store_tile_fragments<D>(w, acc, lane);
 }
 
 /// \brief y = xc · Πᵀ for the 16 rows at w (row stride tile_stride(D)) on tensor cores, written
@@ -776,11 +774,29 @@ __device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
   store_tile_fragments<D>(w, acc, lane);
 }
 
-/// \brief The exact path's per-value steps for SPAN coordinates y[0..SPAN) (16-byte aligned) of
-/// one row: z = y · inv (TOKEN) · 1/σ_j (SCALED), code = #{boundaries < z} (binary search),
-/// packed at bit j·BITS of `codes`; SIGN: bit j of `signs` = (z − C[code] ≥ 0).
-template <int SPAN, int BITS, bool TOKEN, bool SCALED, bool SIGN>
-__device__ __forceinline__ void encode_span(const float* y, float inv, const float* isig,
+/// Four consecutive values of y (16-byte aligned fp32, or 8-byte aligned raw fp16 rows: the
+/// tile kernels' y when Π = I) as floats (fp16 widening is exact).
+__device__ __forceinline__ void load4(const float* y, float (&v)[4]) {
+  const float4 y4 = *reinterpret_cast<const float4*>(y);
+  v[0] = y4.x;
+  v[1] = y4.y;
+  v[2] = y4.z;
+  v[3] = y4.w;
+}
+__device__ __forceinline__ void load4(const __half* y, float (&v)[4]) {
+  const uint2 w = *reinterpret_cast<const uint2*>(y);
+  v[0] = half_bits_to_float_dev(static_cast<uint16_t>(w.x));
+  v[1] = half_bits_to_float_dev(static_cast<uint16_t>(w.x >> 16));
+  v[2] = half_bits_to_float_dev(static_cast<uint16_t>(w.y));
+  v[3] = half_bits_to_float_dev(static_cast<uint16_t>(w.y >> 16));
+}
+
+/// \brief The exact path's per-value steps for SPAN coordinates y[0..SPAN) of one row (T: float,
+/// or __half for the raw rows when Π = I; see load4): z = y · inv (TOKEN) · 1/σ_j (SCALED),
+/// code = #{boundaries < z} (binary search), packed at bit j·BITS of `codes`; SIGN: bit j of
+/// `signs` = (z − C[code] ≥ 0).
+template <int SPAN, int BITS, bool TOKEN, bool SCALED, bool SIGN, class T>
+__device__ __forceinline__ void encode_span(const T* y, float inv, const float* isig,
                                             const float* cen, const float* bnd,
                                             uint32_t (&codes)[(SPAN * BITS + 31) / 32],
                                             uint32_t (&signs)[(SPAN + 31) / 32]) {
@@ -790,8 +806,8 @@ __device__ __forceinline__ void encode_span(const float* y, float inv, const flo
   for (int w = 0; w < (SPAN + 31) / 32; ++w) signs[w] = 0u;
 #pragma unroll
   for (int j4 = 0; j4 < SPAN; j4 += 4) {
-    const float4 y4 = *reinterpret_cast<const float4*>(y + j4);
-    const float yv[4] = {y4.x, y4.y, y4.z, y4.w};
+    float yv[4];
+    load4(y + j4, yv);
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int j = j4 + e;
@@ -817,27 +833,172 @@ __device__ __forceinline__ void encode_span(const float* y, float inv, const flo
   }
 }
 
-/// Minimum CTAs per SM the tile kernel is compiled for: 3 at D ≤ 64 (≤ 85 registers; shared
+/// \brief The tile kernels' last step, for the lane that encodes span `part` (of
+/// tile_tail_lanes(D, BITS)) of token `tok`: the row's norm factor from n2 (NaN: a non-finite row,
+/// flagged), the codes (and sign bits) of y[0..D / lanes) — the span's first coordinate j0 —
+/// written into the token's page slot. Positions beyond the cache capacity are flagged, not
+/// written.
+template <int D, int BITS, class T>
+__device__ __forceinline__ void tile_encode_store(const QuantizeAppendParams& p,
+                                                  const quant::CacheView& cache, int b, int tok,
+                                                  int part, double n2, const T* y,
+                                                  const float* s_isig, const float* s_cen,
+                                                  const float* s_bnd) {
+  constexpr int kLevels = 1 << BITS;
+  constexpr int kSpan = D / tile_tail_lanes(D, BITS);
+  constexpr int kCodeWords = (kSpan * BITS + 31) / 32;
+  constexpr int kSignWords = (kSpan + 31) / 32;
+  const quant::PageLayout& lay = cache.layout;
+  const int64_t pos = static_cast<int64_t>(p.starts[b]) + tok;
+  const int64_t capacity = static_cast<int64_t>(cache.max_pages) * lay.page_tokens;
+  if (pos < 0 || pos >= capacity) {
+    if (part == 0 && p.status) atomicOr(p.status, kQuantizeAppendOutOfCapacity);
+    return;
+  }
+  const int h = blockIdx.y;
+  uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
+  const int slot = static_cast<int>(pos % lay.page_tokens);
+  const float inv = row_norm_factor(n2, lay, page, slot, part == 0, p.status);
+  const int j0 = part * kSpan;
+  float bnd[kLevels - 1];
+#pragma unroll
+  for (int q = 0; q < kLevels - 1; ++q) bnd[q] = s_bnd[q];
+  uint32_t codes[kCodeWords], signs[kSignWords];
+  // One loop per (token norm, σ, sign QJL) combination: the steps a mode does not have cost no
+  // issue slots (a multiply by 1 and the sign bit would be exact no-ops, yet predicated slots).
+  const bool token = lay.norm == quant::NormMode::kToken, scaled = cache.constants.scale != nullptr;
+  const bool sign = lay.qjl == quant::QjlMode::kSign;
+  const float* isig = s_isig + j0;
+  with_bool(token, [&](auto kToken) {
+    with_bool(scaled, [&](auto kScaled) {
+      with_bool(sign, [&](auto kSign) {
+        encode_span<kSpan, BITS, decltype(kToken)::value, decltype(kScaled)::value,
+                    decltype(kSign)::value>(y + j0, inv, isig, s_cen, bnd, codes, signs);
+      });
+    });
+  });
+  const int code_off = part * (kSpan * BITS / 8), sign_off = part * (kSpan / 8);
+  store_words(quant::token_codes(page, lay, slot) + code_off, codes, kSpan * BITS / 8);
+  if (sign) store_words(quant::token_qjl(page, lay, slot) + sign_off, signs, kSpan / 8);
+}
+
+/// \brief Stages this head's 1/σ (1 without scales), boundaries and centroids in shared memory.
+template <int D, int BITS, int THREADS>
+__device__ __forceinline__ void stage_tile_codebook(const quant::HeadConstantsView& cst, int h,
+                                                    float* s_isig, float* s_bnd, float* s_cen,
+                                                    int tid) {
+  constexpr int kLevels = 1 << BITS;
+  for (int i = tid; i < D; i += THREADS) {
+    s_isig[i] = cst.scale ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
+  }
+  if (tid < kLevels - 1) s_bnd[tid] = cst.boundaries[h * (kLevels - 1) + tid];
+  if (tid < kLevels) s_cen[tid] = cst.centroids[h * kLevels + tid];
+}
+
+/// What a tile CTA serves: blockIdx.z = side · batch + b (side 1: the optional second side, x2 /
+/// cache2), head blockIdx.y, the kTileRows tokens from `first` of the sequence's `count` new ones.
+struct TileCta {
+  int side, b, h, count, first;
+  const quant::CacheView* cache;  ///< the side's cache (p.cache or p.cache2)
+  const void* x;                  ///< the side's rows (p.x or p.x2)
+};
+__device__ __forceinline__ TileCta tile_cta(const QuantizeAppendParams& p) {
+  TileCta t;
+  t.side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
+  t.b = static_cast<int>(blockIdx.z) - t.side * p.batch;
+  t.h = static_cast<int>(blockIdx.y);
+  t.count = p.counts ? min(p.counts[t.b], p.new_tokens) : p.new_tokens;
+  t.first = static_cast<int>(blockIdx.x) * kTileRows;
+  t.cache = t.side ? &p.cache2 : &p.cache;
+  t.x = t.side ? p.x2 : p.x;
+  return t;
+}
+
+/// Without a token norm, the n² a tail lane passes on: NaN (flags the row) when its span or its
+/// partner's (TAIL_LANES = 2: lanes 2r, 2r + 1) has a non-finite value, else 0.
+template <int TAIL_LANES>
+__device__ __forceinline__ double row_flag(bool nonfinite) {
+  if (TAIL_LANES == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
+  return nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;
+}
+
+/// 0 · v summed over a span (one FMA per value, four chains; the rounded intrinsics keep nvcc
+/// from folding the products away): ±0 for a finite span, NaN as soon as one value is ±inf or
+/// NaN (0 · inf = NaN). SPAN values at `v`: fp32 (16-byte aligned) or raw fp16 (in pairs).
+template <int SPAN>
+__device__ __forceinline__ bool span_nonfinite(const float* v) {
+  float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+  for (int j = 0; j < SPAN; j += 4) {
+    const float4 x = *reinterpret_cast<const float4*>(v + j);
+    f[0] = __fmaf_rn(x.x, 0.0f, f[0]);
+    f[1] = __fmaf_rn(x.y, 0.0f, f[1]);
+    f[2] = __fmaf_rn(x.z, 0.0f, f[2]);
+    f[3] = __fmaf_rn(x.w, 0.0f, f[3]);
+  }
+  return __fadd_rn(__fadd_rn(f[0], f[1]), __fadd_rn(f[2], f[3])) != 0.0f;  // NaN
+}
+template <int SPAN>
+__device__ __forceinline__ bool span_nonfinite(const __half* v) {
+  const __half2 zero = __float2half2_rn(0.0f);
+  __half2 f[4] = {zero, zero, zero, zero};
+#pragma unroll
+  for (int j = 0; j < SPAN; j += 8) {
+    const uint4 x = *reinterpret_cast<const uint4*>(v + j);
+    const uint32_t w[4] = {x.x, x.y, x.z, x.w};
+#pragma unroll
+    for (int q = 0; q < 4; ++q) f[q] = __hfma2(*reinterpret_cast<const __half2*>(&w[q]), zero, f[q]);
+  }
+  const __half2 sum = __hadd2(__hadd2(f[0], f[1]), __hadd2(f[2], f[3]));
+  return (*reinterpret_cast<const uint32_t*>(&sum) & 0x7fff7fffu) != 0u;  // a NaN half
+}
+
+__device__ __forceinline__ float as_float(float v) { return v; }
+__device__ __forceinline__ float as_float(__half v) { return __half2float(v); }
+
+/// \brief The n² a tile kernel's tail lane (r, part) passes to tile_encode_store, from the warp's
+/// 16 rows xc at `rows` (`stride` elements apart; fp32 or raw fp16), read before y replaces them.
+/// Token norm: Σ xc_j² in double, increasing j (TurboQuantizer::encode's order), by lane r < 16
+/// for row r. Without a norm n² only flags non-finite rows (n² is finite iff every xc is): each
+/// tail lane checks its own span, and n² is NaN for a flagged row, else 0 (row_flag).
+template <int D, int BITS, class T>
+__device__ __forceinline__ double tile_row_n2(const T* rows, int stride, quant::NormMode norm,
+                                              int lane) {
+  constexpr int kTailLanes = tile_tail_lanes(D, BITS), kSpan = D / kTailLanes;
+  const int r = lane / kTailLanes, part = lane % kTailLanes;
+  if (norm == quant::NormMode::kToken) {
+    double n2 = 0.0;
+    if (lane < kTileRowsPerWarp) {
+#pragma unroll 8
+      for (int j = 0; j < D; ++j) {
+        const double v = static_cast<double>(as_float(rows[lane * stride + j]));
+        n2 = __dadd_rn(n2, __dmul_rn(v, v));
+      }
+    }
+    return __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
+  }
+  const bool bad = r < kTileRowsPerWarp && span_nonfinite<kSpan>(rows + r * stride + part * kSpan);
+  return row_flag<kTailLanes>(bad);
+}
+
+/// Minimum CTAs per SM the tile kernels are compiled for: 3 at D ≤ 64 (≤ 85 registers; shared
 /// memory allows 3 there) measured 9–11% faster than the 2 that 116 registers allowed
 /// (kernels/NOTES.md); at D = 128 shared memory allows one CTA whatever the registers.
 __host__ __device__ constexpr int tile_min_blocks(int d) { return d <= 64 ? 3 : 1; }
 
+/// The 3xTF32 tile kernel: rows that the fp16 kernel does not take (fp32 or bf16 rows, centered
+/// rows, D not a multiple of 16; tile_f16_side). Rows are widened (and centered) into an fp32
+/// tile that y then replaces.
 template <int D, int BITS>
 __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
     quantize_append_tile_kernel(const __grid_constant__ QuantizeAppendParams p) {
   static_assert(D % 8 == 0, "head_dim must be a multiple of 8 (MMA k and n steps)");
   constexpr int S = tile_stride(D);
-  constexpr int kLevels = 1 << BITS;
-  // blockIdx.z = side · batch + b: side 1 is the optional second side (x2, cache2).
-  const int side = static_cast<int>(blockIdx.z) >= p.batch ? 1 : 0;  // z < 2 · batch: no division
-  const int b = static_cast<int>(blockIdx.z) - side * p.batch, h = blockIdx.y;
+  const TileCta t = tile_cta(p);
+  if (t.first >= t.count) return;  // uniform over the CTA
+  const int b = t.b, h = t.h, count = t.count, first = t.first;
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-  const quant::CacheView& cache = side ? p.cache2 : p.cache;
-  const quant::PageLayout& lay = cache.layout;
-  const quant::HeadConstantsView& cst = cache.constants;
-  const int count = p.counts ? min(p.counts[b], p.new_tokens) : p.new_tokens;
-  const int first = blockIdx.x * kTileRows;
-  if (first >= count) return;  // uniform over the CTA
+  const quant::HeadConstantsView& cst = t.cache->constants;
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* s_pi = reinterpret_cast<float*>(smem_raw);  // [D][S]: TF32 high part of Π_ij at i*S + j
@@ -846,90 +1007,30 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   float* s_isig = s_x + kTileRows * S;                            // [D]
   float* s_bnd = s_isig + D;                                      // [kLevels - 1]
   float* s_cen = s_bnd + 16;                                      // [kLevels]
-  // fp16 rows that are not centered take the fp16 MMA path (exact fp16 A operands, k = 16); other
-  // rows the 3xTF32 path. Either way a Π exact in the operand type needs no lo products.
-  const bool f16_path =
-      tile_f16_dim(D) && p.x_dtype == AppendInput::kFloat16 && cst.mean == nullptr;
   const bool a_exact = p.x_dtype != AppendInput::kFloat32 && cst.mean == nullptr;
-  __half* s_hi16 = reinterpret_cast<__half*>(smem_raw);  // fp16 path: [D][SH] hi, then [D][SH] lo
-  __half* s_lo16 = s_hi16 + D * tile_stride_f16(D);
   const float* rot = cst.rotation + static_cast<int64_t>(h) * D * D;
   // Π = I (HeadConstantsView::rotation_identity): no Π in shared memory, no MMAs; y = xc, the
   // values the MMAs give for the identity matrix (a zero's sign aside: no code or sign bit
   // depends on it).
   const bool identity = cst.rotation_identity;
   bool lo_mine = false;
-  if (!identity && f16_path && cst.rotation_f16 != nullptr) {  // pre-split: copy hi (and lo)
-    const bool lo = __ldg(cst.rotation_f16_lo + h) != 0;
-    copy_to_shared_16<kTileWarps * 32>(
-        cst.rotation_f16 + static_cast<int64_t>(h) * 2 * D * tile_stride_f16(D), s_hi16,
-        (lo ? 2 : 1) * D * tile_stride_f16(D) * 2 / 16, tid);
-    lo_mine = lo;
-  } else if (!identity) {
-    lo_mine = f16_path ? stage_rotation_split_f16<D, kTileWarps * 32>(rot, s_hi16, s_lo16,
-                                                                      tile_stride_f16(D), tid)
-                       : stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
-  }
-  {
-    for (int i = tid; i < D; i += kTileWarps * 32) {
-      s_isig[i] = cst.scale ? __fdiv_rn(1.0f, cst.scale[h * D + i]) : 1.0f;
-    }
-    if (tid < kLevels - 1) s_bnd[tid] = cst.boundaries[h * (kLevels - 1) + tid];
-    if (tid < kLevels) s_cen[tid] = cst.centroids[h * kLevels + tid];
-  }
+  if (!identity) lo_mine = stage_rotation_split<D, kTileWarps * 32>(rot, s_pi, s_pi_lo, S, tid);
+  stage_tile_codebook<D, BITS, kTileWarps * 32>(cst, h, s_isig, s_bnd, s_cen, tid);
   // Rows of the tile, centered (xc = x − μ, as the host), zero past `count`.
   load_tile_rows<D, kTileRows, kTileWarps * 32>(
-      side ? p.x2 : p.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
+      t.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
       count - first, cst.mean ? cst.mean + h * D : nullptr, s_x, S, tid);
   const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
 
   // Each warp owns the 16 rows [16 warp, 16 warp + 16) (one MMA tile).
   float* w_x = s_x + warp * kTileRowsPerWarp * S;
-  // Token norm: n² in double, increasing j (TurboQuantizer::encode's order), from xc before it is
-  // replaced: lane r < 16 for row r. Without a norm, n² only flags non-finite rows (n² is finite
-  // iff every xc is): the tail lanes check their own span instead, and n² stands for the flag.
   constexpr int kTailLanes = tile_tail_lanes(D, BITS);
-  constexpr int kSpan = D / kTailLanes;
   const int r = lane / kTailLanes, part = lane % kTailLanes;
-  double n2 = 0.0;
-  if (lay.norm == quant::NormMode::kToken) {
-    if (lane < kTileRowsPerWarp) {
-#pragma unroll 8
-      for (int j = 0; j < D; ++j) {
-        const double v = static_cast<double>(w_x[lane * S + j]);
-        n2 = __dadd_rn(n2, __dmul_rn(v, v));
-      }
-    }
-    n2 = __shfl_sync(kFullMask, n2, r < kTileRowsPerWarp ? r : 0);
-  } else {
-    // f = Σ 0 · xc_j (one FMA per value) is 0 for a finite span and NaN as soon as one xc_j is
-    // ±inf or NaN (0 · inf = NaN); fmaf_rn keeps nvcc from folding the product away.
-    float f[4] = {0.0f, 0.0f, 0.0f, 0.0f};  // four independent chains
-    if (r < kTileRowsPerWarp) {
-#pragma unroll
-      for (int j = 0; j < kSpan; j += 4) {
-        const float4 v = *reinterpret_cast<const float4*>(w_x + r * S + part * kSpan + j);
-        f[0] = __fmaf_rn(v.x, 0.0f, f[0]);
-        f[1] = __fmaf_rn(v.y, 0.0f, f[1]);
-        f[2] = __fmaf_rn(v.z, 0.0f, f[2]);
-        f[3] = __fmaf_rn(v.w, 0.0f, f[3]);
-      }
-    }
-    bool nonfinite = __fadd_rn(__fadd_rn(f[0], f[1]), __fadd_rn(f[2], f[3])) != 0.0f;  // NaN
-    if (kTailLanes == 2) nonfinite = __shfl_xor_sync(kFullMask, nonfinite ? 1 : 0, 1) || nonfinite;
-    n2 = nonfinite ? __longlong_as_double(0x7ff8000000000000LL) : 0.0;  // NaN flags the row
-  }
+  const double n2 = tile_row_n2<D, BITS>(w_x, S, t.cache->layout.norm, lane);  // before y
   __syncwarp();
 
   // y = xc · Πᵀ (k = j, n = i) on tensor cores, written over the tile's xc.
-  if constexpr (tile_f16_dim(D)) {
-    if (f16_path && !identity) {
-      with_bool(pi_lo, [&](auto kPiLo) {
-        rotate_tile_rows_f16<D, decltype(kPiLo)::value>(w_x, s_hi16, s_lo16, lane);
-      });
-    }
-  }
-  if (!f16_path && !identity) {
+  if (!identity) {
     with_bool(a_exact, [&](auto kAExact) {
       with_bool(pi_lo, [&](auto kPiLo) {
         rotate_tile_rows<D, decltype(kAExact)::value, decltype(kPiLo)::value>(w_x, s_pi, s_pi_lo,
@@ -941,41 +1042,105 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
 
   // Encode: kTailLanes lanes per row, each a contiguous span of kSpan coordinates whose codes
   // and sign bits fill whole 32-bit words (the exact path's arithmetic per value).
-  constexpr int kCodeWords = (kSpan * BITS + 31) / 32;
-  constexpr int kSignWords = (kSpan + 31) / 32;
   const int tok = first + warp * kTileRowsPerWarp + r;
   if (r >= kTileRowsPerWarp || tok >= count) return;
-  const int64_t pos = static_cast<int64_t>(p.starts[b]) + tok;
-  const int64_t capacity = static_cast<int64_t>(cache.max_pages) * lay.page_tokens;
-  if (pos < 0 || pos >= capacity) {
-    if (part == 0 && p.status) atomicOr(p.status, kQuantizeAppendOutOfCapacity);
-    return;
+  tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_x + r * S, s_isig, s_cen, s_bnd);
+}
+
+/// Shared memory (bytes) of quantize_append_tile_f16_kernel<D>: Π's fp16 parts [2][D][SH] (hi,
+/// lo), the raw fp16 rows [kTileRows][SH] (SH = tile_stride_f16(D)), y [kTileRows][D + 4]
+/// floats, then 1/σ [D] and the codebook (≤ 15 boundaries, ≤ 16 centroids).
+__host__ __device__ inline size_t append_tile_f16_smem_bytes(int d) {
+  return sizeof(__half) * static_cast<size_t>(2 * d + kTileRows) * tile_stride_f16(d) +
+         sizeof(float) * (static_cast<size_t>(kTileRows) * tile_stride(d) + d + 32);
+}
+
+/// Whether the fp16 tile kernel takes a side: fp16 rows (exact fp16 MMA operands) that are not
+/// centered, D a multiple of 16 (m16n8k16).
+__host__ __device__ inline bool tile_f16_side(int d, AppendInput dtype,
+                                              const quant::HeadConstantsView& cst) {
+  return tile_f16_dim(d) && dtype == AppendInput::kFloat16 && cst.mean == nullptr;
+}
+
+/// \brief The fp16 tile kernel (the prefill's usual case: fp16 K/V, uncentered caches). As the
+/// TF32 kernel, with the rows kept as they are: cp.async copies the raw fp16 rows (and Π's
+/// pre-split fp16 parts) into shared memory without passing through registers, the MMAs take
+/// their A and B fragments by ldmatrix, the finiteness check runs on fp16 pairs, and y goes to
+/// its own fp32 tile — or, with Π = I, the tail encodes the raw rows. The launcher sends only
+/// sides with tile_f16_side() here (no centering).
+template <int D, int BITS>
+__global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
+    quantize_append_tile_f16_kernel(const __grid_constant__ QuantizeAppendParams p) {
+  static_assert(tile_f16_dim(D), "the fp16 tile kernel needs head_dim a multiple of 16");
+  constexpr int S = tile_stride(D), SH = tile_stride_f16(D);
+  constexpr int kThreads = kTileWarps * 32;
+  const TileCta t = tile_cta(p);
+  if (t.first >= t.count) return;  // uniform over the CTA
+  const int b = t.b, h = t.h, count = t.count, first = t.first;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const quant::HeadConstantsView& cst = t.cache->constants;
+
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  __half* s_hi = reinterpret_cast<__half*>(smem_raw);  // [D][SH]: fp16(Π), [n][k] rows
+  __half* s_lo = s_hi + D * SH;                        // [D][SH]: the low parts
+  __half* s_x = s_lo + D * SH;                         // [kTileRows][SH]: raw rows
+  float* s_y = reinterpret_cast<float*>(s_x + kTileRows * SH);  // [kTileRows][S]: y
+  float* s_isig = s_y + kTileRows * S;                          // [D]
+  float* s_bnd = s_isig + D;                                    // [kLevels - 1]
+  float* s_cen = s_bnd + 16;                                    // [kLevels]
+  const bool identity = cst.rotation_identity;  // as the TF32 kernel: no Π, no MMAs
+  bool lo_mine = false;
+  if (!identity && cst.rotation_f16 != nullptr) {  // pre-split by the cache: copy hi (and lo)
+    lo_mine = __ldg(cst.rotation_f16_lo + h) != 0;
+    copy_to_shared_16_async<kThreads>(cst.rotation_f16 + static_cast<int64_t>(h) * 2 * D * SH, s_hi,
+                                      (lo_mine ? 2 : 1) * D * SH * 2 / 16, tid);
+  } else if (!identity) {
+    lo_mine = stage_rotation_split_f16<D, kThreads>(cst.rotation + static_cast<int64_t>(h) * D * D,
+                                                    s_hi, s_lo, SH, tid);
   }
-  uint8_t* page = cache.page(b, h, static_cast<int>(pos / lay.page_tokens));
-  const int slot = static_cast<int>(pos % lay.page_tokens);
-  const float inv = row_norm_factor(n2, lay, page, slot, part == 0, p.status);
-  const int j0 = part * kSpan;
-  float bnd[kLevels - 1];
-#pragma unroll
-  for (int q = 0; q < kLevels - 1; ++q) bnd[q] = s_bnd[q];
-  uint32_t codes[kCodeWords], signs[kSignWords];
-  // One loop per (token norm, σ, sign QJL) combination: the steps a mode does not have cost no
-  // issue slots (a multiply by 1 and the sign bit would be exact no-ops, yet predicated slots).
-  const bool token = lay.norm == quant::NormMode::kToken, scaled = cst.scale != nullptr;
-  const bool sign = lay.qjl == quant::QjlMode::kSign;
-  const float* y = w_x + r * S + j0;
-  const float* isig = s_isig + j0;
-  with_bool(token, [&](auto kToken) {
-    with_bool(scaled, [&](auto kScaled) {
-      with_bool(sign, [&](auto kSign) {
-        encode_span<kSpan, BITS, decltype(kToken)::value, decltype(kScaled)::value,
-                    decltype(kSign)::value>(y, inv, isig, s_cen, bnd, codes, signs);
-      });
+  // The tile's rows, zero past `count`: 16-byte copies when every row is 16-byte aligned.
+  {
+    const __half* x = static_cast<const __half*>(t.x) + row_offset(p, b, h, first, D);
+    const int64_t stride = token_stride(p, D);
+    const int valid = count - first;
+    constexpr int kVecsPerRow = D / 8;
+    if (reinterpret_cast<uintptr_t>(x) % 16 == 0 && stride % 8 == 0) {
+      for (int idx = tid; idx < kTileRows * kVecsPerRow; idx += kThreads) {
+        const int rr = idx / kVecsPerRow, c = idx % kVecsPerRow;
+        const bool in = rr < valid;
+        cp_async_16_zfill(s_x + rr * SH + c * 8, in ? x + rr * stride + c * 8 : x, in ? 16u : 0u);
+      }
+    } else {
+      for (int idx = tid; idx < kTileRows * D; idx += kThreads) {
+        const int rr = idx / D, j = idx % D;
+        s_x[rr * SH + j] = rr < valid ? x[rr * stride + j] : __float2half_rn(0.0f);
+      }
+    }
+  }
+  stage_tile_codebook<D, BITS, kThreads>(cst, h, s_isig, s_bnd, s_cen, tid);
+  cp_async_wait_all();
+  const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
+
+  const __half* w_x = s_x + warp * kTileRowsPerWarp * SH;  // this warp's 16 rows
+  float* w_y = s_y + warp * kTileRowsPerWarp * S;
+  constexpr int kTailLanes = tile_tail_lanes(D, BITS);
+  const int r = lane / kTailLanes, part = lane % kTailLanes;
+  const double n2 = tile_row_n2<D, BITS>(w_x, SH, t.cache->layout.norm, lane);  // xc = x here
+
+  if (!identity) {
+    with_bool(pi_lo, [&](auto kPiLo) {
+      rotate_tile_rows_f16<D, decltype(kPiLo)::value>(w_x, w_y, s_hi, s_lo, lane);
     });
-  });
-  const int code_off = part * (kSpan * BITS / 8), sign_off = part * (kSpan / 8);
-  store_words(quant::token_codes(page, lay, slot) + code_off, codes, kSpan * BITS / 8);
-  if (sign) store_words(quant::token_qjl(page, lay, slot) + sign_off, signs, kSpan / 8);
+    __syncwarp();  // y's fragments were written by other lanes of the warp
+  }
+
+  const int tok = first + warp * kTileRowsPerWarp + r;
+  if (r >= kTileRowsPerWarp || tok >= count) return;
+  if (identity) {
+    tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_x + r * SH, s_isig, s_cen, s_bnd);
+  } else {
+    tile_encode_store<D, BITS>(p, *t.cache, b, tok, part, n2, w_y + r * S, s_isig, s_cen, s_bnd);
+  }
 }
 
 }  // namespace turboesm::kernels::detail
