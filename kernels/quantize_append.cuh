@@ -748,7 +748,7 @@ __device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
   float acc[D / 8][4];
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-#pragma unroll 2
+#pragma unroll 1  // unrolled by 2, ptxas spilled 32 bytes at D = 64 (and bf16 rows ran 4 % slower)
   for (int ks = 0; ks < D / 8; ++ks) {
     const int k0 = ks * 8;
     const float a_f[4] = {w[g * S + k0 + t], w[(g + 8) * S + k0 + t], w[g * S + k0 + t + 4],
