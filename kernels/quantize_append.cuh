@@ -666,10 +666,10 @@ __device__ __forceinline__ void store_tile_fragments(float* w, const float (&acc
 /// \brief y = x · Πᵀ for the warp's 16 raw fp16 rows at x16 (row stride tile_stride_f16(D)) on
 /// fp16 tensor cores (m16n8k16), written as fp32 to y (row stride tile_stride(D)). A fragments (x)
 /// and B fragments (Π's fp16 parts, [n][k] rows: B[k][n] = Π[n][k]) come by ldmatrix, one .x4 per
-/// k-step for A and per two n-tiles for B. Per 16-wide k-step, hi·A goes into a fresh accumulator
-/// that is added (IEEE-rounded) into the running sum, as the TF32 kernel does per 8 (the first
-/// k-step's accumulator is the running sum: 0 + s = s but for a zero's sign, which no code or
-/// sign bit depends on); LO: the lo·A products accumulate across k-steps inside the tensor core
+/// k-step for A and per two n-tiles for B. VARIANT C (an experiment, not main's arithmetic): hi·A
+/// accumulates across k-steps inside the tensor core, without the per-k-step IEEE-rounded add of
+/// main's kernel, so near-tie mismatches against the host encoder may rise; LO: the lo·A products
+/// accumulate across k-steps inside the tensor core
 /// (their sum is 2^-12 of the result) and are added at the end, y = acc + acc_lo · 2^-12. The
 /// output columns go in passes of 32 (four n-tiles), so that the accumulators of one pass fit in
 /// registers with the lo parts'.
@@ -703,16 +703,8 @@ __device__ __forceinline__ void rotate_tile_rows_f16(const __half* x16, float* y
         uint32_t bh[4];
         ldmatrix_x4(bh, s_hi + b_at);
 #pragma unroll
-        for (int q = 0; q < 2; ++q) {
-          if (ks == 0) {  // the first k-step's sum is the running sum (0 + part but for −0)
-            mma_f16(acc[2 * np + q], a, bh[2 * q], bh[2 * q + 1]);
-            continue;
-          }
-          float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-          mma_f16(part, a, bh[2 * q], bh[2 * q + 1]);
-#pragma unroll
-          for (int e = 0; e < 4; ++e) acc[2 * np + q][e] = __fadd_rn(acc[2 * np + q][e], part[e]);
-        }
+        // VARIANT C: the running sum stays in the tensor core's accumulator (its own rounding).
+        for (int q = 0; q < 2; ++q) mma_f16(acc[2 * np + q], a, bh[2 * q], bh[2 * q + 1]);
         if (LO) {
           uint32_t bl[4];
           ldmatrix_x4(bl, s_lo + b_at);
