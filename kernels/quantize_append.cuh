@@ -666,13 +666,11 @@ __device__ __forceinline__ void store_tile_fragments(float* w, const float (&acc
 /// \brief y = x · Πᵀ for the warp's 16 raw fp16 rows at x16 (row stride tile_stride_f16(D)) on
 /// fp16 tensor cores (m16n8k16), written as fp32 to y (row stride tile_stride(D)). A fragments (x)
 /// and B fragments (Π's fp16 parts, [n][k] rows: B[k][n] = Π[n][k]) come by ldmatrix, one .x4 per
-/// k-step for A and per two n-tiles for B. VARIANT C (an experiment, not main's arithmetic): hi·A
-/// accumulates across k-steps inside the tensor core, without the per-k-step IEEE-rounded add of
-/// main's kernel, so near-tie mismatches against the host encoder may rise; LO: the lo·A products
-/// accumulate across k-steps inside the tensor core
-/// (their sum is 2^-12 of the result) and are added at the end, y = acc + acc_lo · 2^-12. The
-/// output columns go in passes of 32 (four n-tiles), so that the accumulators of one pass fit in
-/// registers with the lo parts'.
+/// k-step for A and per two n-tiles for B. Per 16-wide k-step, hi·A goes into a fresh accumulator
+/// that is added (IEEE-rounded) into the running sum, as the TF32 kernel does per 8; LO: the lo·A
+/// products accumulate across k-steps inside the tensor core (their sum is 2^-12 of the result)
+/// and are added at the end, y = acc + acc_lo · 2^-12. The output columns go in passes of 32
+/// (four n-tiles), so that the accumulators of one pass fit in registers with the lo parts'.
 template <int D, bool LO>
 __device__ __forceinline__ void rotate_tile_rows_f16(const __half* x16, float* y, const __half* s_hi,
                                                      const __half* s_lo, int lane) {
@@ -703,8 +701,12 @@ __device__ __forceinline__ void rotate_tile_rows_f16(const __half* x16, float* y
         uint32_t bh[4];
         ldmatrix_x4(bh, s_hi + b_at);
 #pragma unroll
-        // VARIANT C: the running sum stays in the tensor core's accumulator (its own rounding).
-        for (int q = 0; q < 2; ++q) mma_f16(acc[2 * np + q], a, bh[2 * q], bh[2 * q + 1]);
+        for (int q = 0; q < 2; ++q) {
+          float part[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+          mma_f16(part, a, bh[2 * q], bh[2 * q + 1]);
+#pragma unroll
+          for (int e = 0; e < 4; ++e) acc[2 * np + q][e] = __fadd_rn(acc[2 * np + q][e], part[e]);
+        }
         if (LO) {
           uint32_t bl[4];
           ldmatrix_x4(bl, s_lo + b_at);
@@ -740,7 +742,7 @@ __device__ __forceinline__ void rotate_tile_rows(float* w, const float* s_pi,
   float acc[D / 8][4];
 #pragma unroll
   for (int nt = 0; nt < D / 8; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.0f;
-#pragma unroll 1  // unrolled by 2, ptxas spilled 32 bytes at D = 64 (and bf16 rows ran 4 % slower)
+#pragma unroll 2
   for (int ks = 0; ks < D / 8; ++ks) {
     const int k0 = ks * 8;
     const float a_f[4] = {w[g * S + k0 + t], w[(g + 8) * S + k0 + t], w[g * S + k0 + t + 4],
@@ -1019,9 +1021,6 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
       t.x, p.x_dtype, row_offset(p, b, h, first, D), token_stride(p, D),
       count - first, cst.mean ? cst.mean + h * D : nullptr, s_x, S, tid);
   const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
-  // No block-wide barrier follows: a warp whose rows all lie past `count` (the zero padding of a
-  // sequence's last tile) has nothing to write and leaves now.
-  if (first + warp * kTileRowsPerWarp >= count) return;
 
   // Each warp owns the 16 rows [16 warp, 16 warp + 16) (one MMA tile).
   float* w_x = s_x + warp * kTileRowsPerWarp * S;
@@ -1121,7 +1120,6 @@ __global__ void __launch_bounds__(kTileWarps * 32, tile_min_blocks(D))
   stage_tile_codebook<D, BITS, kThreads>(cst, h, s_isig, s_bnd, s_cen, tid);
   cp_async_wait_all();
   const bool pi_lo = __syncthreads_or(lo_mine ? 1 : 0) != 0;
-  if (first + warp * kTileRowsPerWarp >= count) return;  // only padding rows (as the TF32 kernel)
 
   const __half* w_x = s_x + warp * kTileRowsPerWarp * SH;  // this warp's 16 rows
   float* w_y = s_y + warp * kTileRowsPerWarp * S;
