@@ -23,7 +23,8 @@
 #       TURBOESM_AB_NCU=REGEX, an ncu profile (--set full, source counters) of one launch of the
 #       kernels matching REGEX (the 6th: past the first prefill's early layers) in the same
 #       benchmark for every variant, with its details page and per-SASS-line counters as text.
-#       Logs and a summary go to ${OUT}/ab (TURBOESM_AB_SKIP: any of tests bench full memcheck).
+#       A summary, the logs (tgz) and the ncu reports go to ${OUT} after every step
+#       (TURBOESM_AB_SKIP: any of tests bench full memcheck).
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _ab="${TURBOESM_AB_DIR:-${_root}/gpu-ab}"
@@ -122,10 +123,20 @@ ab_run() {
   shift || true
   local bench=("$@")
   ((${#bench[@]})) || bench=(prefill esm2_t33_650M 1024 4)
-  local out="${OUT:-${_root}/gpu-out}/ab" skip=" ${TURBOESM_AB_SKIP:-} "
+  # Logs go to a work folder; after every step publish() puts what the GPU machine's transfer
+  # brings back (at most 8 files, none deeper than two folders) under ${OUT}: ab_summary.txt,
+  # ab_logs.tgz and the ncu reports, so that a run cut off by its time limit still returns them.
+  local dest="${OUT:-${_root}/gpu-out}" out="${TURBOESM_AB_WORK:-/tmp/turboesm-ab-out}"
+  local skip=" ${TURBOESM_AB_SKIP:-} "
   local filter="${TURBOESM_AB_TESTS:-*QuantizeAppend*:*TurboConstants*}"
   local bin="${_ab}/pack/bin" libs=/tmp/turboesm-ab
-  mkdir -p "${out}" "${libs}"
+  rm -rf "${out}"
+  mkdir -p "${out}" "${libs}" "${dest}"
+  publish() {
+    cp "${out}/summary.txt" "${dest}/ab_summary.txt"
+    tar -C "${out}" --exclude='*.ncu-rep' -czf "${dest}/ab_logs.tgz" .
+    find "${out}" -name '*.ncu-rep' -exec cp {} "${dest}/" \;
+  }
   [[ -f "${_ab}/pack/libs.tar.xz" ]] || { echo "gpu_ab.sh run: no ${_ab}/pack (carry it)" >&2; return 1; }
   tar -xJf "${_ab}/pack/libs.tar.xz" -C "${libs}"
   chmod +x "${bin}"/*
@@ -150,7 +161,10 @@ ab_run() {
     done
     for v in "${variants[@]}"; do
       [[ "${v}" == new ]] && continue
-      if diff -q "${out}/info_new.txt" "${out}/info_${v}.txt" > /dev/null; then
+      if [[ ! -s "${out}/info_new.txt" && ! -s "${out}/info_${v}.txt" ]]; then
+        echo "[ info ] lines: none from ${v} or new (tests skipped?), nothing compared" \
+          | tee -a "${out}/summary.txt"
+      elif diff -q "${out}/info_new.txt" "${out}/info_${v}.txt" > /dev/null; then
         echo "[ info ] lines: ${v} = new" | tee -a "${out}/summary.txt"
       else
         echo "[ info ] lines: ${v} differs from new (diff in ${out}/info_${v}.diff)" | tee -a "${out}/summary.txt"
@@ -158,6 +172,7 @@ ab_run() {
       fi
     done
   fi
+  publish
   if [[ "${skip}" != *" bench "* ]]; then
     for ((r = 1; r <= rounds; ++r)); do
       for v in "${variants[@]}"; do
@@ -168,6 +183,7 @@ ab_run() {
       done
     done
   fi
+  publish
   if [[ -n "${TURBOESM_AB_NCU:-}" ]]; then
     for v in "${variants[@]}"; do
       with "${v}" timeout 300 ncu --kernel-name "regex:${TURBOESM_AB_NCU}" --launch-skip 5 \
@@ -181,17 +197,20 @@ ab_run() {
         "${out}/ncu_${v}_details.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "${out}/summary.txt"
     done
   fi
+  publish
   if [[ "${skip}" != *" full "* ]]; then
     with new timeout 400 "${bin}/test_cuda" > "${out}/tests_full_new.log" 2>&1 && r=passed || r=FAILED
     echo "test_cuda (all) new: ${r}; $(gtest_counts "${out}/tests_full_new.log")" \
       | tee -a "${out}/summary.txt"
   fi
+  publish
   if [[ "${skip}" != *" memcheck "* ]]; then
     with new timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "${bin}/test_cuda" \
       --gtest_filter="${filter}" > "${out}/memcheck_new.log" 2>&1 && r=clean || r="FAILED (exit $?)"
     echo "memcheck new: ${r}; $(grep "ERROR SUMMARY" "${out}/memcheck_new.log" | tail -1)" \
       | tee -a "${out}/summary.txt"
   fi
+  publish
 }
 
 case "${_cmd}" in
