@@ -30,6 +30,8 @@ _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _ab="${TURBOESM_AB_DIR:-${_root}/gpu-ab}"
 _cmd="${1:-}"
 shift || true
+_ab_tmp=""  # the temporary folder of lib / pack, removed however the script ends
+trap '[[ -z "${_ab_tmp}" ]] || rm -rf "${_ab_tmp}"' EXIT
 
 ab_lib() {
   local name="$1" source="$2"
@@ -42,7 +44,8 @@ ab_lib() {
     return 1
   }
   local tmp src
-  tmp="$(mktemp -d)"
+  _ab_tmp="$(mktemp -d)"
+  tmp="${_ab_tmp}"
   if [[ -d "${source}" ]]; then
     src="$(cd "${source}" && pwd)"
   else
@@ -83,7 +86,6 @@ ab_lib() {
   (cd "${build}" && eval "${link}")
   mkdir -p "${_ab}/libs/${name}"
   mv "${tmp}/libturboesm.so.0" "${_ab}/libs/${name}/"
-  rm -rf "${tmp}"
   echo "gpu_ab.sh: ${_ab}/libs/${name}/libturboesm.so.0 (${kernels[*]} from ${source})"
 }
 
@@ -96,13 +98,13 @@ ab_pack() {
   strip -o "${_ab}/pack/bin/test_cuda" "${build}/bin/test_cuda"
   strip -o "${_ab}/pack/bin/bench_model_cuda" "${build}/bin/bench_model_cuda"
   local tmp
-  tmp="$(mktemp -d)"
+  _ab_tmp="$(mktemp -d)"
+  tmp="${_ab_tmp}"
   for d in "${_ab}"/libs/*/; do
     mkdir -p "${tmp}/libs/$(basename "${d}")"
     strip -o "${tmp}/libs/$(basename "${d}")/libturboesm.so.0" "${d}/libturboesm.so.0"
   done
   tar -C "${tmp}" -cf - libs | xz -T0 -6 > "${_ab}/pack/libs.tar.xz"
-  rm -rf "${tmp}"
   # The tests find their fixtures under the source directory they were built in.
   echo "${_root}" > "${_ab}/pack/source_dir"
   git -C "${_root}" describe --always --dirty > "${_ab}/pack/tree"
