@@ -24,3 +24,7 @@ if(TARGET turboesm_kernels)
                        PASS_REGULAR_EXPRESSION "is neither a directory nor a git revision"
                        LABELS tools)
 endif()
+# "new" is the tree's own library, which pack makes: lib refuses the name.
+add_test(NAME tools.gpu_ab.lib_named_new COMMAND ${_ab_env} ${_ab} lib new HEAD)
+set_tests_properties(tools.gpu_ab.lib_named_new PROPERTIES
+                     PASS_REGULAR_EXPRESSION "NAME 'new' is the tree's library" LABELS tools)

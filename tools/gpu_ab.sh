@@ -9,22 +9,23 @@
 #       libturboesm.so.0 with KERNEL.cu (default kernels/quantize_append.cu) compiled from SOURCE:
 #       a git revision (its kernels/ and include/) or a directory laid out like the repository.
 #       The library's interface headers (include/turboesm/kernels/) must be the tree's: the host
-#       code that fills the kernels' parameter structs comes from the tree.
+#       code that fills the kernels' parameter structs comes from the tree. NAME "new" is the
+#       tree's own library (pack makes it).
 #   tools/gpu_ab.sh pack
 #       builds the tree (test_cuda, bench_model_cuda, the library = variant "new"), then strips
 #       and packs them with every variant made by `lib` into ${TURBOESM_AB_DIR:-gpu-ab}/pack
-#       (~10 MB per library): carry that folder to the GPU machine.
+#       (~8 MB per library): carry that folder to the GPU machine.
 # On the GPU machine, from the repository root:
 #   tools/gpu_ab.sh run [ROUNDS] [BENCH_ARGS ...]
 #       unpacks, runs test_cuda --gtest_filter=${TURBOESM_AB_TESTS} with every variant (and diffs
 #       their "[ info ]" lines against "new"), then ROUNDS (default 3) rounds of bench_model_cuda
 #       BENCH_ARGS (default: prefill esm2_t33_650M 1024 4), one run per variant per round, in
-#       turn; then the whole test_cuda and memcheck of the test filter on "new"; with
-#       TURBOESM_AB_NCU=REGEX, an ncu profile (--set full, source counters) of one launch of the
-#       kernels matching REGEX (the 6th: past the first prefill's early layers) in the same
-#       benchmark for every variant, with its details page and per-SASS-line counters as text.
-#       A summary, the logs (tgz) and the ncu reports go to ${OUT} after every step
-#       (TURBOESM_AB_SKIP: any of tests bench full memcheck).
+#       turn; with TURBOESM_AB_NCU=REGEX, an ncu profile (--set full, source counters) of one
+#       launch of the kernels matching REGEX (the 6th: past the first prefill's early layers) in
+#       the same benchmark for every variant, with its details page and per-SASS-line counters
+#       as text; then the whole test_cuda and memcheck of the test filter on "new". A summary,
+#       the logs (tgz) and the ncu reports go to ${OUT} after every step (TURBOESM_AB_SKIP: any
+#       of tests bench full memcheck).
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _ab="${TURBOESM_AB_DIR:-${_root}/gpu-ab}"
@@ -217,6 +218,7 @@ ab_run() {
 
 case "${_cmd}" in
   lib) (($# >= 2)) || { echo "usage: tools/gpu_ab.sh lib NAME SOURCE [KERNEL.cu ...]" >&2; exit 2; }
+       [[ "$1" != new ]] || { echo "gpu_ab.sh lib: NAME 'new' is the tree's library (pack makes it)" >&2; exit 2; }
        ab_lib "$@" ;;
   pack) ab_pack ;;
   run) ab_run "$@" ;;
