@@ -33,6 +33,8 @@ _cmd="${1:-}"
 shift || true
 _ab_tmp=""  # the temporary folder of lib / pack, removed however the script ends
 trap '[[ -z "${_ab_tmp}" ]] || rm -rf "${_ab_tmp}"' EXIT
+# shellcheck source=tools/gpu_env.sh
+source "${_root}/tools/gpu_env.sh"  # turboesm_torch_libdir, turboesm_gpu_line
 
 ab_lib() {
   local name="$1" source="$2"
@@ -146,21 +148,20 @@ ab_run() {
   local srcdir
   srcdir="$(cat "${_ab}/pack/source_dir")"
   if [[ ! -e "${srcdir}" ]]; then mkdir -p "$(dirname "${srcdir}")" && ln -s "${_root}" "${srcdir}"; fi
-  local torchlib variants=()
-  torchlib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+  local torchlib variants=() v r res
+  torchlib="$(turboesm_torch_libdir)"
   for d in "${libs}"/libs/*/; do variants+=("$(basename "${d}")"); done
   with() { local v="$1"; shift; LD_LIBRARY_PATH="${libs}/libs/${v}:${torchlib}:/usr/local/cuda/lib64" "$@"; }
   {
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader \
-      || echo "no nvidia-smi"
+    turboesm_gpu_line || echo "no nvidia-smi"
     echo "tree $(cat "${_ab}/pack/tree"), variants: ${variants[*]}"
   } | tee "${out}/summary.txt"
   if [[ "${skip}" != *" tests "* ]]; then
     for v in "${variants[@]}"; do
       with "${v}" timeout 300 "${bin}/test_cuda" --gtest_filter="${filter}" > "${out}/tests_${v}.log" 2>&1 \
-        && r=passed || r="FAILED (exit $?)"
+        && res=passed || res="FAILED (exit $?)"
       grep "\[ info \]" "${out}/tests_${v}.log" > "${out}/info_${v}.txt" || true
-      echo "tests ${v}: ${r}; $(gtest_counts "${out}/tests_${v}.log")" | tee -a "${out}/summary.txt"
+      echo "tests ${v}: ${res}; $(gtest_counts "${out}/tests_${v}.log")" | tee -a "${out}/summary.txt"
     done
     for v in "${variants[@]}"; do
       [[ "${v}" == new ]] && continue
@@ -192,25 +193,25 @@ ab_run() {
       with "${v}" timeout 300 ncu --kernel-name "regex:${TURBOESM_AB_NCU}" --launch-skip 5 \
         --launch-count 1 --set full --import-source yes -f -o "${out}/ncu_${v}" \
         "${bin}/bench_model_cuda" "${bench[@]}" > "${out}/ncu_${v}.log" 2>&1 \
-        && r=done || r="FAILED (exit $?)"
+        && res=done || res="FAILED (exit $?)"
       ncu -i "${out}/ncu_${v}.ncu-rep" --page details > "${out}/ncu_${v}_details.txt" 2>&1 || true
       ncu -i "${out}/ncu_${v}.ncu-rep" --page source --csv --print-source sass \
         > "${out}/ncu_${v}_sass.csv" 2>&1 || true
-      echo "ncu ${v}: ${r}; $(grep -E "^ +(Duration|Executed Ipc Active|Achieved Occupancy) " \
+      echo "ncu ${v}: ${res}; $(grep -E "^ +(Duration|Executed Ipc Active|Achieved Occupancy) " \
         "${out}/ncu_${v}_details.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "${out}/summary.txt"
     done
   fi
   publish
   if [[ "${skip}" != *" full "* ]]; then
-    with new timeout 400 "${bin}/test_cuda" > "${out}/tests_full_new.log" 2>&1 && r=passed || r=FAILED
-    echo "test_cuda (all) new: ${r}; $(gtest_counts "${out}/tests_full_new.log")" \
+    with new timeout 400 "${bin}/test_cuda" > "${out}/tests_full_new.log" 2>&1 && res=passed || res=FAILED
+    echo "test_cuda (all) new: ${res}; $(gtest_counts "${out}/tests_full_new.log")" \
       | tee -a "${out}/summary.txt"
   fi
   publish
   if [[ "${skip}" != *" memcheck "* ]]; then
     with new timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "${bin}/test_cuda" \
-      --gtest_filter="${filter}" > "${out}/memcheck_new.log" 2>&1 && r=clean || r="FAILED (exit $?)"
-    echo "memcheck new: ${r}; $(grep "ERROR SUMMARY" "${out}/memcheck_new.log" | tail -1)" \
+      --gtest_filter="${filter}" > "${out}/memcheck_new.log" 2>&1 && res=clean || res="FAILED (exit $?)"
+    echo "memcheck new: ${res}; $(grep "ERROR SUMMARY" "${out}/memcheck_new.log" | tail -1)" \
       | tee -a "${out}/summary.txt"
   fi
   publish

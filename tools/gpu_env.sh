@@ -6,6 +6,18 @@
 # builds TARGET... there first when TURBOESM_GPU_BUILD=1 (the machine's python3 torch), puts the
 # build's and the machine's torch/CUDA libraries on LD_LIBRARY_PATH, and writes _out/gpu.txt
 # (GPU, torch [+ transformers], missing shared libraries of _build/bin/PROBE_BINARY).
+# turboesm_torch_libdir and turboesm_gpu_line are also used alone (tools/gpu_ab.sh).
+
+# The machine's torch libraries (the carried binaries link against the same torch version).
+turboesm_torch_libdir() {
+  python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))'
+}
+
+# One line naming the GPU: model, memory, driver, maximum SM clock.
+turboesm_gpu_line() {
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+}
+
 turboesm_gpu_env() {
   local default_build="$1" probe="$2"
   shift 2
@@ -23,10 +35,10 @@ turboesm_gpu_env() {
       || { echo "build failed"; return 1; }
   fi
   local torchlib
-  torchlib="$(python3 -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))')"
+  torchlib="$(turboesm_torch_libdir)"
   export LD_LIBRARY_PATH="${_build}/lib:${torchlib}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
   {
-    nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+    turboesm_gpu_line
     python3 -c 'import torch; print("torch", torch.__version__)'
     python3 -c 'import transformers; print("transformers", transformers.__version__)' 2> /dev/null
     ldd "${_build}/bin/${probe}" | grep -i "not found" || echo "all shared libraries found"
