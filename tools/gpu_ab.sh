@@ -20,12 +20,13 @@
 #       unpacks, runs test_cuda --gtest_filter=${TURBOESM_AB_TESTS} with every variant (and diffs
 #       their "[ info ]" lines against "new"), then ROUNDS (default 3) rounds of bench_model_cuda
 #       BENCH_ARGS (default: prefill esm2_t33_650M 1024 4), one run per variant per round, in
-#       turn; with TURBOESM_AB_NCU=REGEX, an ncu profile (--set full, source counters) of one
-#       launch of the kernels matching REGEX (the 6th: past the first prefill's early layers) in
-#       the same benchmark for every variant, with its details page and per-SASS-line counters
-#       as text; then the whole test_cuda and memcheck of the test filter on "new". A summary,
-#       the logs (tgz) and the ncu reports go to ${OUT} after every step (TURBOESM_AB_SKIP: any
-#       of tests bench full memcheck).
+#       turn; then the whole test_cuda and memcheck of the test filter on "new"; last (what a
+#       merge needs comes first, for a call cut off by its time limit), with
+#       TURBOESM_AB_NCU=REGEX, an ncu profile (--set full, source counters) of one launch of the
+#       kernels matching REGEX (the 6th: past the first prefill's early layers) in the same
+#       benchmark for every variant, with its details page and per-SASS-line counters as text.
+#       A summary, the logs (tgz) and the ncu reports go to ${OUT} after every step
+#       (TURBOESM_AB_SKIP: any of tests bench full memcheck).
 set -euo pipefail
 _root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _ab="${TURBOESM_AB_DIR:-${_root}/gpu-ab}"
@@ -188,6 +189,19 @@ ab_run() {
     done
   fi
   publish
+  if [[ "${skip}" != *" full "* ]]; then
+    with new timeout 400 "${bin}/test_cuda" > "${out}/tests_full_new.log" 2>&1 && res=passed || res=FAILED
+    echo "test_cuda (all) new: ${res}; $(gtest_counts "${out}/tests_full_new.log")" \
+      | tee -a "${out}/summary.txt"
+  fi
+  publish
+  if [[ "${skip}" != *" memcheck "* ]]; then
+    with new timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "${bin}/test_cuda" \
+      --gtest_filter="${filter}" > "${out}/memcheck_new.log" 2>&1 && res=clean || res="FAILED (exit $?)"
+    echo "memcheck new: ${res}; $(grep "ERROR SUMMARY" "${out}/memcheck_new.log" | tail -1)" \
+      | tee -a "${out}/summary.txt"
+  fi
+  publish
   if [[ -n "${TURBOESM_AB_NCU:-}" ]]; then
     for v in "${variants[@]}"; do
       with "${v}" timeout 300 ncu --kernel-name "regex:${TURBOESM_AB_NCU}" --launch-skip 5 \
@@ -200,19 +214,6 @@ ab_run() {
       echo "ncu ${v}: ${res}; $(grep -E "^ +(Duration|Executed Ipc Active|Achieved Occupancy) " \
         "${out}/ncu_${v}_details.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "${out}/summary.txt"
     done
-  fi
-  publish
-  if [[ "${skip}" != *" full "* ]]; then
-    with new timeout 400 "${bin}/test_cuda" > "${out}/tests_full_new.log" 2>&1 && res=passed || res=FAILED
-    echo "test_cuda (all) new: ${res}; $(gtest_counts "${out}/tests_full_new.log")" \
-      | tee -a "${out}/summary.txt"
-  fi
-  publish
-  if [[ "${skip}" != *" memcheck "* ]]; then
-    with new timeout 400 compute-sanitizer --tool memcheck --error-exitcode 3 "${bin}/test_cuda" \
-      --gtest_filter="${filter}" > "${out}/memcheck_new.log" 2>&1 && res=clean || res="FAILED (exit $?)"
-    echo "memcheck new: ${res}; $(grep "ERROR SUMMARY" "${out}/memcheck_new.log" | tail -1)" \
-      | tee -a "${out}/summary.txt"
   fi
   publish
 }
