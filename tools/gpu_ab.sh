@@ -214,8 +214,8 @@ ab_run() {
       echo "ncu ${v}: ${res}; $(grep -E "^ +(Duration|Executed Ipc Active|Achieved Occupancy) " \
         "${out}/ncu_${v}_details.txt" | tr -s ' ' | tr '\n' ';')" | tee -a "${out}/summary.txt"
     done
+    publish
   fi
-  publish
 }
 
 case "${_cmd}" in
